@@ -1,0 +1,67 @@
+"""A run's budget: steps, tokens, dollars and wall clock, checked before every step."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+
+from agents.errors import BudgetExceeded, BudgetLimit
+from agents.messages import Usage
+from agents.spec import BudgetSpec
+
+
+class RunBudget:
+    """What a run has spent against its BudgetSpec. Time is injected for tests."""
+
+    def __init__(
+        self,
+        spec: BudgetSpec,
+        *,
+        steps: int = 0,
+        usage: Usage | None = None,
+        cost_usd: float = 0.0,
+        elapsed_s: float = 0.0,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.spec = spec
+        self.steps = steps
+        self.usage = usage or Usage()
+        self.cost_usd = cost_usd
+        self._clock = clock
+        self._started = clock() - elapsed_s
+
+    @property
+    def elapsed_s(self) -> float:
+        return self._clock() - self._started
+
+    @property
+    def remaining_s(self) -> float:
+        return max(0.0, self.spec.run_timeout_s - self.elapsed_s)
+
+    def call_timeout_s(self, own_timeout_s: float) -> float:
+        """A call gets its own timeout or what is left of the run, whichever is smaller."""
+        return min(own_timeout_s, self.remaining_s)
+
+    def exceeded(self) -> tuple[BudgetLimit, float, float] | None:
+        """The first limit that leaves no room for another step, as (limit, used, cap)."""
+        spec = self.spec
+        if self.steps >= spec.max_steps:
+            return "steps", self.steps, spec.max_steps
+        if self.usage.total_tokens >= spec.max_tokens:
+            return "tokens", self.usage.total_tokens, spec.max_tokens
+        if self.cost_usd >= spec.max_cost_usd:
+            return "cost", self.cost_usd, spec.max_cost_usd
+        if self.remaining_s <= 0:
+            return "time", self.elapsed_s, spec.run_timeout_s
+        return None
+
+    def check_before_step(self) -> None:
+        """Raise BudgetExceeded if no further step is allowed."""
+        hit = self.exceeded()
+        if hit is not None:
+            limit, used, cap = hit
+            raise BudgetExceeded(f"{limit} budget exhausted: used {used:g} of {cap:g}", limit)
+
+    def record(self, usage: Usage, cost_usd: float) -> None:
+        self.usage = self.usage + usage
+        self.cost_usd += cost_usd

@@ -1,0 +1,197 @@
+"""The rayfleet error tree.
+
+    RayfleetError                 code, retryable
+    ├── ConfigError               a spec or deploy config is invalid
+    │   └── AgentSpecError        names the file and the field path
+    ├── NotFound
+    │   ├── UnknownAgent
+    │   └── UnknownRun            also what another tenant's run looks like
+    ├── RequestInvalid            bad input from a caller (field named)
+    ├── RunError                  a run could not finish normally
+    │   ├── BudgetExceeded        steps, tokens, dollars or wall clock
+    │   ├── RunTimeout
+    │   ├── ToolFailed
+    │   └── ModelOutputUnusable
+    ├── ProviderError             a model provider call failed
+    │   ├── ProviderUnavailable   retryable: 408/409/429/5xx, timeouts, connection errors
+    │   ├── ProviderRejected      not retryable: other 4xx
+    │   └── AllProvidersFailed
+    ├── TenantLimited             over a tenant limit (429 + Retry-After)
+    └── Overloaded                no capacity to start a run
+
+Every error crosses Ray boundaries pickled: each class passes all its constructor
+arguments, in order, to `super().__init__`, so `cls(*err.args)` rebuilds it. New
+arguments go last with defaults. Third-party exceptions are translated into these at the
+actor boundary, keeping the original only as text.
+"""
+
+from __future__ import annotations
+
+from typing import ClassVar, Literal
+
+
+class RayfleetError(Exception):
+    """Base of every error rayfleet raises on purpose."""
+
+    code: ClassVar[str] = "internal_error"
+    retryable: ClassVar[bool] = False
+
+    def __init__(self, message: str, *details: object) -> None:
+        super().__init__(message, *details)
+        self.message = message
+
+    def __str__(self) -> str:
+        return self.message
+
+
+class ConfigError(RayfleetError):
+    """A spec or deploy config is invalid."""
+
+    code = "config_invalid"
+
+
+class AgentSpecError(ConfigError):
+    """An agent spec failed validation; the message names the source and field path."""
+
+    code = "agent_spec_invalid"
+
+    def __init__(self, message: str, source: str = "<memory>") -> None:
+        super().__init__(message, source)
+        self.source = source
+
+
+class NotFound(RayfleetError):
+    """Something addressed by name or id does not exist (for this caller)."""
+
+    code = "not_found"
+
+
+class UnknownAgent(NotFound):
+    code = "unknown_agent"
+
+    def __init__(self, message: str, agent: str = "") -> None:
+        super().__init__(message, agent)
+        self.agent = agent
+
+
+class UnknownRun(NotFound):
+    code = "unknown_run"
+
+    def __init__(self, message: str, run_id: str = "") -> None:
+        super().__init__(message, run_id)
+        self.run_id = run_id
+
+
+class RequestInvalid(RayfleetError):
+    """A caller sent input we cannot accept; `field` names the offending field."""
+
+    code = "request_invalid"
+
+    def __init__(self, message: str, field: str = "") -> None:
+        super().__init__(message, field)
+        self.field = field
+
+
+class RunError(RayfleetError):
+    """A run could not finish normally."""
+
+    code = "run_error"
+
+
+BudgetLimit = Literal["steps", "tokens", "cost", "time"]
+
+
+class BudgetExceeded(RunError):
+    code = "budget_exceeded"
+
+    def __init__(self, message: str, limit: BudgetLimit = "steps") -> None:
+        super().__init__(message, limit)
+        self.limit: BudgetLimit = limit
+
+
+class RunTimeout(RunError):
+    code = "run_timeout"
+    retryable = True
+
+
+class ToolFailed(RunError):
+    code = "tool_failed"
+
+    def __init__(self, message: str, tool: str = "", retryable: bool = False) -> None:
+        super().__init__(message, tool, retryable)
+        self.tool = tool
+        self.retryable = retryable  # type: ignore[misc]  # per instance: transient or not
+
+
+class ModelOutputUnusable(RunError):
+    code = "model_output_unusable"
+
+
+class ProviderError(RayfleetError):
+    """A model provider call failed."""
+
+    code = "provider_error"
+
+    def __init__(self, message: str, provider: str = "", status_code: int | None = None) -> None:
+        super().__init__(message, provider, status_code)
+        self.provider = provider
+        self.status_code = status_code
+
+
+class ProviderUnavailable(ProviderError):
+    """Worth a retry or a fallback: 408/409/429/5xx, timeouts, connection or stream errors."""
+
+    code = "provider_unavailable"
+    retryable = True
+
+    def __init__(
+        self,
+        message: str,
+        provider: str = "",
+        status_code: int | None = None,
+        retry_after_s: float | None = None,
+    ) -> None:
+        RayfleetError.__init__(self, message, provider, status_code, retry_after_s)
+        self.provider = provider
+        self.status_code = status_code
+        self.retry_after_s = retry_after_s
+
+
+class ProviderRejected(ProviderError):
+    """The provider refused the request itself (a 4xx other than 408/409/429): never retried."""
+
+    code = "provider_rejected"
+
+
+class AllProvidersFailed(ProviderError):
+    code = "all_providers_failed"
+    retryable = True
+
+
+class TenantLimited(RayfleetError):
+    code = "tenant_limited"
+    retryable = True
+
+    def __init__(self, message: str, retry_after_s: float = 1.0) -> None:
+        super().__init__(message, retry_after_s)
+        self.retry_after_s = retry_after_s
+
+
+class Overloaded(RayfleetError):
+    code = "overloaded"
+    retryable = True
+
+    def __init__(self, message: str, retry_after_s: float = 1.0) -> None:
+        super().__init__(message, retry_after_s)
+        self.retry_after_s = retry_after_s
+
+
+def all_error_classes() -> list[type[RayfleetError]]:
+    """Every class in the tree, for the tests that walk it and for http_errors."""
+    found: list[type[RayfleetError]] = []
+    pending: list[type[RayfleetError]] = [RayfleetError]
+    while pending:
+        cls = pending.pop()
+        found.append(cls)
+        pending.extend(cls.__subclasses__())
+    return found

@@ -1,0 +1,149 @@
+"""The typed event stream: the one language between the loop, the run actor, Serve, SSE and logs.
+
+Kind names are public API: lower case, dotted, never renamed. Every run's stream ends with
+exactly one terminal event (run.completed, run.failed or run.cancelled). Clients must ignore
+kinds they do not know.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, JsonValue, TypeAdapter
+
+from agents.messages import Usage
+
+
+class _Event(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    run_id: str
+    seq: int
+    """1, 2, 3 ... per run; the SSE id, used to resume."""
+    ts: float = 0.0
+    """Unix time the event was recorded."""
+
+
+class RunCreated(_Event):
+    kind: Literal["run.created"] = "run.created"
+    agent: str
+    version: str
+    input: str
+    thread_id: str | None = None
+
+
+class StepStarted(_Event):
+    kind: Literal["step.started"] = "step.started"
+    step: int
+
+
+class ModelDelta(_Event):
+    """Streamed assistant text, coalesced (tens of ms or characters per event)."""
+
+    kind: Literal["model.delta"] = "model.delta"
+    step: int
+    text: str
+
+
+class ModelCompleted(_Event):
+    kind: Literal["model.completed"] = "model.completed"
+    step: int
+    tier: str
+    provider: str
+    model: str
+    text: str
+    tool_calls: int
+    usage: Usage
+    cost_usd: float
+    latency_ms: float
+    tried: tuple[str, ...] = ()
+    """'provider/model' for every attempt before the one that answered."""
+
+
+class ToolCalled(_Event):
+    kind: Literal["tool.call"] = "tool.call"
+    step: int
+    call_id: str
+    tool: str
+    arguments: dict[str, JsonValue]
+
+
+class ToolResulted(_Event):
+    kind: Literal["tool.result"] = "tool.result"
+    step: int
+    call_id: str
+    tool: str
+    ok: bool
+    output: str
+    error: str | None = None
+    latency_ms: float = 0.0
+
+
+class MemoryDegraded(_Event):
+    """An optional dependency was unavailable; the run goes on without it."""
+
+    kind: Literal["memory.degraded"] = "memory.degraded"
+    reason: str
+
+
+class BudgetExceededEvent(_Event):
+    kind: Literal["budget.exceeded"] = "budget.exceeded"
+    limit: Literal["steps", "tokens", "cost", "time"]
+    used: float
+    cap: float
+
+
+class RunCompleted(_Event):
+    kind: Literal["run.completed"] = "run.completed"
+    output: str
+    steps: int
+    usage: Usage
+    cost_usd: float
+    degraded: bool = False
+
+
+class RunFailed(_Event):
+    kind: Literal["run.failed"] = "run.failed"
+    code: str
+    message: str
+    retryable: bool
+    steps: int
+    usage: Usage
+    cost_usd: float
+
+
+class RunCancelled(_Event):
+    kind: Literal["run.cancelled"] = "run.cancelled"
+    reason: str
+    steps: int
+    usage: Usage
+    cost_usd: float
+
+
+Event = Annotated[
+    RunCreated
+    | StepStarted
+    | ModelDelta
+    | ModelCompleted
+    | ToolCalled
+    | ToolResulted
+    | MemoryDegraded
+    | BudgetExceededEvent
+    | RunCompleted
+    | RunFailed
+    | RunCancelled,
+    Field(discriminator="kind"),
+]
+TerminalEvent = RunCompleted | RunFailed | RunCancelled
+TERMINAL_KINDS = frozenset({"run.completed", "run.failed", "run.cancelled"})
+
+event_adapter: TypeAdapter[Event] = TypeAdapter(Event)
+
+
+def parse_event(data: str | bytes) -> Event:
+    """Parse one event from its JSON form (an SSE `data:` line, a log line)."""
+    return event_adapter.validate_json(data)
+
+
+def is_terminal(event: Event) -> bool:
+    return event.kind in TERMINAL_KINDS

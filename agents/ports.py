@@ -1,0 +1,63 @@
+"""The ports the step loop talks to: model, tools, memory. Adapters live in `actors/`."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from typing import Protocol
+
+from pydantic import BaseModel, ConfigDict
+
+from agents.messages import Message, ModelResponse, TextDelta, ToolCall, ToolSchema
+from agents.spec import TierSpec, ToolSpec
+
+
+class ModelResult(BaseModel):
+    """A finished model call as the router reports it: who answered and what it cost."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    kind: str = "result"
+    response: ModelResponse
+    provider: str
+    cost_usd: float
+    latency_ms: float
+    tried: tuple[str, ...] = ()
+
+
+class ModelPort(Protocol):
+    """Streams one model turn on a tier: TextDelta items, then exactly one ModelResult."""
+
+    def stream(
+        self,
+        tier: TierSpec,
+        messages: tuple[Message, ...],
+        tools: tuple[ToolSchema, ...],
+        *,
+        timeout_s: float,
+    ) -> AsyncIterator[TextDelta | ModelResult]: ...
+
+
+class ToolOutcome(BaseModel):
+    """The result of one tool call. A failure the model can react to is ok=False, not an error."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    ok: bool
+    output: str
+    error: str | None = None
+
+
+class ToolPort(Protocol):
+    async def call(
+        self, tool: ToolSpec, call: ToolCall, *, idempotency_key: str, timeout_s: float
+    ) -> ToolOutcome: ...
+
+
+class MemoryPort(Protocol):
+    """Conversation threads. Optional: the loop degrades without it."""
+
+    async def load_thread(self, namespace: str, thread_id: str) -> list[Message]: ...
+
+    async def append_thread(
+        self, namespace: str, thread_id: str, messages: list[Message]
+    ) -> None: ...

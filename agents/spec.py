@@ -1,0 +1,142 @@
+"""AgentSpec: what a team writes to define an agent, loadable from YAML."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Any, Self
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, JsonValue, ValidationError, model_validator
+
+from agents.errors import AgentSpecError
+from agents.messages import ToolSchema
+
+_NAME = r"^[a-z][a-z0-9_-]{0,62}$"
+
+
+def _empty_object_schema() -> dict[str, JsonValue]:
+    return {"type": "object", "properties": {}}
+
+
+class _Config(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class ModelRef(_Config):
+    """One model at one provider; a tier is a chain of these, tried in order."""
+
+    provider: str = Field(description="Provider name from the deploy config, e.g. 'sim-openai'.")
+    model: str = Field(description="The provider's model name.")
+
+
+class TierSpec(_Config):
+    """A model tier: a fallback chain and the settings every call on it uses."""
+
+    chain: tuple[ModelRef, ...] = Field(min_length=1, description="Models tried in order.")
+    max_output_tokens: int = Field(1024, gt=0, description="Cap on tokens generated per call.")
+    temperature: float = Field(0.0, ge=0.0, le=2.0, description="Sampling temperature.")
+
+
+class ToolSpec(_Config):
+    """A Python function tool: `function` is 'module:attribute' of an async or sync callable."""
+
+    name: str = Field(pattern=_NAME, description="The name the model calls the tool by.")
+    description: str = Field(min_length=1, description="What the model is told the tool does.")
+    parameters: dict[str, JsonValue] = Field(
+        default_factory=_empty_object_schema,
+        description="JSON schema of the arguments.",
+    )
+    function: str = Field(pattern=r"^[\w.]+:[\w.]+$", description="Import path 'module:attr'.")
+    side_effects: bool = Field(False, description="True if calling it changes the world.")
+    timeout_s: float | None = Field(
+        None, gt=0, description="Per-call timeout; default is the agent's tool_call_timeout_s."
+    )
+
+    def schema_for_model(self) -> ToolSchema:
+        return ToolSchema(name=self.name, description=self.description, parameters=self.parameters)
+
+
+class BudgetSpec(_Config):
+    """Hard limits per run, checked before every step."""
+
+    max_steps: int = Field(10, gt=0, description="Loop iterations (model calls) per run.")
+    max_tokens: int = Field(200_000, gt=0, description="Tokens in and out per run.")
+    max_cost_usd: float = Field(1.0, gt=0, description="Dollars per run.")
+    run_timeout_s: float = Field(600.0, gt=0, description="Wall clock per run.")
+
+
+class TimeoutSpec(_Config):
+    """Per-call timeouts; each call also gets no more than what is left of the run."""
+
+    model_call_timeout_s: float = Field(60.0, gt=0, description="One model call.")
+    tool_call_timeout_s: float = Field(
+        15.0, gt=0, description="One tool call, unless the tool says."
+    )
+
+
+class AgentSpec(_Config):
+    """An agent: prompt, model tiers, tools and budgets. One spec is one version."""
+
+    name: str = Field(pattern=_NAME, description="Agent name, used in URLs.")
+    version: str = Field("v1", pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,31}$", description="Version.")
+    description: str = Field("", description="One line for people.")
+    system_prompt: str = Field(min_length=1, description="The system message.")
+    tiers: dict[str, TierSpec] = Field(min_length=1, description="Tier name -> model chain.")
+    loop_tier: str = Field("strong", description="The tier the main loop's steps use.")
+    tools: tuple[ToolSpec, ...] = Field((), description="Tools the model may call.")
+    budgets: BudgetSpec = Field(default_factory=BudgetSpec, description="Per-run limits.")
+    timeouts: TimeoutSpec = Field(default_factory=TimeoutSpec, description="Per-call timeouts.")
+
+    @model_validator(mode="after")
+    def _references_resolve(self) -> Self:
+        if self.loop_tier not in self.tiers:
+            known = ", ".join(sorted(self.tiers))
+            raise ValueError(
+                f"unknown tier {self.loop_tier!r} in agent {self.name!r} (known: {known})"
+            )
+        names = [tool.name for tool in self.tools]
+        duplicates = sorted({n for n in names if names.count(n) > 1})
+        if duplicates:
+            raise ValueError(f"duplicate tool names in agent {self.name!r}: {duplicates}")
+        return self
+
+    @property
+    def key(self) -> str:
+        """'name@version', the deployment's identity."""
+        return f"{self.name}@{self.version}"
+
+    def tool(self, name: str) -> ToolSpec | None:
+        return next((tool for tool in self.tools if tool.name == name), None)
+
+    @classmethod
+    def from_mapping(cls, data: Any, source: str = "<memory>") -> AgentSpec:
+        """Validate a parsed mapping; errors name the source and the field path."""
+        try:
+            return cls.model_validate(data)
+        except ValidationError as exc:
+            raise AgentSpecError(_describe(exc, source), source) from None
+
+    @classmethod
+    def from_yaml(cls, path: str | Path) -> AgentSpec:
+        """Load one agent spec from a YAML file."""
+        source = str(path)
+        try:
+            data = yaml.safe_load(Path(path).read_text(encoding="utf-8"))
+        except OSError as exc:
+            raise AgentSpecError(f"{source}: cannot read: {exc.strerror}", source) from None
+        except yaml.YAMLError as exc:
+            raise AgentSpecError(f"{source}: not valid YAML: {exc}", source) from None
+        return cls.from_mapping(data, source)
+
+
+def _describe(exc: ValidationError, source: str) -> str:
+    lines = []
+    for error in exc.errors(include_url=False):
+        path = ".".join(str(part) for part in error["loc"]) or "(top level)"
+        lines.append(f"{source}: {path}: {error['msg']}")
+    return "\n".join(lines)
+
+
+def is_valid_name(name: str) -> bool:
+    return re.fullmatch(_NAME, name) is not None
