@@ -7,6 +7,7 @@
     │   ├── UnknownAgent
     │   └── UnknownRun            also what another tenant's run looks like
     ├── RequestInvalid            bad input from a caller (field named)
+    │   └── RequestTooLarge       a body over the size limit
     ├── RunError                  a run could not finish normally
     │   ├── BudgetExceeded        steps, tokens, dollars or wall clock
     │   ├── RunTimeout
@@ -90,6 +91,10 @@ class RequestInvalid(RayfleetError):
     def __init__(self, message: str, field: str = "") -> None:
         super().__init__(message, field)
         self.field = field
+
+
+class RequestTooLarge(RequestInvalid):
+    code = "request_too_large"
 
 
 class RunError(RayfleetError):

@@ -1,0 +1,138 @@
+"""The run host: a process that owns runs — their state, budgets and event logs — as asyncio
+tasks. Runs outlive the HTTP request and the Serve replica that started them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import secrets
+from collections import OrderedDict
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
+
+import httpx2
+
+from actors.router import ModelRouter
+from actors.settings import RuntimeSettings
+from agents.errors import RequestInvalid, UnknownRun
+from agents.eventlog import EventLog
+from agents.events import Event
+from agents.loop import Coalescing, Ports, RunInput, execute_run
+from agents.ports import ToolPort
+from agents.pricing import PriceTable
+from agents.spec import AgentSpec
+from agents.summary import RunSummary, summarize
+
+_RUN_ID = re.compile(r"^run-(?P<host>[a-z0-9]{1,16})-[0-9a-f]{20}$")
+
+
+def new_run_id(host_id: str) -> str:
+    """A run id names its host, so any replica can find the run without a lookup."""
+    return f"run-{host_id}-{secrets.token_hex(10)}"
+
+
+def host_of(run_id: str) -> str:
+    """The host id inside a run id; UnknownRun for anything that is not one of ours."""
+    match = _RUN_ID.fullmatch(run_id)
+    if match is None:
+        raise UnknownRun(f"unknown run {run_id!r}", run_id)
+    return match["host"]
+
+
+@dataclass
+class _Run:
+    spec_key: str
+    log: EventLog
+    task: asyncio.Task[None]
+
+
+class RunHost:
+    """Hosts many runs in one process; `runs_per_actor` decides how many (no Ray in here)."""
+
+    def __init__(
+        self,
+        host_id: str,
+        settings: RuntimeSettings,
+        tools: ToolPort,
+        on_run_end: Callable[[str], None] | None = None,
+    ) -> None:
+        self.host_id = host_id
+        self._settings = settings
+        self._tools = tools
+        self._on_run_end = on_run_end
+        self._runs: dict[str, _Run] = {}
+        self._finished: OrderedDict[str, None] = OrderedDict()
+        self._router: ModelRouter | None = None
+        self._http: httpx2.AsyncClient | None = None
+        self._coalescing = Coalescing(settings.coalesce_chars, settings.coalesce_ms)
+
+    def _model(self) -> ModelRouter:
+        # Built on first use so the pooled client belongs to the event loop that uses it.
+        if self._router is None:
+            limits = httpx2.Limits(max_connections=1000, max_keepalive_connections=200)
+            self._http = httpx2.AsyncClient(limits=limits, timeout=None)
+            self._router = ModelRouter(
+                self._settings.providers, PriceTable(self._settings.prices), self._http
+            )
+        return self._router
+
+    def load(self) -> int:
+        """Runs still in flight here."""
+        return len(self._runs) - len(self._finished)
+
+    async def start_run(self, spec: AgentSpec, request: RunInput) -> str:
+        """Start a run as a task and return its id once `run.created` is in its log."""
+        if request.run_id in self._runs:
+            raise RequestInvalid(f"run {request.run_id!r} already exists", "run_id")
+        if host_of(request.run_id) != self.host_id:
+            raise RequestInvalid(f"run {request.run_id!r} belongs to another host", "run_id")
+        log = EventLog(request.run_id)
+        ports = Ports(model=self._model(), tools=self._tools)
+        task = asyncio.create_task(
+            execute_run(spec, request, ports, log, coalescing=self._coalescing),
+            name=request.run_id,
+        )
+        self._runs[request.run_id] = _Run(spec.key, log, task)
+        task.add_done_callback(lambda _: self._finish(request.run_id))
+        await asyncio.sleep(0)  # let the task record run.created before we answer
+        return request.run_id
+
+    def _finish(self, run_id: str) -> None:
+        self._finished[run_id] = None
+        while len(self._finished) > self._settings.finished_runs_kept:
+            evicted, _ = self._finished.popitem(last=False)
+            self._runs.pop(evicted, None)
+        if self._on_run_end is not None:
+            self._on_run_end(self.host_id)
+
+    def _run(self, run_id: str) -> _Run:
+        run = self._runs.get(run_id)
+        if run is None:
+            raise UnknownRun(f"unknown run {run_id!r}", run_id)
+        return run
+
+    async def events(self, run_id: str, after: int = 0) -> AsyncIterator[list[Event]]:
+        """The run's events after seq `after`, live until its terminal event, in batches:
+        one batch is one Ray object, so a reader that falls behind catches up cheaply."""
+        async for batch in self._run(run_id).log.follow(after):
+            yield batch
+
+    async def summary(self, run_id: str) -> RunSummary:
+        return summarize(self._run(run_id).log.events())
+
+    async def cancel(self, run_id: str) -> bool:
+        """Cancel a running run; False if it had already ended."""
+        run = self._run(run_id)
+        if run.task.done():
+            return False
+        run.task.cancel()
+        await asyncio.gather(run.task, return_exceptions=True)
+        return True
+
+    async def aclose(self) -> None:
+        for run in self._runs.values():
+            run.task.cancel()
+        await asyncio.gather(*(run.task for run in self._runs.values()), return_exceptions=True)
+        if self._http is not None:
+            await self._http.aclose()

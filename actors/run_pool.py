@@ -1,0 +1,74 @@
+"""The warm pool of run hosts: hands out run slots so no actor is created on the hot path."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable
+
+from agents.errors import Overloaded
+
+Spawn = Callable[[str], Awaitable[None]]
+"""Creates (and waits for) the run host with the given id."""
+
+
+class RunPool:
+    """Tracks each host's in-flight runs against `runs_per_actor`; keeps spare capacity warm.
+
+    With runs_per_actor=1 every run gets a process of its own, reused after the run ends;
+    with more, runs are packed as asyncio tasks. No Ray in here: `spawn` does the creating.
+    """
+
+    def __init__(
+        self, runs_per_actor: int, warm_hosts: int, spawn: Spawn, max_hosts: int = 10_000
+    ) -> None:
+        self._capacity = runs_per_actor
+        self._warm = warm_hosts
+        self._spawn = spawn
+        self._max_hosts = max_hosts
+        self._load: dict[str, int] = {}
+        self._starting: dict[str, asyncio.Task[None]] = {}
+        self._next = 0
+
+    def stats(self) -> dict[str, int]:
+        return {
+            "hosts": len(self._load),
+            "runs": sum(self._load.values()),
+            "free_slots": self._free_slots(),
+        }
+
+    def _free_slots(self) -> int:
+        return sum(self._capacity - load for load in self._load.values())
+
+    def _add_host(self) -> str:
+        if len(self._load) >= self._max_hosts:
+            raise Overloaded(f"run pool is at max_hosts={self._max_hosts}", 1.0)
+        host_id = f"h{self._next:x}"
+        self._next += 1
+        self._load[host_id] = 0
+        self._starting[host_id] = asyncio.create_task(self._spawn(host_id))
+        self._starting[host_id].add_done_callback(lambda _: self._starting.pop(host_id, None))
+        return host_id
+
+    async def warm_up(self) -> None:
+        """Create the warm hosts now and wait until they are ready."""
+        while self._free_slots() < max(self._warm * self._capacity, 1):
+            self._add_host()
+        await asyncio.gather(*list(self._starting.values()))
+
+    async def acquire(self) -> str:
+        """A host id with a free slot, which is now taken."""
+        candidates = [h for h, load in self._load.items() if load < self._capacity]
+        host_id = min(candidates, key=self._load.__getitem__) if candidates else self._add_host()
+        self._load[host_id] += 1
+        # Keep spare hosts starting in the background so the next acquire does not wait.
+        while self._free_slots() < self._warm * self._capacity:
+            self._add_host()
+        starting = self._starting.get(host_id)
+        if starting is not None:
+            await asyncio.shield(starting)
+        return host_id
+
+    def release(self, host_id: str) -> None:
+        """A run on `host_id` ended."""
+        if self._load.get(host_id, 0) > 0:
+            self._load[host_id] -= 1

@@ -1,0 +1,62 @@
+"""Settings every run host needs: providers, prices, pooling and streaming knobs.
+
+Embedded in the deploy config (serve_app.config) and passed to actors as one frozen model.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from agents.pricing import DEFAULT_PRICES, ModelPrice
+
+
+class ProviderConfig(BaseModel):
+    """One model provider endpoint. The key is referenced by name, never written here."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    kind: Literal["openai", "anthropic"] = Field(description="Wire format spoken.")
+    base_url: str = Field(description="e.g. https://api.openai.com/v1 or the simulator's URL.")
+    api_key_env: str | None = Field(
+        None, description="Environment variable holding the key, read inside the actor."
+    )
+
+
+def simulator_providers(base_url: str) -> dict[str, ProviderConfig]:
+    """The embedded default: both wire formats served by the provider simulator."""
+    root = base_url.rstrip("/")
+    return {
+        "sim-openai": ProviderConfig(kind="openai", base_url=f"{root}/v1"),
+        "sim-anthropic": ProviderConfig(kind="anthropic", base_url=root),
+    }
+
+
+class RuntimeSettings(BaseModel):
+    """What the run hosts and their router need, validated once at deploy time."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    providers: dict[str, ProviderConfig] = Field(
+        default_factory=lambda: simulator_providers("http://127.0.0.1:8000/sim"),
+        description="Provider name -> endpoint.",
+    )
+    prices: dict[str, ModelPrice] = Field(
+        default_factory=lambda: dict(DEFAULT_PRICES), description="Model -> price per 1M tokens."
+    )
+    runs_per_actor: int = Field(
+        256,
+        ge=1,
+        le=20_000,
+        description="Runs packed into one run-host actor; 1 gives every run its own process.",
+    )
+    warm_run_hosts: int = Field(
+        1, ge=0, le=64, description="Idle run-host actors kept ready beyond current load."
+    )
+    coalesce_chars: int = Field(64, ge=1, description="Flush token deltas at this many chars.")
+    coalesce_ms: float = Field(20.0, ge=0, description="... or after this many milliseconds.")
+    finished_runs_kept: int = Field(
+        10_000, ge=1, description="Finished runs each host keeps for status and replay."
+    )
+    namespace: str = Field("rayfleet", description="Ray namespace of rayfleet's named actors.")

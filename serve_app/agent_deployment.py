@@ -1,0 +1,45 @@
+"""One Serve deployment per agent version: it owns the spec and starts runs on the run hosts."""
+
+from __future__ import annotations
+
+from ray import serve
+
+from actors.runtime import Runs, check_agents_package, ensure_runtime
+from actors.settings import RuntimeSettings
+from agents.spec import AgentSpec
+
+
+def deployment_name(spec: AgentSpec) -> str:
+    """'support@v1' is the agent version's deployment."""
+    return spec.key
+
+
+@serve.deployment(
+    # I/O-bound: a run start is two small actor calls, so many fit in one replica and it
+    # needs only a sliver of CPU (DESIGN.md: Serve's defaults are 5 requests and 1 CPU).
+    max_ongoing_requests=1000,
+    ray_actor_options={"num_cpus": 0.05},
+    health_check_period_s=10,
+)
+class AgentDeployment:
+    """Starts runs of one agent version. Runs live on run hosts, not in this replica, so a
+    redeploy that drains this replica does not end them."""
+
+    def __init__(self, spec: AgentSpec, settings: RuntimeSettings) -> None:
+        check_agents_package()
+        self._spec = spec
+        self._settings = settings
+        self._runs: Runs | None = None
+
+    async def _client(self) -> Runs:
+        if self._runs is None:
+            self._runs = Runs(self._settings, await ensure_runtime(self._settings))
+        return self._runs
+
+    async def start(self, input: str, thread_id: str | None = None) -> str:
+        """Start a run of this version; returns its run id."""
+        runs = await self._client()
+        return await runs.start(self._spec, input, thread_id)
+
+    def spec(self) -> AgentSpec:
+        return self._spec

@@ -1,0 +1,35 @@
+"""The app builders `serve run` / `serve deploy` import.
+
+serve run serve_app.app:build                   the rayfleet app on the embedded defaults
+serve deploy cluster/serve.yaml                 the same, plus the provider simulator app
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from ray.serve import Application
+
+from serve_app.agent_deployment import AgentDeployment, deployment_name
+from serve_app.config import AppConfig
+from serve_app.gateway import Gateway
+
+APP_NAME = "rayfleet"
+
+
+def build_app(config: AppConfig) -> Application:
+    specs = config.load_specs()
+    agents = {
+        spec.key: AgentDeployment.options(  # type: ignore[attr-defined]
+            name=deployment_name(spec), num_replicas=config.agent_replicas
+        ).bind(spec, config.runtime)
+        for spec in specs
+    }
+    return Gateway.options(num_replicas=config.gateway_replicas).bind(  # type: ignore[attr-defined,no-any-return]
+        agents, specs, config
+    )
+
+
+def build(args: dict[str, Any]) -> Application:
+    """Serve's app builder: `args` is the `args:` mapping of the deploy config."""
+    return build_app(AppConfig.from_args(args))

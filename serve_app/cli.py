@@ -1,0 +1,266 @@
+"""The `rayfleet` command line: start the service, run an agent once, inspect runs, run the
+provider simulator alone."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Annotated, Any
+
+import httpx2
+import typer
+import yaml
+from rich.console import Console
+
+from agents.events import (
+    ModelCompleted,
+    ModelDelta,
+    RunCancelled,
+    RunCompleted,
+    RunCreated,
+    RunFailed,
+    ToolCalled,
+    ToolResulted,
+)
+from serve_app.sse import SSEDecoder
+
+app = typer.Typer(help="rayfleet: serve AI agents in production on Ray.", no_args_is_help=True)
+runs_app = typer.Typer(help="Inspect runs.", no_args_is_help=True)
+app.add_typer(runs_app, name="runs")
+console = Console(highlight=False)
+err = Console(stderr=True, highlight=False)
+
+DEFAULT_URL = "http://127.0.0.1:8000"
+# Serve settings from DESIGN.md's measurements; the user's environment wins if it sets them.
+SERVE_ENV = {"RAY_SERVE_THROUGHPUT_OPTIMIZED": "1"}
+
+
+def _ray_bin() -> str:
+    found = shutil.which("ray", path=str(Path(sys.executable).parent)) or shutil.which("ray")
+    if found is None:
+        raise typer.BadParameter("the `ray` command is not installed in this environment")
+    return found
+
+
+@app.command()
+def serve(
+    port: Annotated[int, typer.Option(help="HTTP port of the Serve proxy.")] = 8000,
+    config: Annotated[
+        Path | None, typer.Option(help="YAML with the rayfleet app args (see cluster/serve.yaml).")
+    ] = None,
+    num_cpus: Annotated[int, typer.Option(help="CPUs the local Ray head offers.")] = 2,
+) -> None:
+    """Start a local Ray head and the rayfleet Serve app with its simulator; Ctrl-C stops both."""
+    env = {**SERVE_ENV, **os.environ}
+    os.environ.update(env)
+    args: dict[str, Any] = yaml.safe_load(config.read_text()) if config else {}
+    started = subprocess.run(
+        [
+            _ray_bin(),
+            "start",
+            "--head",
+            "--node-ip-address=127.0.0.1",
+            f"--num-cpus={num_cpus}",
+            "--disable-usage-stats",
+            "--include-dashboard=false",
+        ],
+        env=env,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    if started.returncode != 0:
+        err.print(f"[red]ray start failed[/]:\n{started.stderr[-2000:]}")
+        err.print("Is a Ray head already running? Stop it with `ray stop`.")
+        raise typer.Exit(1)
+    try:
+        _deploy(port, args)
+        console.print(f"rayfleet is serving at [bold]http://127.0.0.1:{port}[/] (Ctrl-C stops it)")
+        example = '{"input": "Where is order 1234?"}'
+        console.print(
+            f"  try: curl -N -H 'Accept: text/event-stream' -d '{example}' "
+            f"http://127.0.0.1:{port}/v1/agents/support/runs"
+        )
+        signal.sigwait({signal.SIGINT, signal.SIGTERM})
+    except KeyboardInterrupt:
+        pass
+    finally:
+        console.print("stopping rayfleet and the local Ray head ...")
+        subprocess.run([_ray_bin(), "stop", "--force"], capture_output=True, check=False)
+
+
+def _deploy(port: int, args: dict[str, Any]) -> None:
+    import ray
+    from ray import serve as ray_serve
+
+    from serve_app.app import APP_NAME, build
+    from serve_app.simulator.deployment import SIM_APP_NAME, SIM_ROUTE_PREFIX
+    from serve_app.simulator.deployment import build as build_sim
+
+    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM})
+    ray.init(address="auto", logging_level="WARNING", log_to_driver=False)
+    ray_serve.start(http_options={"host": "127.0.0.1", "port": port})
+    args.setdefault("runtime", {}).setdefault(
+        "providers",
+        {
+            "sim-openai": {"kind": "openai", "base_url": f"http://127.0.0.1:{port}/sim/v1"},
+            "sim-anthropic": {"kind": "anthropic", "base_url": f"http://127.0.0.1:{port}/sim"},
+        },
+    )
+    ray_serve.run(build_sim({}), name=SIM_APP_NAME, route_prefix=SIM_ROUTE_PREFIX)
+    ray_serve.run(build(args), name=APP_NAME, route_prefix="/")
+
+
+@app.command()
+def sim(
+    port: Annotated[int, typer.Option(help="Port on 127.0.0.1.")] = 8100,
+    ttft_ms: Annotated[float, typer.Option(help="Time to first token.")] = 20.0,
+    tokens_per_s: Annotated[float, typer.Option(help="Streaming pace; 0 = unpaced.")] = 0.0,
+) -> None:
+    """Run the provider simulator alone (OpenAI and Anthropic wire formats on one port)."""
+    from serve_app.simulator import SimSettings, run_simulator
+
+    console.print(
+        f"provider simulator on http://127.0.0.1:{port} "
+        f"(OpenAI base_url .../v1, Anthropic base_url ...)"
+    )
+    run_simulator("127.0.0.1", port, SimSettings(ttft_ms=ttft_ms, tokens_per_s=tokens_per_s))
+
+
+@app.command()
+def run(
+    agent: Annotated[str, typer.Argument(help="Agent name, e.g. support.")],
+    input: Annotated[str, typer.Argument(help="What to ask.")],
+    url: Annotated[str, typer.Option(help="The rayfleet service.")] = DEFAULT_URL,
+    thread_id: Annotated[str | None, typer.Option(help="Continue a conversation.")] = None,
+    version: Annotated[str | None, typer.Option(help="Pin an agent version.")] = None,
+    timeout_s: Annotated[float, typer.Option(help="Give up after this long.")] = 600.0,
+) -> None:
+    """Run an agent once with live output: tokens, tool calls, the answer and its cost."""
+    body: dict[str, Any] = {"input": input}
+    body |= {k: v for k, v in {"thread_id": thread_id, "version": version}.items() if v}
+    ok = _stream(f"{url}/v1/agents/{agent}/runs", "POST", body, timeout_s)
+    raise typer.Exit(0 if ok else 1)
+
+
+@runs_app.command("show")
+def runs_show(
+    run_id: str, url: Annotated[str, typer.Option(help="The rayfleet service.")] = DEFAULT_URL
+) -> None:
+    """Print a run's status, output, usage and cost as JSON."""
+    response = _request("GET", f"{url}/v1/runs/{run_id}")
+    console.print_json(response.text)
+    raise typer.Exit(0 if response.status_code == 200 else 1)
+
+
+@runs_app.command("events")
+def runs_events(
+    run_id: str,
+    after: Annotated[int, typer.Option(help="Replay events after this seq.")] = 0,
+    url: Annotated[str, typer.Option(help="The rayfleet service.")] = DEFAULT_URL,
+) -> None:
+    """Replay a run's events (and follow it live until it ends)."""
+    ok = _stream(f"{url}/v1/runs/{run_id}/events?after={after}", "GET", None, 600.0)
+    raise typer.Exit(0 if ok else 1)
+
+
+@runs_app.command("cancel")
+def runs_cancel(
+    run_id: str, url: Annotated[str, typer.Option(help="The rayfleet service.")] = DEFAULT_URL
+) -> None:
+    """Cancel a running run."""
+    response = _request("POST", f"{url}/v1/runs/{run_id}/cancel")
+    console.print_json(response.text)
+    raise typer.Exit(0 if response.status_code == 200 else 1)
+
+
+def _request(method: str, url: str) -> httpx2.Response:
+    try:
+        return httpx2.request(method, url, timeout=30.0)
+    except httpx2.TransportError as exc:
+        err.print(f"[red]cannot reach rayfleet at {url}[/]: {exc}. Start it with `make serve`.")
+        raise typer.Exit(2) from None
+
+
+def _stream(url: str, method: str, body: dict[str, Any] | None, timeout_s: float) -> bool:
+    """Print a run's events as they arrive; True if it completed."""
+    decoder = SSEDecoder()
+    deadline = time.monotonic() + timeout_s
+    try:
+        with httpx2.stream(
+            method,
+            url,
+            json=body,
+            headers={"Accept": "text/event-stream"},
+            timeout=httpx2.Timeout(30.0, read=timeout_s),
+        ) as response:
+            if response.status_code >= 400:
+                response.read()
+                err.print(f"[red]{response.status_code}[/] {_detail(response)}")
+                return False
+            for line in response.iter_lines():
+                event = decoder.feed(line)
+                ended = _show(event) if event is not None else None
+                if ended is not None:
+                    return ended
+                if time.monotonic() > deadline:
+                    err.print("[red]gave up waiting[/]")
+                    return False
+    except httpx2.TransportError as exc:
+        err.print(f"[red]cannot reach rayfleet at {url}[/]: {exc}. Start it with `make serve`.")
+        raise typer.Exit(2) from None
+    err.print("[red]the stream ended without a terminal event[/]")
+    return False
+
+
+def _detail(response: httpx2.Response) -> str:
+    try:
+        return str(response.json().get("detail", response.text))
+    except ValueError:
+        return response.text
+
+
+def _show(event: object) -> bool | None:
+    """Render one event; True/False once the run ended (completed or not), else None."""
+    match event:
+        case RunCreated():
+            err.print(f"[dim]run {event.run_id} ({event.agent}@{event.version})[/]")
+        case ModelDelta():
+            console.print(event.text, end="")
+        case ModelCompleted():
+            if event.text:
+                console.print()
+            err.print(
+                f"[dim]  {event.provider}/{event.model}: {event.usage.total_tokens} tokens, "
+                f"${event.cost_usd:.6f}[/]"
+            )
+        case ToolCalled():
+            console.print(f"[cyan]-> {event.tool}({json.dumps(event.arguments)})[/]")
+        case ToolResulted():
+            color = "green" if event.ok else "red"
+            console.print(
+                f"[{color}]<- {event.tool}: {(event.output or event.error or '')[:200]}[/]"
+            )
+        case RunCompleted():
+            console.print(
+                f"[bold]done[/] in {event.steps} steps, {event.usage.total_tokens} tokens, "
+                f"${event.cost_usd:.6f}"
+            )
+            return True
+        case RunFailed():
+            err.print(f"[red]failed[/] ({event.code}): {event.message}")
+            return False
+        case RunCancelled():
+            err.print(f"[yellow]cancelled[/]: {event.reason}")
+            return False
+    return None
+
+
+if __name__ == "__main__":
+    app()

@@ -1,0 +1,60 @@
+"""The deploy-config schema: what `serve deploy` passes to the app builder as `args`."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from actors.settings import RuntimeSettings
+from agents.errors import ConfigError
+from agents.examples import example_specs
+from agents.spec import AgentSpec
+
+
+class AppConfig(BaseModel):
+    """Arguments of the `rayfleet` Serve application."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    agents: tuple[str, ...] = Field(
+        (), description="Agent spec YAML files; empty means the built-in example agents."
+    )
+    runtime: RuntimeSettings = Field(
+        default_factory=RuntimeSettings, description="Providers, prices, run pooling."
+    )
+    max_body_bytes: int = Field(1_048_576, gt=0, description="Largest request body accepted.")
+    sse_ping_s: float = Field(15.0, gt=0, description="Keep-alive comment interval on SSE.")
+    gateway_replicas: int = Field(1, ge=1, description="Gateway (ingress) replicas.")
+    agent_replicas: int = Field(1, ge=1, description="Replicas per agent version.")
+
+    @classmethod
+    def from_args(cls, args: dict[str, Any]) -> AppConfig:
+        try:
+            return cls.model_validate(args)
+        except ValidationError as exc:
+            lines = [
+                f"{'.'.join(str(p) for p in err['loc']) or '(top level)'}: {err['msg']}"
+                for err in exc.errors(include_url=False)
+            ]
+            raise ConfigError("invalid rayfleet app config:\n" + "\n".join(lines)) from None
+
+    def load_specs(self) -> list[AgentSpec]:
+        specs = (
+            [AgentSpec.from_yaml(Path(p)) for p in self.agents] if self.agents else example_specs()
+        )
+        seen: set[str] = set()
+        for spec in specs:
+            if spec.key in seen:
+                raise ConfigError(f"agent version {spec.key!r} is declared twice")
+            seen.add(spec.key)
+            for tier in spec.tiers.values():
+                for ref in tier.chain:
+                    if ref.provider not in self.runtime.providers:
+                        known = ", ".join(sorted(self.runtime.providers))
+                        raise ConfigError(
+                            f"agent {spec.key!r} uses unknown provider {ref.provider!r} "
+                            f"(known: {known})"
+                        )
+        return specs

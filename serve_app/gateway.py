@@ -1,0 +1,252 @@
+"""The gateway: Serve ingress for the HTTP/SSE API and the Python handle API.
+
+It picks the agent version, asks that version's deployment to start the run, then streams
+the run's events straight from the run host that owns it (one Ray hop per batch of events).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator
+from typing import Any, TypeVar
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from ray import serve
+from ray.serve.handle import DeploymentHandle
+from sse_starlette import EventSourceResponse
+from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+
+from actors.runtime import Runs, check_agents_package, ensure_runtime
+from agents.errors import RayfleetError, RequestInvalid, RequestTooLarge, UnknownAgent
+from agents.events import Event
+from agents.spec import AgentSpec
+from agents.summary import RunSummary
+from serve_app.config import AppConfig
+from serve_app.http_errors import error_response, problem
+from serve_app.sse import to_sse
+
+_M = TypeVar("_M", bound=BaseModel)
+
+
+class RunRequest(BaseModel):
+    """Body of `POST /v1/agents/{agent}/runs`."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    input: str = Field(min_length=1, max_length=100_000, description="The user's request.")
+    thread_id: str | None = Field(
+        None, pattern=r"^[A-Za-z0-9._:-]{1,128}$", description="Continue this conversation."
+    )
+    version: str | None = Field(None, description="Pin an agent version (default: current).")
+
+
+@serve.deployment(
+    name="gateway",
+    max_ongoing_requests=2000,
+    ray_actor_options={"num_cpus": 0.1},
+)
+@serve.ingress()
+class Gateway:
+    """HTTP API and handle API in one ingress deployment."""
+
+    def __init__(
+        self, agents: dict[str, DeploymentHandle], specs: list[AgentSpec], config: AppConfig
+    ) -> None:
+        check_agents_package()
+        self._agents = agents
+        self._specs = {spec.key: spec for spec in specs}
+        self._config = config
+        self._runs: Runs | None = None
+
+    async def _client(self) -> Runs:
+        if self._runs is None:
+            self._runs = Runs(self._config.runtime, await ensure_runtime(self._config.runtime))
+        return self._runs
+
+    # -- the handle API (also used by the HTTP routes) ---------------------------------------
+
+    def list_agents(self) -> list[dict[str, Any]]:
+        """Every agent with its versions."""
+        by_name: dict[str, list[AgentSpec]] = {}
+        for spec in self._specs.values():
+            by_name.setdefault(spec.name, []).append(spec)
+        return [
+            {
+                "name": name,
+                "description": versions[-1].description,
+                "current_version": versions[-1].version,
+                "versions": [
+                    {
+                        "version": s.version,
+                        "tiers": sorted(s.tiers),
+                        "tools": [t.name for t in s.tools],
+                    }
+                    for s in versions
+                ],
+            }
+            for name, versions in sorted(by_name.items())
+        ]
+
+    def _choose(self, agent: str, version: str | None) -> str:
+        keys = [key for key, spec in self._specs.items() if spec.name == agent]
+        if not keys:
+            known = ", ".join(sorted({s.name for s in self._specs.values()}))
+            raise UnknownAgent(f"unknown agent {agent!r} (known: {known})", agent)
+        if version is None:
+            return keys[-1]
+        key = f"{agent}@{version}"
+        if key not in keys:
+            raise UnknownAgent(f"agent {agent!r} has no version {version!r}", agent)
+        return key
+
+    async def start_run(
+        self, agent: str, input: str, thread_id: str | None = None, version: str | None = None
+    ) -> str:
+        """Start a run; returns its id. The run goes on whatever happens to the caller."""
+        request = RunRequest(input=input, thread_id=thread_id, version=version)
+        key = self._choose(agent, request.version)
+        run_id: str = await self._agents[key].start.remote(request.input, request.thread_id)
+        return run_id
+
+    async def stream_events(self, run_id: str, after: int = 0) -> AsyncIterator[Event]:
+        """A run's events after seq `after`, live until its terminal event."""
+        runs = await self._client()
+        async for event in runs.events(run_id, after):
+            yield event
+
+    async def stream_run(
+        self,
+        agent: str,
+        input: str,
+        thread_id: str | None = None,
+        version: str | None = None,
+        run_id: str | None = None,
+        after: int = 0,
+    ) -> AsyncIterator[Event]:
+        """Start a run and stream its events; with `run_id`, resume that run after `after`."""
+        if run_id is None:
+            run_id = await self.start_run(agent, input, thread_id, version)
+        async for event in self.stream_events(run_id, after):
+            yield event
+
+    async def get_run(self, run_id: str) -> RunSummary:
+        return await (await self._client()).summary(run_id)
+
+    async def cancel_run(self, run_id: str) -> RunSummary:
+        runs = await self._client()
+        await runs.cancel(run_id)
+        return await runs.summary(run_id)
+
+    # -- HTTP ---------------------------------------------------------------------------------
+
+    def __serve_build_asgi_app__(self) -> Starlette:
+        routes = [
+            Route("/healthz", self._healthz, methods=["GET"]),
+            Route("/v1/agents", self._http_list_agents, methods=["GET"]),
+            Route("/v1/agents/{agent}/runs", self._http_create_run, methods=["POST"]),
+            Route("/v1/runs/{run_id}", self._http_get_run, methods=["GET"]),
+            Route("/v1/runs/{run_id}/events", self._http_events, methods=["GET"]),
+            Route("/v1/runs/{run_id}/cancel", self._http_cancel, methods=["POST"]),
+        ]
+        return Starlette(
+            routes=routes,
+            exception_handlers={
+                RayfleetError: _rayfleet_error,  # type: ignore[dict-item]
+                HTTPException: _http_error,  # type: ignore[dict-item]
+            },
+        )
+
+    async def _healthz(self, request: Request) -> Response:
+        return JSONResponse({"status": "ok"})
+
+    async def _http_list_agents(self, request: Request) -> Response:
+        return JSONResponse({"agents": self.list_agents()})
+
+    async def _http_create_run(self, request: Request) -> Response:
+        body = await _read_json(request, self._config.max_body_bytes)
+        run = _validate(RunRequest, body)
+        run_id = await self.start_run(
+            request.path_params["agent"], run.input, run.thread_id, run.version
+        )
+        links = {
+            "run_id": run_id,
+            "status_url": f"/v1/runs/{run_id}",
+            "events_url": f"/v1/runs/{run_id}/events",
+        }
+        if _wants_sse(request):
+            return self._sse(run_id, 0, headers={"X-Run-Id": run_id})
+        return JSONResponse(links, status_code=202, headers={"Location": links["status_url"]})
+
+    async def _http_get_run(self, request: Request) -> Response:
+        summary = await self.get_run(request.path_params["run_id"])
+        return JSONResponse(summary.model_dump(mode="json"))
+
+    async def _http_events(self, request: Request) -> Response:
+        run_id = request.path_params["run_id"]
+        after = _resume_point(request)
+        await self.get_run(run_id)  # 404 before a stream starts, not inside it
+        return self._sse(run_id, after)
+
+    async def _http_cancel(self, request: Request) -> Response:
+        summary = await self.cancel_run(request.path_params["run_id"])
+        return JSONResponse(summary.model_dump(mode="json"))
+
+    def _sse(self, run_id: str, after: int, headers: dict[str, str] | None = None) -> Response:
+        async def frames() -> AsyncIterator[dict[str, str]]:
+            async for event in self.stream_events(run_id, after):
+                yield to_sse(event)
+
+        return EventSourceResponse(
+            frames(),
+            ping=int(self._config.sse_ping_s),
+            headers=headers,
+            send_timeout=30,
+        )
+
+
+def _wants_sse(request: Request) -> bool:
+    return "text/event-stream" in request.headers.get("accept", "")
+
+
+def _resume_point(request: Request) -> int:
+    raw = request.headers.get("last-event-id") or request.query_params.get("after") or "0"
+    field = "Last-Event-ID" if "last-event-id" in request.headers else "after"
+    if not raw.isdigit() or len(raw) > 12:
+        raise RequestInvalid(f"{field} must be a non-negative integer seq, not {raw[:40]!r}", field)
+    return int(raw)
+
+
+async def _read_json(request: Request, limit: int) -> Any:
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > limit:
+        raise RequestTooLarge(f"body of {declared} bytes is over the {limit}-byte limit", "body")
+    body = bytearray()
+    async for chunk in request.stream():
+        body += chunk
+        if len(body) > limit:
+            raise RequestTooLarge(f"body is over the {limit}-byte limit", "body")
+    try:
+        return json.loads(body)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise RequestInvalid(f"body is not valid JSON: {exc}", "body") from None
+
+
+def _validate(model: type[_M], data: Any) -> _M:
+    try:
+        return model.model_validate(data)
+    except ValidationError as exc:
+        first = exc.errors(include_url=False)[0]
+        field = ".".join(str(part) for part in first["loc"]) or "body"
+        raise RequestInvalid(f"{field}: {first['msg']}", field) from None
+
+
+async def _rayfleet_error(request: Request, exc: RayfleetError) -> Response:
+    return error_response(exc)
+
+
+async def _http_error(request: Request, exc: HTTPException) -> Response:
+    return problem(exc.status_code, "HTTPError", str(exc.detail), f"http_{exc.status_code}")

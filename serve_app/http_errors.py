@@ -1,0 +1,57 @@
+"""The one place errors become HTTP status codes and problem+json bodies (RFC 9457)."""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+from starlette.responses import JSONResponse
+
+from agents.errors import (
+    NotFound,
+    Overloaded,
+    ProviderError,
+    RayfleetError,
+    RequestInvalid,
+    RequestTooLarge,
+    TenantLimited,
+)
+
+_STATUS: dict[type[RayfleetError], int] = {
+    RayfleetError: 500,
+    NotFound: 404,
+    RequestInvalid: 422,
+    RequestTooLarge: 413,
+    ProviderError: 502,
+    TenantLimited: 429,
+    Overloaded: 503,
+}
+
+
+def status_for(error: RayfleetError) -> int:
+    """The status of the nearest class in the error's MRO that has one."""
+    for cls in type(error).__mro__:
+        if cls in _STATUS:
+            return _STATUS[cls]  # type: ignore[index]
+    return 500
+
+
+def problem(status: int, title: str, detail: str, code: str, **extra: Any) -> JSONResponse:
+    body = {"type": "about:blank", "title": title, "status": status, "detail": detail, "code": code}
+    body.update({k: v for k, v in extra.items() if v is not None})
+    return JSONResponse(body, status_code=status, media_type="application/problem+json")
+
+
+def error_response(error: RayfleetError) -> JSONResponse:
+    status = status_for(error)
+    response = problem(
+        status,
+        type(error).__name__,
+        error.message,
+        error.code,
+        field=getattr(error, "field", None) or None,
+    )
+    retry_after = getattr(error, "retry_after_s", None)
+    if retry_after is not None and status in (429, 503):
+        response.headers["Retry-After"] = str(max(1, math.ceil(retry_after)))
+    return response
