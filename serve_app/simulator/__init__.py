@@ -1,0 +1,12 @@
+"""The provider simulator: an HTTP server speaking the OpenAI and Anthropic wire protocols.
+
+It is the embedded default provider when no key is configured and what the tests talk to.
+Policy mode (default) answers with a deterministic rule-based model; scripted mode
+(`POST /_sim/script`) lets a test queue exact replies, errors, delays and dropped streams.
+"""
+
+from __future__ import annotations
+
+from serve_app.simulator.app import SimSettings, build_simulator_app, run_simulator
+
+__all__ = ["SimSettings", "build_simulator_app", "run_simulator"]

@@ -1,0 +1,381 @@
+"""The simulator's HTTP app: OpenAI and Anthropic wire formats on one port, plus `/_sim/*`.
+
+Routes:
+    POST /v1/chat/completions   OpenAI chat completions (streaming or not)
+    POST /v1/embeddings         OpenAI embeddings (deterministic unit vectors)
+    GET  /v1/models             a model list both SDKs can parse
+    POST /v1/messages           Anthropic messages (streaming or not)
+    POST /_sim/script           queue scripted replies: {"replies": [...]}
+    GET  /_sim/script           {"pending": <unused replies>}
+    GET  /_sim/requests         {"requests": [...]} every recorded model request
+    POST /_sim/reset            clear the queue, the request log and the prompt caches
+
+Latency: `ttft_ms` (or the `x-sim-ttft-ms` request header) before the first byte of a
+non-streaming reply or the first chunk of a stream; `tokens_per_s` paces later chunks; a
+scripted `delay_ms` comes before the response headers (a long one = a hanging provider).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import time
+from collections.abc import AsyncIterator
+from typing import Any, Literal
+
+import uvicorn
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response, StreamingResponse
+from starlette.routing import Route
+
+from serve_app.simulator import anthropic_wire, openai_wire
+from serve_app.simulator.policy import (
+    Completion,
+    Conversation,
+    PromptCache,
+    SimToolCall,
+    SimUsage,
+    WireError,
+    embed_text,
+    estimate_tokens,
+    policy_completion,
+    short_hash,
+)
+from serve_app.simulator.script import (
+    DropReply,
+    ReplyQueue,
+    RequestLog,
+    StatusReply,
+    StreamErrorReply,
+    TextReply,
+    ToolCallReply,
+    UsageOverride,
+    parse_replies,
+)
+
+Wire = Literal["openai", "anthropic"]
+_RECORDED_HEADERS = ("anthropic-version", "x-sim-ttft-ms", "content-type")
+
+
+class SimSettings(BaseModel):
+    """How the simulated providers behave by default."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    ttft_ms: float = Field(default=20.0, ge=0)
+    """Time to first token (or to a non-streaming reply); header `x-sim-ttft-ms` overrides."""
+    tokens_per_s: float = Field(default=0.0, ge=0)
+    """Pace of streamed chunks after the first; 0 = no pacing."""
+    embedding_dim: int = Field(default=64, ge=1)
+    """Length of every embedding vector."""
+
+
+class DroppedConnection(Exception):
+    """Raised inside a response body to make the server cut the connection mid-reply."""
+
+
+class _DropFilter(logging.Filter):
+    """Keeps uvicorn from logging our deliberate connection drops as application errors."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        exc = record.exc_info[1] if record.exc_info else None
+        return not _contains_drop(exc)
+
+
+def _contains_drop(exc: BaseException | None) -> bool:
+    if exc is None:
+        return False
+    if isinstance(exc, DroppedConnection):
+        return True
+    if isinstance(exc, BaseExceptionGroup):
+        return any(_contains_drop(e) for e in exc.exceptions)
+    return _contains_drop(exc.__cause__ or exc.__context__)
+
+
+def install_log_filter() -> None:
+    """Silence deliberate drops in uvicorn's error log (idempotent)."""
+    logger = logging.getLogger("uvicorn.error")
+    if not any(isinstance(f, _DropFilter) for f in logger.filters):
+        logger.addFilter(_DropFilter())
+
+
+class _SimState:
+    def __init__(self, settings: SimSettings) -> None:
+        self.settings = settings
+        self.queue = ReplyQueue()
+        self.log = RequestLog()
+        self.cache = PromptCache()
+
+    def reset(self) -> None:
+        self.queue.clear()
+        self.log.clear()
+        self.cache.clear()
+
+
+def _state(request: Request) -> _SimState:
+    state: _SimState = request.app.state.sim
+    return state
+
+
+async def _read_json(request: Request) -> Any:
+    raw = await request.body()
+    try:
+        return json.loads(raw)
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise WireError(400, f"request body is not valid JSON: {exc}") from exc
+
+
+def _record(request: Request, body: Any) -> None:
+    model = body.get("model") if isinstance(body, dict) else None
+    headers = {h: request.headers[h] for h in _RECORDED_HEADERS if h in request.headers}
+    auth = "authorization" in request.headers or "x-api-key" in request.headers
+    _state(request).log.record(request.url.path, str(model or ""), body, auth=auth, headers=headers)
+
+
+def _error(wire: Wire, status: int, message: str, retry_after_s: float | None = None) -> Response:
+    body = (openai_wire if wire == "openai" else anthropic_wire).error_body(status, message)
+    headers = {}
+    if retry_after_s is not None:
+        seconds = int(retry_after_s) if float(retry_after_s).is_integer() else retry_after_s
+        headers["retry-after"] = str(seconds)
+    return JSONResponse(body, status_code=status, headers=headers)
+
+
+def _ttft_s(request: Request) -> float:
+    raw = request.headers.get("x-sim-ttft-ms")
+    try:
+        return float(raw) / 1000 if raw is not None else _state(request).settings.ttft_ms / 1000
+    except ValueError:
+        return _state(request).settings.ttft_ms / 1000
+
+
+def _apply_override(usage: SimUsage, override: UsageOverride | None) -> SimUsage:
+    if override is None:
+        return usage
+    return SimUsage(
+        input_tokens=_pick(override.input_tokens, usage.input_tokens),
+        cached_tokens=_pick(override.cached_tokens, usage.cached_tokens),
+        cache_write_tokens=_pick(override.cache_write_tokens, usage.cache_write_tokens),
+        output_tokens=_pick(override.output_tokens, usage.output_tokens),
+    )
+
+
+def _pick(override: int | None, default: int) -> int:
+    return default if override is None else override
+
+
+async def _paced(
+    chunks: list[tuple[str, int]], ttft_s: float, tokens_per_s: float, drop_after: int | None
+) -> AsyncIterator[bytes]:
+    if ttft_s > 0:
+        await asyncio.sleep(ttft_s)
+    for i, (data, tokens) in enumerate(chunks):
+        if drop_after is not None and i >= drop_after:
+            raise DroppedConnection(f"simulated drop after {drop_after} chunks")
+        if i and tokens_per_s > 0 and tokens:
+            await asyncio.sleep(tokens / tokens_per_s)
+        yield data.encode()
+
+
+def _cut_body(payload: bytes) -> Response:
+    """A response announcing the whole body that sends half of it, then drops."""
+
+    async def half() -> AsyncIterator[bytes]:
+        yield payload[: len(payload) // 2]
+        raise DroppedConnection("simulated drop of a non-streaming reply")
+
+    return StreamingResponse(
+        half(), media_type="application/json", headers={"content-length": str(len(payload))}
+    )
+
+
+def _completion(
+    reply: object, conv: Conversation, key: str, wire: Wire, input_usage: SimUsage
+) -> Completion:
+    prefix = "call_" if wire == "openai" else "toolu_"
+    if isinstance(reply, TextReply):
+        completion = Completion(text=reply.text)
+    elif isinstance(reply, ToolCallReply):
+        call_id = reply.id or f"{prefix}{short_hash(key, reply.name, n=20)}"
+        completion = Completion(
+            text=reply.text, tool_calls=[SimToolCall(call_id, reply.name, reply.arguments)]
+        )
+    else:
+        completion = policy_completion(conv, key, id_prefix=prefix)
+    input_usage.output_tokens = completion.output_tokens()
+    override = getattr(reply, "usage", None)
+    completion.usage = _apply_override(input_usage, override)
+    return completion
+
+
+async def _model_call(request: Request, wire: Wire) -> Response:
+    state = _state(request)
+    try:
+        body = await _read_json(request)
+    except WireError as err:
+        _record(request, None)
+        return _error(wire, err.status, err.message)
+    _record(request, body)
+    try:
+        if wire == "openai":
+            conv = openai_wire.parse_chat(body)
+        else:
+            conv, blocks = anthropic_wire.parse_messages(body)
+    except WireError as err:
+        return _error(wire, err.status, err.message)
+
+    reply = state.queue.take(conv.model, "chat")
+    if reply is not None and reply.delay_ms > 0:
+        await asyncio.sleep(reply.delay_ms / 1000)
+    if isinstance(reply, StatusReply):
+        return _error(wire, reply.status, reply.message, reply.retry_after_s)
+
+    key = short_hash(body, state.log.total)
+    if wire == "openai":
+        usage = openai_wire.input_usage(conv, state.cache)
+    else:
+        usage = anthropic_wire.input_usage(conv.model, blocks, state.cache)
+    completion = _completion(reply, conv, key, wire, usage)
+    ttft_s = _ttft_s(request)
+    created = int(time.time())
+    response_id = ("chatcmpl-" if wire == "openai" else "msg_") + key
+
+    if not body.get("stream"):
+        await asyncio.sleep(ttft_s)
+        if isinstance(reply, StreamErrorReply):
+            return _error(wire, 529 if wire == "anthropic" else 503, reply.message)
+        if wire == "openai":
+            payload = openai_wire.chat_response(completion, conv.model, response_id, created)
+        else:
+            payload = anthropic_wire.message_response(completion, conv.model, response_id)
+        if isinstance(reply, DropReply):
+            return _cut_body(json.dumps(payload).encode())
+        return JSONResponse(payload)
+
+    if wire == "openai":
+        options = body.get("stream_options") or {}
+        include_usage = isinstance(options, dict) and options.get("include_usage") is True
+        chunks = openai_wire.chat_stream(
+            completion, conv.model, response_id, created, include_usage=include_usage
+        )
+    else:
+        chunks = anthropic_wire.message_stream(completion, conv.model, response_id)
+    if isinstance(reply, StreamErrorReply):
+        wire_module = openai_wire if wire == "openai" else anthropic_wire
+        error_event = wire_module.stream_error_event(reply.error_type, reply.message)
+        chunks = [*chunks[: reply.after_chunks], (error_event, 0)]
+    drop_after = reply.after_chunks if isinstance(reply, DropReply) else None
+    return StreamingResponse(
+        _paced(chunks, ttft_s, state.settings.tokens_per_s, drop_after),
+        media_type="text/event-stream",
+        headers={"cache-control": "no-cache"},
+    )
+
+
+async def chat_completions(request: Request) -> Response:
+    return await _model_call(request, "openai")
+
+
+async def messages(request: Request) -> Response:
+    return await _model_call(request, "anthropic")
+
+
+async def embeddings(request: Request) -> Response:
+    state = _state(request)
+    try:
+        body = await _read_json(request)
+        _record(request, body)
+        model, inputs = openai_wire.parse_embedding_inputs(body)
+    except WireError as err:
+        return _error("openai", err.status, err.message)
+    reply = state.queue.take(model, "embeddings")
+    if reply is not None and reply.delay_ms > 0:
+        await asyncio.sleep(reply.delay_ms / 1000)
+    if isinstance(reply, StatusReply):
+        return _error("openai", reply.status, reply.message, reply.retry_after_s)
+    await asyncio.sleep(_ttft_s(request))
+    if isinstance(reply, StreamErrorReply):
+        return _error("openai", 503, reply.message)
+    tokens = sum(estimate_tokens(text) for text in inputs)
+    if reply is not None and reply.usage is not None and reply.usage.input_tokens is not None:
+        tokens = reply.usage.input_tokens
+    vectors = [embed_text(text, state.settings.embedding_dim) for text in inputs]
+    encoding = str(body.get("encoding_format") or "float")
+    payload = openai_wire.embeddings_response(model, vectors, tokens, encoding)
+    if isinstance(reply, DropReply):
+        return _cut_body(json.dumps(payload).encode())
+    return JSONResponse(payload)
+
+
+async def list_models(request: Request) -> Response:
+    """A list both SDKs accept: OpenAI's fields and Anthropic's side by side."""
+    ids = ["sim-fast", "sim-strong"]
+    data = [
+        {
+            "id": i,
+            "object": "model",
+            "type": "model",
+            "created": 0,
+            "created_at": "2025-01-01T00:00:00Z",
+            "display_name": i,
+            "owned_by": "rayfleet-simulator",
+        }
+        for i in ids
+    ]
+    return JSONResponse(
+        {"object": "list", "data": data, "has_more": False, "first_id": ids[0], "last_id": ids[-1]}
+    )
+
+
+async def post_script(request: Request) -> Response:
+    try:
+        body = await _read_json(request)
+        replies = parse_replies(body.get("replies") if isinstance(body, dict) else None)
+    except WireError as err:
+        return JSONResponse({"error": err.message}, status_code=400)
+    except ValidationError as err:
+        return JSONResponse({"error": err.errors(include_url=False)}, status_code=422)
+    _state(request).queue.extend(replies)
+    return JSONResponse({"pending": len(_state(request).queue)})
+
+
+async def get_script(request: Request) -> Response:
+    return JSONResponse({"pending": len(_state(request).queue)})
+
+
+async def get_requests(request: Request) -> Response:
+    return JSONResponse({"requests": list(_state(request).log.entries)})
+
+
+async def reset(request: Request) -> Response:
+    _state(request).reset()
+    return JSONResponse({"pending": 0})
+
+
+def build_simulator_app(settings: SimSettings | None = None) -> Starlette:
+    """The simulator as a Starlette app (both wire formats on one port)."""
+    app = Starlette(
+        routes=[
+            Route("/v1/chat/completions", chat_completions, methods=["POST"]),
+            Route("/v1/embeddings", embeddings, methods=["POST"]),
+            Route("/v1/models", list_models, methods=["GET"]),
+            Route("/v1/messages", messages, methods=["POST"]),
+            Route("/_sim/script", post_script, methods=["POST"]),
+            Route("/_sim/script", get_script, methods=["GET"]),
+            Route("/_sim/requests", get_requests, methods=["GET"]),
+            Route("/_sim/reset", reset, methods=["POST"]),
+        ]
+    )
+    app.state.sim = _SimState(settings or SimSettings())
+    return app
+
+
+def run_simulator(
+    host: str = "127.0.0.1", port: int = 8100, settings: SimSettings | None = None
+) -> None:
+    """Serve the simulator with uvicorn until interrupted (blocking)."""
+    install_log_filter()
+    uvicorn.run(build_simulator_app(settings), host=host, port=port, log_level="info")
