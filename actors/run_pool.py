@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable, Coroutine
+from typing import Any
 
 from agents.errors import Overloaded
 
-Spawn = Callable[[str], Awaitable[None]]
+Spawn = Callable[[str], Coroutine[Any, Any, None]]
 """Creates (and waits for) the run host with the given id."""
 
 

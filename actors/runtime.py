@@ -19,7 +19,7 @@ from ray.actor import ActorHandle
 from actors.run_host import RunHost, host_of, new_run_id
 from actors.run_pool import RunPool
 from actors.settings import RuntimeSettings
-from actors.tool_pool import ToolPool
+from actors.tool_pool import ToolPoolActor
 from agents.errors import UnknownRun
 from agents.events import Event
 from agents.loop import RunInput
@@ -51,7 +51,7 @@ def check_agents_package() -> None:
 class RemoteTools:
     """ToolPort over the shared tool-pool actor."""
 
-    def __init__(self, actor: ActorHandle) -> None:
+    def __init__(self, actor: ActorHandle[Any]) -> None:
         self._actor = actor
 
     async def call(
@@ -115,9 +115,8 @@ class RunPoolActor:
         return self._pool.stats()
 
 
-async def ensure_runtime(settings: RuntimeSettings) -> ActorHandle:
+async def ensure_runtime(settings: RuntimeSettings) -> ActorHandle[Any]:
     """Get or create the shared actors; returns the pool once its warm hosts are ready."""
-    ToolPoolActor = ray.remote(ToolPool)
     ToolPoolActor.options(
         name=TOOLS_ACTOR,
         namespace=settings.namespace,
@@ -125,7 +124,7 @@ async def ensure_runtime(settings: RuntimeSettings) -> ActorHandle:
         max_concurrency=10_000,
         **_ACTOR_OPTIONS,
     ).remote()
-    pool = RunPoolActor.options(  # type: ignore[attr-defined]
+    pool: ActorHandle[Any] = RunPoolActor.options(  # type: ignore[attr-defined]
         name=POOL_ACTOR,
         namespace=settings.namespace,
         get_if_exists=True,
@@ -139,12 +138,12 @@ async def ensure_runtime(settings: RuntimeSettings) -> ActorHandle:
 class Runs:
     """How Serve replicas (and other callers) start runs and reach them by id."""
 
-    def __init__(self, settings: RuntimeSettings, pool: ActorHandle) -> None:
+    def __init__(self, settings: RuntimeSettings, pool: ActorHandle[Any]) -> None:
         self._namespace = settings.namespace
         self._pool = pool
-        self._hosts: dict[str, ActorHandle] = {}
+        self._hosts: dict[str, ActorHandle[Any]] = {}
 
-    def _host(self, host_id: str) -> ActorHandle:
+    def _host(self, host_id: str) -> ActorHandle[Any]:
         host = self._hosts.get(host_id)
         if host is None:
             try:
@@ -167,7 +166,7 @@ class Runs:
     async def events(self, run_id: str, after: int = 0) -> AsyncIterator[Event]:
         """Every event after seq `after`, live until the terminal one."""
         host = self._host(host_of(run_id))
-        stream = host.events.options(num_returns="streaming").remote(run_id, after)
+        stream: Any = host.events.options(num_returns="streaming").remote(run_id, after)
         finished = False
         try:
             async for ref in stream:

@@ -85,8 +85,9 @@ async def execute_run(
             thread_id=request.thread_id,
         )
     progress = _Progress()
+    deadline = asyncio.timeout(spec.budgets.run_timeout_s)
     try:
-        async with asyncio.timeout(spec.budgets.run_timeout_s):
+        async with deadline:
             output = await _loop(spec, request, ports, log, budget, progress, coalescing, clock)
     except asyncio.CancelledError:
         log.emit(
@@ -98,7 +99,12 @@ async def execute_run(
         )
         return
     except TimeoutError:
-        _fail(log, budget, RunTimeout(f"run exceeded run_timeout_s={spec.budgets.run_timeout_s:g}"))
+        # Only our own deadline is a run timeout; a TimeoutError escaping a port is a bug there.
+        if deadline.expired():
+            limit_s = spec.budgets.run_timeout_s
+            _fail(log, budget, RunTimeout(f"run exceeded run_timeout_s={limit_s:g}"))
+        else:
+            _fail(log, budget, RayfleetError("internal error: TimeoutError"))
         return
     except RayfleetError as exc:
         _fail(log, budget, exc)

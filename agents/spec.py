@@ -7,7 +7,16 @@ from pathlib import Path
 from typing import Any, Self
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, JsonValue, ValidationError, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    JsonValue,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 
 from agents.errors import AgentSpecError
 from agents.messages import ToolSchema
@@ -88,13 +97,19 @@ class AgentSpec(_Config):
     budgets: BudgetSpec = Field(default_factory=BudgetSpec, description="Per-run limits.")
     timeouts: TimeoutSpec = Field(default_factory=TimeoutSpec, description="Per-call timeouts.")
 
+    @field_validator("loop_tier")
+    @classmethod
+    def _loop_tier_known(cls, value: str, info: ValidationInfo) -> str:
+        # A field validator (not the model validator) so the error's path names `loop_tier`.
+        tiers = info.data.get("tiers")
+        if tiers is not None and value not in tiers:
+            known = ", ".join(sorted(tiers))
+            agent = info.data.get("name", "?")
+            raise ValueError(f"unknown tier {value!r} in agent {agent!r} (known: {known})")
+        return value
+
     @model_validator(mode="after")
     def _references_resolve(self) -> Self:
-        if self.loop_tier not in self.tiers:
-            known = ", ".join(sorted(self.tiers))
-            raise ValueError(
-                f"unknown tier {self.loop_tier!r} in agent {self.name!r} (known: {known})"
-            )
         names = [tool.name for tool in self.tools]
         duplicates = sorted({n for n in names if names.count(n) > 1})
         if duplicates:

@@ -4,6 +4,7 @@ provider simulator alone."""
 from __future__ import annotations
 
 import json
+import logging
 import os
 import shutil
 import signal
@@ -104,7 +105,7 @@ def _deploy(port: int, args: dict[str, Any]) -> None:
     from serve_app.simulator.deployment import build as build_sim
 
     signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM})
-    ray.init(address="auto", logging_level="WARNING", log_to_driver=False)
+    ray.init(address="auto", logging_level=logging.WARNING, log_to_driver=False)
     ray_serve.start(http_options={"host": "127.0.0.1", "port": port})
     args.setdefault("runtime", {}).setdefault(
         "providers",

@@ -54,7 +54,7 @@ class Gateway:
     """HTTP API and handle API in one ingress deployment."""
 
     def __init__(
-        self, agents: dict[str, DeploymentHandle], specs: list[AgentSpec], config: AppConfig
+        self, agents: dict[str, DeploymentHandle[Any]], specs: list[AgentSpec], config: AppConfig
     ) -> None:
         check_agents_package()
         self._agents = agents

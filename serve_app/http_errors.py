@@ -32,7 +32,7 @@ def status_for(error: RayfleetError) -> int:
     """The status of the nearest class in the error's MRO that has one."""
     for cls in type(error).__mro__:
         if cls in _STATUS:
-            return _STATUS[cls]  # type: ignore[index]
+            return _STATUS[cls]
     return 500
 
 

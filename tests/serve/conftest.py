@@ -1,0 +1,57 @@
+"""One local Ray and one rayfleet Serve app per session, on the session's simulator."""
+
+from __future__ import annotations
+
+import os
+import socket
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import httpx2
+import pytest
+
+from actors.settings import RuntimeSettings, simulator_providers
+from serve_app.config import AppConfig
+from tests.fixtures_sim import SimServer
+
+
+@dataclass
+class Service:
+    base_url: str
+    gcs_address: str
+    http: httpx2.Client
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@pytest.fixture(scope="session")
+def service(sim_server: SimServer) -> Iterator[Service]:
+    os.environ["RAY_SERVE_THROUGHPUT_OPTIMIZED"] = "1"
+    import ray
+    from ray import serve
+
+    from serve_app.app import APP_NAME, build_app
+
+    ray.init(
+        num_cpus=2,
+        include_dashboard=False,
+        _node_ip_address="127.0.0.1",
+        logging_level="WARNING",
+        log_to_driver=False,
+    )
+    port = _free_port()
+    serve.start(http_options={"host": "127.0.0.1", "port": port})
+    config = AppConfig(runtime=RuntimeSettings(providers=simulator_providers(sim_server.base_url)))
+    serve.run(build_app(config), name=APP_NAME, route_prefix="/")
+    base_url = f"http://127.0.0.1:{port}"
+    http = httpx2.Client(base_url=base_url, timeout=30)
+    try:
+        yield Service(base_url, ray.get_runtime_context().gcs_address, http)
+    finally:
+        http.close()
+        serve.shutdown()
+        ray.shutdown()
