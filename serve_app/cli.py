@@ -6,10 +6,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import shutil
-import signal
-import subprocess
-import sys
 import time
 from pathlib import Path
 from typing import Annotated, Any
@@ -42,13 +38,6 @@ DEFAULT_URL = "http://127.0.0.1:8000"
 SERVE_ENV = {"RAY_SERVE_THROUGHPUT_OPTIMIZED": "1"}
 
 
-def _ray_bin() -> str:
-    found = shutil.which("ray", path=str(Path(sys.executable).parent)) or shutil.which("ray")
-    if found is None:
-        raise typer.BadParameter("the `ray` command is not installed in this environment")
-    return found
-
-
 @app.command()
 def serve(
     port: Annotated[int, typer.Option(help="HTTP port of the Serve proxy.")] = 8000,
@@ -57,29 +46,21 @@ def serve(
     ] = None,
     num_cpus: Annotated[int, typer.Option(help="CPUs the local Ray head offers.")] = 2,
 ) -> None:
-    """Start a local Ray head and the rayfleet Serve app with its simulator; Ctrl-C stops both."""
-    env = {**SERVE_ENV, **os.environ}
-    os.environ.update(env)
+    """Start a local Ray head with the rayfleet Serve app and its simulator; Ctrl-C stops all."""
+    for name, value in SERVE_ENV.items():
+        os.environ.setdefault(name, value)  # before Ray starts: its processes inherit it
     args: dict[str, Any] = yaml.safe_load(config.read_text()) if config else {}
-    started = subprocess.run(
-        [
-            _ray_bin(),
-            "start",
-            "--head",
-            "--node-ip-address=127.0.0.1",
-            f"--num-cpus={num_cpus}",
-            "--disable-usage-stats",
-            "--include-dashboard=false",
-        ],
-        env=env,
-        capture_output=True,
-        text=True,
-        check=False,
+    import ray
+
+    # A head started by this process: other jobs join it with ray.init(address="auto"),
+    # and it stops with this process.
+    ray.init(
+        num_cpus=num_cpus,
+        include_dashboard=False,
+        _node_ip_address="127.0.0.1",
+        logging_level=logging.WARNING,
+        log_to_driver=False,
     )
-    if started.returncode != 0:
-        err.print(f"[red]ray start failed[/]:\n{started.stderr[-2000:]}")
-        err.print("Is a Ray head already running? Stop it with `ray stop`.")
-        raise typer.Exit(1)
     try:
         _deploy(port, args)
         console.print(f"rayfleet is serving at [bold]http://127.0.0.1:{port}[/] (Ctrl-C stops it)")
@@ -88,24 +69,22 @@ def serve(
             f"  try: curl -N -H 'Accept: text/event-stream' -d '{example}' "
             f"http://127.0.0.1:{port}/v1/agents/support/runs"
         )
-        signal.sigwait({signal.SIGINT, signal.SIGTERM})
+        while True:
+            time.sleep(3600)
     except KeyboardInterrupt:
         pass
     finally:
-        console.print("stopping rayfleet and the local Ray head ...")
-        subprocess.run([_ray_bin(), "stop", "--force"], capture_output=True, check=False)
+        console.print("stopping rayfleet and its local Ray ...")
+        ray.shutdown()
 
 
 def _deploy(port: int, args: dict[str, Any]) -> None:
-    import ray
     from ray import serve as ray_serve
 
     from serve_app.app import APP_NAME, build
     from serve_app.simulator.deployment import SIM_APP_NAME, SIM_ROUTE_PREFIX
     from serve_app.simulator.deployment import build as build_sim
 
-    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM})
-    ray.init(address="auto", logging_level=logging.WARNING, log_to_driver=False)
     ray_serve.start(http_options={"host": "127.0.0.1", "port": port})
     args.setdefault("runtime", {}).setdefault(
         "providers",

@@ -1,0 +1,49 @@
+# rayfleet: `make serve` starts the service, `make test` runs the tests. Both set up .venv first.
+PYTHON ?= python3.11
+VENV := .venv
+PY := $(VENV)/bin/python
+UV := $(VENV)/bin/uv
+INSTALLED := $(VENV)/.installed
+
+.PHONY: install serve test check lint types fmt lock bench clean
+
+install: $(INSTALLED)
+
+$(PY):
+	$(PYTHON) -m venv $(VENV) || python3 -m venv $(VENV)
+
+$(UV): requirements-bootstrap.txt | $(PY)
+	$(PY) -m pip install --quiet --require-hashes -r requirements-bootstrap.txt
+
+# Every dependency comes from the hashed lock; the project itself is installed editable.
+$(INSTALLED): $(UV) requirements.lock pyproject.toml
+	$(UV) pip install --quiet --python $(PY) --require-hashes -r requirements.lock
+	$(UV) pip install --quiet --python $(PY) --no-deps --no-build-isolation -e .
+	touch $(INSTALLED)
+
+serve: install
+	$(VENV)/bin/rayfleet serve
+
+test: install
+	$(PY) -m pytest
+
+lint: install
+	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/ruff check .
+
+types: install
+	$(VENV)/bin/mypy
+
+check: lint types test
+
+fmt: install
+	$(VENV)/bin/ruff format .
+	$(VENV)/bin/ruff check --fix .
+
+# Re-pin after changing dependencies in pyproject.toml.
+lock: $(UV)
+	$(UV) pip compile pyproject.toml --extra test --generate-hashes --python-version 3.11 \
+		--universal -o requirements.lock
+
+clean:
+	rm -rf $(VENV) build *.egg-info .mypy_cache .ruff_cache .pytest_cache
