@@ -19,7 +19,7 @@ from agents.errors import RequestInvalid, UnknownRun
 from agents.eventlog import EventLog
 from agents.events import Event
 from agents.loop import Coalescing, Ports, RunInput, execute_run
-from agents.ports import ToolPort
+from agents.ports import MemoryPort, ToolPort
 from agents.pricing import PriceTable
 from agents.spec import AgentSpec
 from agents.summary import RunSummary, summarize
@@ -55,11 +55,13 @@ class RunHost:
         host_id: str,
         settings: RuntimeSettings,
         tools: ToolPort,
+        memory: MemoryPort | None = None,
         on_run_end: Callable[[str], None] | None = None,
     ) -> None:
         self.host_id = host_id
         self._settings = settings
         self._tools = tools
+        self._memory = memory
         self._on_run_end = on_run_end
         self._runs: dict[str, _Run] = {}
         self._finished: OrderedDict[str, None] = OrderedDict()
@@ -88,7 +90,7 @@ class RunHost:
         if host_of(request.run_id) != self.host_id:
             raise RequestInvalid(f"run {request.run_id!r} belongs to another host", "run_id")
         log = EventLog(request.run_id)
-        ports = Ports(model=self._model(), tools=self._tools)
+        ports = Ports(model=self._model(), tools=self._tools, memory=self._memory)
         task = asyncio.create_task(
             execute_run(spec, request, ports, log, coalescing=self._coalescing),
             name=request.run_id,

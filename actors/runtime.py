@@ -4,6 +4,7 @@ Named, detached actors in one namespace, so a run outlives the Serve replica tha
 and any replica can find it by id:
     rayfleet-pool              RunPool       hands out run slots
     rayfleet-tools             ToolPool      Python function tools
+    rayfleet-memory            MemoryStore   conversation threads
     rayfleet-runhost-<host>    RunHost       the runs themselves
 """
 
@@ -16,6 +17,7 @@ from typing import Any
 import ray
 from ray.actor import ActorHandle
 
+from actors.memory import MemoryStoreActor
 from actors.run_host import RunHost, host_of, new_run_id
 from actors.run_pool import RunPool
 from actors.settings import RuntimeSettings
@@ -23,7 +25,7 @@ from actors.tool_pool import ToolPoolActor
 from agents.errors import UnknownRun
 from agents.events import Event
 from agents.loop import RunInput
-from agents.messages import ToolCall
+from agents.messages import Message, ToolCall
 from agents.ports import ToolOutcome
 from agents.spec import AgentSpec, ToolSpec
 from agents.summary import RunSummary
@@ -32,6 +34,7 @@ logger = logging.getLogger("rayfleet")
 
 POOL_ACTOR = "rayfleet-pool"
 TOOLS_ACTOR = "rayfleet-tools"
+MEMORY_ACTOR = "rayfleet-memory"
 HOST_PREFIX = "rayfleet-runhost-"
 # I/O-bound actors: a small reservation, many concurrent calls (every live stream is one).
 _ACTOR_OPTIONS: dict[str, Any] = {"num_cpus": 0.01, "lifetime": "detached"}
@@ -68,14 +71,33 @@ class RemoteTools:
         return outcome
 
 
+class RemoteMemory:
+    """MemoryPort over the memory-store actor; the loop degrades if these calls fail."""
+
+    def __init__(self, actor: ActorHandle[Any]) -> None:
+        self._actor = actor
+
+    async def load_thread(self, namespace: str, thread_id: str) -> list[Message]:
+        messages: list[Message] = await self._actor.load_thread.remote(namespace, thread_id)
+        return messages
+
+    async def append_thread(self, namespace: str, thread_id: str, messages: list[Message]) -> None:
+        await self._actor.append_thread.remote(namespace, thread_id, messages)
+
+
 @ray.remote
 class RunHostActor(RunHost):
     def __init__(self, host_id: str, settings: RuntimeSettings) -> None:
         check_agents_package()
         tools = ray.get_actor(TOOLS_ACTOR, namespace=settings.namespace)
         pool = ray.get_actor(POOL_ACTOR, namespace=settings.namespace)
+        memory = ray.get_actor(MEMORY_ACTOR, namespace=settings.namespace)
         super().__init__(
-            host_id, settings, RemoteTools(tools), on_run_end=lambda h: pool.release.remote(h)
+            host_id,
+            settings,
+            RemoteTools(tools),
+            RemoteMemory(memory),
+            on_run_end=lambda h: pool.release.remote(h),
         )
 
     def ready(self) -> bool:
@@ -124,6 +146,9 @@ async def ensure_runtime(settings: RuntimeSettings) -> ActorHandle[Any]:
         max_concurrency=10_000,
         **_ACTOR_OPTIONS,
     ).remote()
+    MemoryStoreActor.options(
+        name=MEMORY_ACTOR, namespace=settings.namespace, get_if_exists=True, **_ACTOR_OPTIONS
+    ).remote(settings.memory_path)
     pool: ActorHandle[Any] = RunPoolActor.options(  # type: ignore[attr-defined]
         name=POOL_ACTOR,
         namespace=settings.namespace,

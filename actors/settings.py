@@ -60,3 +60,7 @@ class RuntimeSettings(BaseModel):
         10_000, ge=1, description="Finished runs each host keeps for status and replay."
     )
     namespace: str = Field("rayfleet", description="Ray namespace of rayfleet's named actors.")
+    memory_path: str = Field(
+        "/tmp/rayfleet/memory.sqlite",
+        description="SQLite file of the memory store (on the node that hosts its actor).",
+    )

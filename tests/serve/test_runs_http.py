@@ -207,3 +207,19 @@ def test_malformed_and_oversized_bodies_are_rejected_and_the_server_keeps_servin
     )
     assert bad_resume.status_code in (404, 422)
     assert service.http.get("/healthz").status_code == 200
+
+
+def test_a_thread_id_continues_the_conversation(service: Service, sim: Sim) -> None:
+    thread = f"thread-{id(sim)}"
+    for text in ("My name is Ada.", "What is my name?"):
+        events = read_sse(
+            service.http,
+            "POST",
+            "/v1/agents/support/runs",
+            json={"input": text, "thread_id": thread},
+        )
+        assert events[-1].kind == "run.completed"
+    last_request = sim.requests()[-1]["body"]
+    contents = [m.get("content") for m in last_request["messages"]]
+    assert "My name is Ada." in contents  # the first turn was recalled into the second run
+    assert contents[-1] == "What is my name?"
