@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import Callable, Coroutine
 from typing import Any
 
@@ -10,6 +11,8 @@ from agents.errors import Overloaded
 
 Spawn = Callable[[str], Coroutine[Any, Any, None]]
 """Creates (and waits for) the run host with the given id."""
+
+logger = logging.getLogger("rayfleet")
 
 
 class RunPool:
@@ -46,9 +49,18 @@ class RunPool:
         host_id = f"h{self._next:x}"
         self._next += 1
         self._load[host_id] = 0
-        self._starting[host_id] = asyncio.create_task(self._spawn(host_id))
-        self._starting[host_id].add_done_callback(lambda _: self._starting.pop(host_id, None))
+        task = asyncio.create_task(self._spawn(host_id))
+        self._starting[host_id] = task
+        task.add_done_callback(lambda done: self._started(host_id, done))
         return host_id
+
+    def _started(self, host_id: str, task: asyncio.Task[None]) -> None:
+        self._starting.pop(host_id, None)
+        error = None if task.cancelled() else task.exception()
+        if task.cancelled() or error is not None:
+            # A host that failed to start is never handed out; the next acquire adds another.
+            self._load.pop(host_id, None)
+            logger.warning("run host %s failed to start: %r", host_id, error)
 
     async def warm_up(self) -> None:
         """Create the warm hosts now and wait until they are ready."""
@@ -62,7 +74,9 @@ class RunPool:
         host_id = min(candidates, key=self._load.__getitem__) if candidates else self._add_host()
         self._load[host_id] += 1
         # Keep spare hosts starting in the background so the next acquire does not wait.
-        while self._free_slots() < self._warm * self._capacity:
+        while (
+            self._free_slots() < self._warm * self._capacity and len(self._load) < self._max_hosts
+        ):
             self._add_host()
         starting = self._starting.get(host_id)
         if starting is not None:

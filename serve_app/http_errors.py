@@ -28,12 +28,24 @@ _STATUS: dict[type[RayfleetError], int] = {
 }
 
 
+_OUR_PACKAGES = frozenset({"agents", "actors", "serve_app"})
+
+
 def status_for(error: RayfleetError) -> int:
     """The status of the nearest class in the error's MRO that has one."""
     for cls in type(error).__mro__:
         if cls in _STATUS:
             return _STATUS[cls]
     return 500
+
+
+def title_for(error: RayfleetError) -> str:
+    """Our class's name, also when Ray re-raised the error as a dynamic subclass of it
+    (`RayTaskError(UnknownRun)`, defined in ray's module, not ours)."""
+    for cls in type(error).__mro__:
+        if cls.__module__.partition(".")[0] in _OUR_PACKAGES:
+            return cls.__name__
+    return type(error).__name__
 
 
 def problem(status: int, title: str, detail: str, code: str, **extra: Any) -> JSONResponse:
@@ -46,7 +58,7 @@ def error_response(error: RayfleetError) -> JSONResponse:
     status = status_for(error)
     response = problem(
         status,
-        type(error).__name__,
+        title_for(error),
         error.message,
         error.code,
         field=getattr(error, "field", None) or None,
