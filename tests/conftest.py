@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import ipaddress
+import os
 import socket
+import uuid
 from collections.abc import Iterator
+from dataclasses import dataclass
 from typing import Any
 
 import pytest
@@ -33,3 +36,33 @@ def _no_network(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
         monkeypatch.delenv(name, raising=False)
         monkeypatch.delenv(name.lower(), raising=False)
     yield
+
+
+@dataclass(frozen=True)
+class RaySession:
+    """The one local Ray of this pytest process (Ray allows one per process)."""
+
+    gcs_address: str
+    namespace: str
+
+
+@pytest.fixture(scope="session")
+def ray_session() -> Iterator[RaySession]:
+    """A local Ray on 127.0.0.1 shared by tests/actors and tests/serve, shut down at the end."""
+    # Serve reads this when its controller and proxies start, which happens in this session.
+    os.environ["RAY_SERVE_THROUGHPUT_OPTIMIZED"] = "1"
+    import ray
+
+    namespace = f"rayfleet-tests-{uuid.uuid4().hex[:8]}"
+    ray.init(
+        num_cpus=2,
+        include_dashboard=False,
+        _node_ip_address="127.0.0.1",
+        namespace=namespace,
+        logging_level="WARNING",
+        log_to_driver=False,
+    )
+    try:
+        yield RaySession(ray.get_runtime_context().gcs_address, namespace)
+    finally:
+        ray.shutdown()

@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
-from collections.abc import Callable
-from typing import TypeVar
+from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING, TypeVar
+
+if TYPE_CHECKING:
+    from tests.fixtures_sim import Sim
 
 T = TypeVar("T")
 
@@ -19,3 +23,17 @@ def wait_for(condition: Callable[[], T], timeout_s: float = 10.0, interval_s: fl
         if time.monotonic() > deadline:
             raise AssertionError(f"condition not met within {timeout_s}s: {condition}")
         time.sleep(interval_s)
+
+
+async def eventually(condition: Callable[[], Awaitable[bool]], timeout_s: float = 5.0) -> None:
+    """Poll an async condition until it holds; fail after `timeout_s`."""
+    for _ in range(int(timeout_s / 0.01)):
+        if await condition():
+            return
+        await asyncio.sleep(0.01)
+    raise AssertionError(f"condition not met within {timeout_s}s")
+
+
+async def taken(sim: Sim) -> bool:
+    """True once every scripted reply was taken by a request."""
+    return await asyncio.to_thread(sim.pending) == 0

@@ -1,8 +1,7 @@
-"""One local Ray and one rayfleet Serve app per session, on the session's simulator."""
+"""One rayfleet Serve app per session, on the session's Ray (`ray_session`) and simulator."""
 
 from __future__ import annotations
 
-import os
 import socket
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -12,6 +11,7 @@ import pytest
 
 from actors.settings import RuntimeSettings, simulator_providers
 from serve_app.config import AppConfig
+from tests.conftest import RaySession
 from tests.fixtures_sim import SimServer
 
 
@@ -29,20 +29,11 @@ def _free_port() -> int:
 
 
 @pytest.fixture(scope="session")
-def service(sim_server: SimServer) -> Iterator[Service]:
-    os.environ["RAY_SERVE_THROUGHPUT_OPTIMIZED"] = "1"
-    import ray
+def service(sim_server: SimServer, ray_session: RaySession) -> Iterator[Service]:
     from ray import serve
 
     from serve_app.app import APP_NAME, build_app
 
-    ray.init(
-        num_cpus=2,
-        include_dashboard=False,
-        _node_ip_address="127.0.0.1",
-        logging_level="WARNING",
-        log_to_driver=False,
-    )
     port = _free_port()
     serve.start(http_options={"host": "127.0.0.1", "port": port})
     config = AppConfig(runtime=RuntimeSettings(providers=simulator_providers(sim_server.base_url)))
@@ -50,8 +41,8 @@ def service(sim_server: SimServer) -> Iterator[Service]:
     base_url = f"http://127.0.0.1:{port}"
     http = httpx2.Client(base_url=base_url, timeout=30)
     try:
-        yield Service(base_url, ray.get_runtime_context().gcs_address, http)
+        yield Service(base_url, ray_session.gcs_address, http)
     finally:
         http.close()
-        serve.shutdown()
-        ray.shutdown()
+        # No serve.shutdown(): its controller waits ~30 s to drain; ray_session's
+        # ray.shutdown() ends every Serve process with the cluster anyway.

@@ -21,8 +21,12 @@ EXAMPLE = Path(__file__).parents[2] / "examples" / "stream_from_ray_job.py"
 def run_driver(service: Service, *args: str) -> list[Event]:
     env = {**os.environ, "RAY_ADDRESS": service.gcs_address}
     done = subprocess.run(
-        [sys.executable, str(EXAMPLE), *args], env=env, capture_output=True, text=True,
-        timeout=120, check=False,
+        [sys.executable, str(EXAMPLE), *args],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
     )
     assert done.returncode == 0, done.stderr[-3000:]
     return [parse_event(line) for line in done.stdout.splitlines() if line.startswith("{")]

@@ -1,0 +1,44 @@
+"""Ray actor tests: the session's local Ray (`ray_session`), one fresh namespace per test."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Callable, Iterator
+
+import pytest
+
+from actors.settings import RuntimeSettings, simulator_providers
+from tests.conftest import RaySession
+from tests.fixtures_sim import SimServer
+
+
+@pytest.fixture
+def namespace(ray_session: RaySession) -> Iterator[str]:
+    """A Ray namespace of this test's own, so its named actors never meet another test's
+    (or the Serve tests' `rayfleet` ones); its actors are killed afterwards."""
+    import ray
+
+    name = f"rayfleet-t-{uuid.uuid4().hex[:10]}"
+    yield name
+    for actor in ray.util.list_named_actors(all_namespaces=True):
+        if actor["namespace"] == name:
+            try:
+                ray.kill(ray.get_actor(actor["name"], namespace=name))
+            except ValueError:
+                pass  # already gone
+
+
+@pytest.fixture
+def settings_for(sim_server: SimServer, namespace: str) -> Callable[..., RuntimeSettings]:
+    """RuntimeSettings on the session's simulator and this test's namespace."""
+
+    def build(**fields: object) -> RuntimeSettings:
+        return RuntimeSettings.model_validate(
+            {
+                "providers": simulator_providers(sim_server.base_url),
+                "namespace": namespace,
+                **fields,
+            }
+        )
+
+    return build

@@ -1,0 +1,186 @@
+"""Every YAML under cluster/ is valid: Ray's own schemas, and each app's `args` with ours."""
+
+from __future__ import annotations
+
+import copy
+import importlib
+import json
+import subprocess
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+import ray
+import yaml
+from pydantic import BaseModel, ValidationError
+from ray.serve.schema import HTTPOptionsSchema, ServeApplicationSchema, ServeDeploySchema
+
+from agents.errors import ConfigError
+from serve_app.config import AppConfig
+from serve_app.simulator import SimSettings
+
+CLUSTER = Path(__file__).resolve().parents[2] / "cluster"
+THROUGHPUT_ENV = "RAY_SERVE_THROUGHPUT_OPTIMIZED"
+
+
+def load(name: str) -> Any:
+    return yaml.safe_load((CLUSTER / name).read_text())
+
+
+def validate_app_config(args: dict[str, Any]) -> object:
+    config = AppConfig.from_args(args)
+    config.load_specs()  # every agent's providers must be configured
+    return config
+
+
+# import_path -> how its `args` are validated (what the builder itself does first).
+ARG_VALIDATORS: dict[str, Callable[[dict[str, Any]], object]] = {
+    "serve_app.app:build": validate_app_config,
+    "serve_app.simulator.deployment:build": SimSettings.model_validate,
+}
+
+
+def assert_known_keys(data: dict[str, Any], model: type[BaseModel], where: str) -> None:
+    # Ray's Serve schemas ignore unknown keys: a misspelt `route_prefx` would be dropped
+    # silently, so check the names ourselves.
+    unknown = set(data) - set(model.model_fields)
+    assert not unknown, f"{where}: unknown keys {sorted(unknown)} for {model.__name__}"
+
+
+def validate_serve_config(config: dict[str, Any], where: str) -> ServeDeploySchema:
+    """Ray's schema, no key Ray would ignore, and every app's args by rayfleet's models."""
+    schema = ServeDeploySchema.model_validate(config)
+    assert_known_keys(config, ServeDeploySchema, where)
+    assert_known_keys(config.get("http_options", {}), HTTPOptionsSchema, f"{where} http_options")
+    for app in config["applications"]:
+        assert_known_keys(app, ServeApplicationSchema, f"{where} app {app['name']}")
+        validator = ARG_VALIDATORS[app["import_path"]]
+        validator(app.get("args") or {})
+        module, _, attr = app["import_path"].partition(":")
+        assert callable(getattr(importlib.import_module(module), attr))
+    return schema
+
+
+def test_every_yaml_in_cluster_is_checked_here() -> None:
+    found = {p.name for p in CLUSTER.iterdir() if p.suffix in (".yaml", ".yml")}
+    assert found == {"serve.yaml", "ray-cluster.yaml", "kuberay-rayservice.yaml"}, (
+        "a new YAML under cluster/ needs a validating test in this file"
+    )
+    for name in found:
+        assert isinstance(load(name), dict)
+
+
+def test_serve_yaml_is_valid_for_serve_and_for_rayfleet() -> None:
+    config = load("serve.yaml")
+    schema = validate_serve_config(config, "serve.yaml")
+    assert schema.http_options.host == "127.0.0.1"
+    assert schema.http_options.port == 8000
+    apps = {app.name: app for app in schema.applications}
+    assert set(apps) == {"rayfleet", "rayfleet-sim"}
+    assert apps["rayfleet"].import_path == "serve_app.app:build"
+    assert apps["rayfleet"].route_prefix == "/"
+    assert apps["rayfleet-sim"].import_path == "serve_app.simulator.deployment:build"
+    assert apps["rayfleet-sim"].route_prefix == "/sim"
+
+
+def test_serve_yaml_points_the_providers_at_the_simulator_app() -> None:
+    config = load("serve.yaml")
+    args = next(a["args"] for a in config["applications"] if a["name"] == "rayfleet")
+    runtime = AppConfig.from_args(args).runtime
+    sim_root = f"http://127.0.0.1:{config['http_options']['port']}/sim"
+    assert {name: p.base_url for name, p in runtime.providers.items()} == {
+        "sim-openai": f"{sim_root}/v1",
+        "sim-anthropic": sim_root,
+    }
+    assert runtime.runs_per_actor >= 1 and runtime.namespace == "rayfleet"
+
+
+def test_the_builders_accept_the_serve_yaml_args() -> None:
+    # Building an application only binds deployments: no Ray needed.
+    for app in load("serve.yaml")["applications"]:
+        module, _, attr = app["import_path"].partition(":")
+        built = getattr(importlib.import_module(module), attr)(app.get("args") or {})
+        assert type(built).__name__ == "Application"
+
+
+def test_a_typo_in_the_rayfleet_args_fails_naming_the_field() -> None:
+    config = copy.deepcopy(load("serve.yaml"))
+    args = next(a["args"] for a in config["applications"] if a["name"] == "rayfleet")
+    args["runtime"]["runs_per_actr"] = 4
+    ServeDeploySchema.model_validate(config)  # Serve cannot see it: `args` is opaque to Ray
+    with pytest.raises(ConfigError) as raised:
+        validate_serve_config(config, "modified serve.yaml")
+    assert "runtime.runs_per_actr" in str(raised.value)
+
+    args["runtime"].pop("runs_per_actr")
+    args["runtime"]["providers"]["sim-openai"]["kind"] = "openia"
+    with pytest.raises(ConfigError) as raised:
+        validate_serve_config(config, "modified serve.yaml")
+    assert "runtime.providers.sim-openai.kind" in str(raised.value)
+
+
+def test_a_typo_in_the_simulator_args_fails_naming_the_field() -> None:
+    config = copy.deepcopy(load("serve.yaml"))
+    args = next(a["args"] for a in config["applications"] if a["name"] == "rayfleet-sim")
+    args["ttft"] = 5
+    with pytest.raises(ValidationError) as raised:
+        validate_serve_config(config, "modified serve.yaml")
+    assert "ttft" in str(raised.value)
+
+
+def test_a_typo_in_a_serve_key_fails_too() -> None:
+    config = copy.deepcopy(load("serve.yaml"))
+    config["applications"][0]["route_prefx"] = "/"
+    with pytest.raises(AssertionError, match="route_prefx"):
+        validate_serve_config(config, "modified serve.yaml")
+
+
+def containers(pod_template: dict[str, Any]) -> list[dict[str, Any]]:
+    found: list[dict[str, Any]] = pod_template["spec"]["containers"]
+    return found
+
+
+def test_the_rayservice_embeds_the_same_serve_config() -> None:
+    manifest = load("kuberay-rayservice.yaml")
+    assert manifest["apiVersion"] == "ray.io/v1"
+    assert manifest["kind"] == "RayService"
+    inner = yaml.safe_load(manifest["spec"]["serveConfigV2"])
+    validate_serve_config(inner, "kuberay-rayservice.yaml serveConfigV2")
+    assert inner["applications"] == load("serve.yaml")["applications"]
+    assert inner["http_options"]["host"] == "0.0.0.0"  # reachable from the pod's Service
+
+    cluster = manifest["spec"]["rayClusterConfig"]
+    assert cluster["rayVersion"] == ray.__version__
+    templates = [cluster["headGroupSpec"]["template"]] + [
+        group["template"] for group in cluster["workerGroupSpecs"]
+    ]
+    for template in templates:
+        for container in containers(template):
+            env = {item["name"]: item["value"] for item in container.get("env", [])}
+            assert env.get(THROUGHPUT_ENV) == "1", container["name"]
+
+
+def test_the_ray_cluster_config_is_valid_for_the_cluster_launcher() -> None:
+    import jsonschema
+    import ray.autoscaler
+    from ray.autoscaler._private.util import prepare_config, validate_config
+
+    config = load("ray-cluster.yaml")
+    schema_path = Path(ray.autoscaler.__file__).parent / "ray-schema.json"
+    jsonschema.validate(config, json.loads(schema_path.read_text()))
+    validate_config(prepare_config(copy.deepcopy(config)))  # with the launcher's defaults
+    for key in ("head_start_ray_commands", "worker_start_ray_commands"):
+        starts = [c for c in config[key] if "ray start" in c]
+        assert starts and all(f"{THROUGHPUT_ENV}=1" in c for c in starts), key
+
+
+def test_the_start_script_is_valid_bash_and_sets_the_serve_environment() -> None:
+    script = CLUSTER / "start-local-head.sh"
+    subprocess.run(["bash", "-n", str(script)], check=True)
+    text = script.read_text()
+    assert "set -euo pipefail" in text
+    assert f"export {THROUGHPUT_ENV}=1" in text
+    assert text.index(f"export {THROUGHPUT_ENV}=1") < text.index("ray start --head")
+    assert "--node-ip-address=127.0.0.1" in text
+    assert "serve deploy" in text and "serve.yaml" in text

@@ -1,0 +1,167 @@
+"""RunHost without Ray: runs as tasks against the simulator on loopback, tools in-process."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+
+import pytest
+
+from actors.run_host import RunHost, host_of, new_run_id
+from actors.settings import RuntimeSettings, simulator_providers
+from actors.tool_pool import ToolPool
+from agents.errors import RequestInvalid, UnknownRun
+from agents.events import TERMINAL_KINDS, Event
+from agents.examples import example_specs
+from agents.loop import RunInput
+from agents.spec import AgentSpec
+from tests.fixtures_sim import Sim
+from tests.helpers import eventually, taken
+
+HOST = "h1"
+
+
+@pytest.fixture
+def support() -> AgentSpec:
+    return next(spec for spec in example_specs() if spec.name == "support")
+
+
+ended: list[str] = []
+"""Host ids passed to `on_run_end`, as the pool's `release` would receive them."""
+
+
+def make_host(sim: Sim, finished_runs_kept: int = 10_000) -> RunHost:
+    runtime = RuntimeSettings(
+        providers=simulator_providers(sim.base_url), finished_runs_kept=finished_runs_kept
+    )
+    return RunHost(HOST, runtime, ToolPool(), on_run_end=ended.append)
+
+
+@pytest.fixture
+async def host(sim: Sim) -> AsyncIterator[RunHost]:
+    ended.clear()
+    built = make_host(sim)
+    try:
+        yield built
+    finally:
+        await built.aclose()
+
+
+async def follow(host: RunHost, run_id: str, after: int = 0) -> list[Event]:
+    events: list[Event] = []
+    async with asyncio.timeout(20):
+        async for batch in host.events(run_id, after):
+            events.extend(batch)
+    return events
+
+
+async def idle(host: RunHost) -> None:
+    """Wait until no run is in flight: a run's task ends just after its terminal event."""
+
+    async def no_load() -> bool:
+        return host.load() == 0
+
+    await eventually(no_load)
+
+
+async def start(host: RunHost, spec: AgentSpec, text: str) -> str:
+    return await host.start_run(spec, RunInput(run_id=new_run_id(host.host_id), input=text))
+
+
+async def test_a_run_streams_to_its_terminal_event_and_its_summary_matches(
+    host: RunHost, sim: Sim, support: AgentSpec
+) -> None:
+    run_id = await start(host, support, "Where is order 1234?")
+    assert host_of(run_id) == HOST
+    events = await follow(host, run_id)
+    kinds = [e.kind for e in events]
+    assert kinds[0] == "run.created" and kinds[-1] == "run.completed"
+    assert [e.seq for e in events] == list(range(1, len(events) + 1))
+    assert sum(kind in TERMINAL_KINDS for kind in kinds) == 1
+    assert "tool.call" in kinds and "tool.result" in kinds
+    final = events[-1]
+
+    summary = await host.summary(run_id)
+    assert summary.run_id == run_id
+    assert summary.status == "completed"
+    assert summary.output == final.output  # type: ignore[union-attr]
+    assert summary.cost_usd == pytest.approx(final.cost_usd)  # type: ignore[union-attr]
+    assert summary.last_seq == final.seq
+    assert summary.steps == 2
+    await idle(host)
+    assert ended == [HOST]  # the pool is told the slot is free
+
+    # Following a finished run from the middle replays exactly the rest.
+    assert await follow(host, run_id, after=2) == events[2:]
+
+
+async def test_cancelling_a_run_with_a_hanging_model_call_ends_it_cancelled(
+    host: RunHost, sim: Sim, support: AgentSpec
+) -> None:
+    sim.script({"type": "text", "text": "x", "delay_ms": 60000})
+    run_id = await start(host, support, "Where is order 1234?")
+    # The scripted reply is taken when the model request arrives: then the call hangs.
+    await eventually(lambda: taken(sim), timeout_s=10)
+    assert host.load() == 1
+    assert (await host.summary(run_id)).status == "running"
+
+    assert await host.cancel(run_id) is True
+    events = await follow(host, run_id)
+    assert events[-1].kind == "run.cancelled"
+    assert (await host.summary(run_id)).status == "cancelled"
+    assert await host.cancel(run_id) is False  # already ended
+    await idle(host)
+    assert ended == [HOST]
+
+
+async def test_an_unknown_run_id_is_unknown_run(host: RunHost) -> None:
+    missing = new_run_id(HOST)
+    with pytest.raises(UnknownRun) as raised:
+        await host.summary(missing)
+    assert raised.value.run_id == missing
+    with pytest.raises(UnknownRun):
+        await host.cancel(missing)
+    with pytest.raises(UnknownRun):
+        await follow(host, missing)
+
+
+async def test_finished_runs_kept_evicts_the_oldest(sim: Sim, support: AgentSpec) -> None:
+    host = make_host(sim, finished_runs_kept=2)
+    try:
+        run_ids = []
+        for text in ("Where is order 1?", "Where is order 2?", "Where is order 3?"):
+            run_ids.append(await start(host, support, text))
+            await follow(host, run_ids[-1])
+            await idle(host)
+        with pytest.raises(UnknownRun):
+            await host.summary(run_ids[0])
+        for kept in run_ids[1:]:
+            assert (await host.summary(kept)).status == "completed"
+    finally:
+        await host.aclose()
+
+
+def test_run_ids_name_their_host() -> None:
+    run_id = new_run_id("h2a")
+    assert run_id.startswith("run-h2a-")
+    assert host_of(run_id) == "h2a"
+    assert new_run_id("h2a") != run_id
+    for bad in ("", "run-", "run-h1", "run-H1-" + "0" * 20, "run-h1-xyz", "../run-h1-" + "0" * 20):
+        with pytest.raises(UnknownRun):
+            host_of(bad)
+
+
+async def test_a_run_id_for_another_host_or_a_reused_id_is_refused(
+    host: RunHost, sim: Sim, support: AgentSpec
+) -> None:
+    with pytest.raises(RequestInvalid) as raised:
+        await host.start_run(support, RunInput(run_id=new_run_id("h2"), input="hi"))
+    assert raised.value.field == "run_id"
+    assert "another host" in str(raised.value)
+    with pytest.raises(UnknownRun):
+        await host.start_run(support, RunInput(run_id="not-a-run-id", input="hi"))
+
+    run_id = await start(host, support, "Where is order 1234?")
+    await follow(host, run_id)
+    with pytest.raises(RequestInvalid, match="already exists"):
+        await host.start_run(support, RunInput(run_id=run_id, input="again"))
