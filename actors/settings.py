@@ -46,7 +46,7 @@ class RuntimeSettings(BaseModel):
         default_factory=lambda: dict(DEFAULT_PRICES), description="Model -> price per 1M tokens."
     )
     runs_per_actor: int = Field(
-        256,
+        2000,
         ge=1,
         le=20_000,
         description="Runs packed into one run-host actor; 1 gives every run its own process.",

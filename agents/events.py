@@ -45,6 +45,16 @@ class ModelDelta(_Event):
     text: str
 
 
+class ModelDiscarded(_Event):
+    """Discard every `model.delta` text of this step received so far: the model call
+    failed mid-stream (or the run resumed mid-step) and the step's turn starts again."""
+
+    kind: Literal["model.discarded"] = "model.discarded"
+    step: int
+    reason: str
+    provider: str = ""
+
+
 class ModelCompleted(_Event):
     kind: Literal["model.completed"] = "model.completed"
     step: int
@@ -124,6 +134,7 @@ Event = Annotated[
     RunCreated
     | StepStarted
     | ModelDelta
+    | ModelDiscarded
     | ModelCompleted
     | ToolCalled
     | ToolResulted

@@ -16,6 +16,7 @@ from agents.events import (
     MemoryDegraded,
     ModelCompleted,
     ModelDelta,
+    ModelDiscarded,
     RunCancelled,
     RunCompleted,
     RunCreated,
@@ -25,7 +26,7 @@ from agents.events import (
     ToolResulted,
 )
 from agents.messages import Message, TextDelta, ToolCall, ToolSchema
-from agents.ports import MemoryPort, ModelPort, ModelResult, ToolOutcome, ToolPort
+from agents.ports import Discard, MemoryPort, ModelPort, ModelResult, ToolOutcome, ToolPort
 from agents.spec import AgentSpec, TierSpec
 
 
@@ -211,6 +212,9 @@ async def _model_turn(
             ):
                 log.emit(ModelDelta, step=step, text="".join(pending))
                 pending, pending_chars, last_flush = [], 0, now
+        elif isinstance(item, Discard):
+            pending, pending_chars = [], 0
+            log.emit(ModelDiscarded, step=step, reason=item.reason, provider=item.provider)
         else:
             result = item
     if pending:

@@ -24,8 +24,21 @@ class ModelResult(BaseModel):
     tried: tuple[str, ...] = ()
 
 
+class Discard(BaseModel):
+    """The text streamed so far in this turn is void: the attempt failed after it began
+    streaming, and the turn is being redone from its start (on a fallback model)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    kind: str = "discard"
+    reason: str
+    provider: str
+
+
 class ModelPort(Protocol):
-    """Streams one model turn on a tier: TextDelta items, then exactly one ModelResult."""
+    """Streams one model turn on a tier: TextDelta items, then exactly one ModelResult.
+
+    A Discard item may come between deltas: everything streamed before it is void."""
 
     def stream(
         self,
@@ -34,7 +47,7 @@ class ModelPort(Protocol):
         tools: tuple[ToolSchema, ...],
         *,
         timeout_s: float,
-    ) -> AsyncIterator[TextDelta | ModelResult]: ...
+    ) -> AsyncIterator[TextDelta | Discard | ModelResult]: ...
 
 
 class ToolOutcome(BaseModel):

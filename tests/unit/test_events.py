@@ -16,6 +16,7 @@ from agents.events import (
     MemoryDegraded,
     ModelCompleted,
     ModelDelta,
+    ModelDiscarded,
     RunCancelled,
     RunCompleted,
     RunCreated,
@@ -32,6 +33,7 @@ PUBLISHED_KINDS = {
     "run.created",
     "step.started",
     "model.delta",
+    "model.discarded",
     "model.completed",
     "tool.call",
     "tool.result",
@@ -48,6 +50,7 @@ SAMPLES: list[Event] = [
     RunCreated(run_id="r", seq=1, ts=1.5, agent="support", version="v1", input="hi", thread_id="t"),
     StepStarted(run_id="r", seq=2, step=1),
     ModelDelta(run_id="r", seq=3, step=1, text="Hel"),
+    ModelDiscarded(run_id="r", seq=3, step=1, reason="provider failed mid-stream", provider="p"),
     ModelCompleted(
         run_id="r",
         seq=4,

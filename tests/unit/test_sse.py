@@ -13,6 +13,7 @@ from agents.events import (
     MemoryDegraded,
     ModelCompleted,
     ModelDelta,
+    ModelDiscarded,
     RunCancelled,
     RunCompleted,
     RunCreated,
@@ -31,6 +32,7 @@ SAMPLES: list[Event] = [
     RunCreated(run_id=RUN, seq=1, ts=1.5, agent="support", version="v1", input="hé\nllo"),
     StepStarted(run_id=RUN, seq=2, step=1),
     ModelDelta(run_id=RUN, seq=3, step=1, text="line one\nline two\r\n: not a comment"),
+    ModelDiscarded(run_id=RUN, seq=3, step=1, reason="stream cut", provider="sim-openai"),
     ModelCompleted(
         run_id=RUN,
         seq=4,
