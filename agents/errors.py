@@ -12,6 +12,7 @@
     │   ├── BudgetExceeded        steps, tokens, dollars or wall clock
     │   ├── RunTimeout
     │   ├── ToolFailed
+    │   │   └── ToolUnavailable   transient (a tool raises it): the tool pool retries
     │   └── ModelOutputUnusable
     ├── ProviderError             a model provider call failed
     │   ├── ProviderUnavailable   retryable: 408/409/429/5xx, timeouts, connection errors
@@ -126,6 +127,15 @@ class ToolFailed(RunError):
         super().__init__(message, tool, retryable)
         self.tool = tool
         self.retryable = retryable  # type: ignore[misc]  # per instance: transient or not
+
+
+class ToolUnavailable(ToolFailed):
+    """Raised by a tool for a transient failure (a 5xx, a timeout): the pool retries it."""
+
+    code = "tool_unavailable"
+
+    def __init__(self, message: str, tool: str = "", retryable: bool = True) -> None:
+        super().__init__(message, tool, retryable)
 
 
 class ModelOutputUnusable(RunError):

@@ -66,6 +66,15 @@ class ToolPort(Protocol):
     ) -> ToolOutcome: ...
 
 
+class EffectLedger(Protocol):
+    """Durable record of side-effecting tool calls by idempotency key: a retried or resumed
+    call gets the recorded outcome instead of acting twice."""
+
+    async def recall(self, key: str) -> ToolOutcome | None: ...
+
+    async def record(self, key: str, outcome: ToolOutcome) -> None: ...
+
+
 class MemoryPort(Protocol):
     """Conversation threads. Optional: the loop degrades without it."""
 
