@@ -37,6 +37,7 @@ EXPECTED_STATUS = {
     "BudgetExceeded": 500,
     "RunTimeout": 500,
     "ToolFailed": 500,
+    "ToolUnavailable": 500,
     "ModelOutputUnusable": 500,
     "ProviderError": 502,
     "ProviderUnavailable": 502,
