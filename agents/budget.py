@@ -9,6 +9,9 @@ from agents.errors import BudgetExceeded, BudgetLimit
 from agents.messages import Usage
 from agents.spec import BudgetSpec
 
+NEAR = 0.9
+"""Spent fraction of a token or dollar budget at which a run wraps up."""
+
 
 class RunBudget:
     """What a run has spent against its BudgetSpec. Time is injected for tests."""
@@ -52,6 +55,20 @@ class RunBudget:
         if self.cost_usd >= spec.max_cost_usd:
             return "cost", self.cost_usd, spec.max_cost_usd
         if self.remaining_s <= 0:
+            return "time", self.elapsed_s, spec.run_timeout_s
+        return None
+
+    def near_limit(self, reserve_s: float) -> tuple[BudgetLimit, float, float] | None:
+        """A limit the next step would likely break: the step cap reached, 90% of the tokens
+        or dollars spent, or no more than `reserve_s` of wall clock left."""
+        spec = self.spec
+        if self.steps >= spec.max_steps:
+            return "steps", self.steps, spec.max_steps
+        if self.usage.total_tokens >= NEAR * spec.max_tokens:
+            return "tokens", self.usage.total_tokens, spec.max_tokens
+        if self.cost_usd >= NEAR * spec.max_cost_usd:
+            return "cost", self.cost_usd, spec.max_cost_usd
+        if self.remaining_s <= reserve_s:
             return "time", self.elapsed_s, spec.run_timeout_s
         return None
 

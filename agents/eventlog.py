@@ -1,4 +1,9 @@
-"""A run's append-only event log: numbers events and lets readers follow it from any seq."""
+"""A run's append-only event log: numbers events and lets readers follow it from any seq.
+
+A durable log publishes an event to readers only once its owner has persisted it
+(`take_unsent` -> store -> `publish`), so no reader ever sees an event that a crash could
+lose: after a resume, seq numbers continue with no gap and no duplicate.
+"""
 
 from __future__ import annotations
 
@@ -20,9 +25,17 @@ class EventLog:
         run_id: str,
         events: list[Event] | None = None,
         wall_clock: Callable[[], float] = time.time,
+        *,
+        durable: bool = False,
+        on_append: Callable[[EventLog], None] | None = None,
     ) -> None:
         self.run_id = run_id
         self._events: list[Event] = list(events or [])
+        # Events handed in at construction were read back from the store: already durable.
+        self._published = len(self._events)
+        self._sent = len(self._events)
+        self._durable = durable
+        self._on_append = on_append
         self._changed = asyncio.Event()
         self._wall_clock = wall_clock
 
@@ -31,12 +44,22 @@ class EventLog:
         return len(self._events)
 
     @property
+    def published_seq(self) -> int:
+        """The last seq readers may see."""
+        return self._published
+
+    @property
     def closed(self) -> bool:
-        """True once the terminal event is in the log."""
+        """True once the terminal event is in the log (published or not)."""
         return bool(self._events) and is_terminal(self._events[-1])
 
     def events(self) -> list[Event]:
+        """Every event, published or not: what the run itself has done."""
         return list(self._events)
+
+    def published(self) -> list[Event]:
+        """The events readers may see."""
+        return self._events[: self._published]
 
     def emit(self, event_type: type[E], **fields: Any) -> E:
         """Append a new event of `event_type`, numbering it."""
@@ -46,25 +69,46 @@ class EventLog:
             run_id=self.run_id, seq=self.last_seq + 1, ts=self._wall_clock(), **fields
         )
         self._events.append(event)
-        # Wake every waiting reader, then arm a fresh Event for the next append.
-        self._changed.set()
-        self._changed = asyncio.Event()
+        if not self._durable:
+            self.publish(event.seq)
+        elif self._on_append is not None:
+            self._on_append(self)
         return event
 
+    def take_unsent(self) -> list[Event]:
+        """Events not yet handed to the store; they count as sent from now on."""
+        batch = self._events[self._sent :]
+        self._sent = len(self._events)
+        return batch
+
+    def unsend(self, seq: int) -> None:
+        """The store did not take events after `seq`: hand them out again next time."""
+        self._sent = min(self._sent, max(seq, self._published))
+
+    def publish(self, seq: int) -> None:
+        """Events up to `seq` are durable: readers may see them now."""
+        if seq <= self._published:
+            return
+        self._published = min(seq, len(self._events))
+        # Wake every waiting reader, then arm a fresh Event for the next publish.
+        self._changed.set()
+        self._changed = asyncio.Event()
+
     def after(self, seq: int) -> list[Event]:
-        """Events with seq greater than `seq` (already in the log)."""
-        return self._events[max(seq, 0) :]
+        """Published events with seq greater than `seq`."""
+        return self._events[max(seq, 0) : self._published]
 
     async def follow(self, after: int = 0) -> AsyncIterator[list[Event]]:
-        """Yield batches of events after `after` as they arrive, until the terminal one."""
+        """Yield batches of published events after `after` as they arrive, until the
+        terminal one."""
         position = max(after, 0)
         while True:
             changed = self._changed
-            if position < len(self._events):
-                batch = self._events[position:]
+            if position < self._published:
+                batch = self._events[position : self._published]
                 position += len(batch)
                 yield batch
                 continue
-            if self.closed:
+            if self._published and is_terminal(self._events[self._published - 1]):
                 return
             await changed.wait()

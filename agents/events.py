@@ -110,6 +110,8 @@ class RunCompleted(_Event):
     usage: Usage
     cost_usd: float
     degraded: bool = False
+    wrapped_up: bool = False
+    """True if a budget ran out and the output is the wrap-up call's answer."""
 
 
 class RunFailed(_Event):

@@ -1,12 +1,18 @@
-"""The step loop: plain async code over ports, ending every run in exactly one terminal event."""
+"""The step loop: plain async code over ports, ending every run in exactly one terminal event.
+
+A run is a small state machine (agents.replay): start a step, call the model, run the
+tools it asked for, repeat. Because the state is a fold of the run's events, the same loop
+starts a new run and resumes one whose host died, from its last durable event.
+"""
 
 from __future__ import annotations
 
 import asyncio
-import json
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
+
+from pydantic import BaseModel, ConfigDict
 
 from agents.budget import RunBudget
 from agents.errors import BudgetExceeded, RayfleetError, RunTimeout
@@ -27,6 +33,7 @@ from agents.events import (
 )
 from agents.messages import Message, TextDelta, ToolCall, ToolSchema
 from agents.ports import Discard, MemoryPort, ModelPort, ModelResult, ToolOutcome, ToolPort
+from agents.replay import RunState, replay, tool_message, wrap_up_message
 from agents.spec import AgentSpec, TierSpec
 
 
@@ -39,9 +46,10 @@ class Coalescing:
     max_ms: float = 20.0
 
 
-@dataclass
-class RunInput:
+class RunInput(BaseModel):
     """What a caller asked for."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
 
     run_id: str
     input: str
@@ -57,9 +65,17 @@ class Ports:
 
 
 @dataclass
-class _Progress:
-    messages: list[Message] = field(default_factory=list)
-    degraded: bool = False
+class _Run:
+    """Everything one execution of the loop works with."""
+
+    spec: AgentSpec
+    request: RunInput
+    ports: Ports
+    log: EventLog
+    budget: RunBudget
+    state: RunState
+    coalescing: Coalescing
+    clock: Callable[[], float]
 
 
 async def execute_run(
@@ -70,14 +86,18 @@ async def execute_run(
     *,
     coalescing: Coalescing = Coalescing(),
     clock: Callable[[], float] = time.monotonic,
+    wall_clock: Callable[[], float] = time.time,
 ) -> None:
-    """Run the agent to its end. Whatever happens, the log ends with one terminal event.
+    """Run the agent to its end, or resume it from the events already in `log`. Whatever
+    happens, the log ends with exactly one terminal event.
 
     Cancelling the task running this coroutine cancels in-flight model and tool calls and
     ends the run with `run.cancelled`.
     """
-    budget = RunBudget(spec.budgets, clock=clock)
-    if log.last_seq == 0:
+    if log.closed:
+        return
+    resumed = log.last_seq > 0
+    if not resumed:
         log.emit(
             RunCreated,
             agent=spec.name,
@@ -85,19 +105,16 @@ async def execute_run(
             input=request.input,
             thread_id=request.thread_id,
         )
-    progress = _Progress()
-    deadline = asyncio.timeout(spec.budgets.run_timeout_s)
+    created_ts = log.events()[0].ts
+    budget = RunBudget(spec.budgets, clock=clock, elapsed_s=max(0.0, wall_clock() - created_ts))
+    run = _Run(spec, request, ports, log, budget, RunState(messages=[]), coalescing, clock)
+    deadline = asyncio.timeout(budget.remaining_s)
     try:
         async with deadline:
-            output = await _loop(spec, request, ports, log, budget, progress, coalescing, clock)
+            await _prepare(run, resumed)
+            output = await _loop(run)
     except asyncio.CancelledError:
-        log.emit(
-            RunCancelled,
-            reason="cancelled",
-            steps=budget.steps,
-            usage=budget.usage,
-            cost_usd=budget.cost_usd,
-        )
+        log.emit(RunCancelled, reason="cancelled", **_spent(budget))
         return
     except TimeoutError:
         # Only our own deadline is a run timeout; a TimeoutError escaping a port is a bug there.
@@ -116,11 +133,14 @@ async def execute_run(
     log.emit(
         RunCompleted,
         output=output,
-        steps=budget.steps,
-        usage=budget.usage,
-        cost_usd=budget.cost_usd,
-        degraded=progress.degraded,
+        degraded=run.state.degraded,
+        wrapped_up=run.state.wrap_up is not None,
+        **_spent(budget),
     )
+
+
+def _spent(budget: RunBudget) -> dict[str, object]:
+    return {"steps": budget.steps, "usage": budget.usage, "cost_usd": budget.cost_usd}
 
 
 def _fail(log: EventLog, budget: RunBudget, error: RayfleetError) -> None:
@@ -129,79 +149,112 @@ def _fail(log: EventLog, budget: RunBudget, error: RayfleetError) -> None:
         code=error.code,
         message=error.message,
         retryable=error.retryable,
-        steps=budget.steps,
-        usage=budget.usage,
-        cost_usd=budget.cost_usd,
+        **_spent(budget),
     )
 
 
-async def _loop(
-    spec: AgentSpec,
-    request: RunInput,
-    ports: Ports,
-    log: EventLog,
-    budget: RunBudget,
-    progress: _Progress,
-    coalescing: Coalescing,
-    clock: Callable[[], float],
-) -> str:
-    history = await _recall(request, ports.memory, log, progress)
-    messages = [Message(role="system", content=spec.system_prompt), *history]
-    messages.append(Message(role="user", content=request.input))
+async def _prepare(run: _Run, resumed: bool) -> None:
+    """Build the prompt (recalling the thread), then fold in what the run already did."""
+    spec, request = run.spec, run.request
+    degraded_before = any(isinstance(e, MemoryDegraded) for e in run.log.events())
+    history = await _recall(request, run.ports.memory, run.log, quiet=degraded_before)
+    prompt = [Message(role="system", content=spec.system_prompt), *history]
+    prompt.append(Message(role="user", content=request.input))
+    state = replay(prompt, run.log.events()) if resumed else RunState(messages=prompt)
+    state.degraded = state.degraded or degraded_before or _degraded_now(run.log)
+    run.budget.steps, run.budget.usage, run.budget.cost_usd = (
+        state.step,
+        state.usage,
+        state.cost_usd,
+    )
+    run.state = state
+    if state.phase == "model" and state.streamed_partial:
+        # Readers saw part of a model call that died with the host: void it, then redo it.
+        run.log.emit(ModelDiscarded, step=state.step, reason="resumed after the run host stopped")
+
+
+def _degraded_now(log: EventLog) -> bool:
+    return any(isinstance(e, MemoryDegraded) for e in log.events())
+
+
+async def _loop(run: _Run) -> str:
+    spec, state, log, budget = run.spec, run.state, run.log, run.budget
     tools = tuple(tool.schema_for_model() for tool in spec.tools)
-    tier = spec.tiers[spec.loop_tier]
     while True:
-        hit = budget.exceeded()
-        if hit is not None:
-            limit, used, cap = hit
-            log.emit(BudgetExceededEvent, limit=limit, used=used, cap=cap)
-            raise BudgetExceeded(f"{limit} budget exhausted: used {used:g} of {cap:g}", limit)
-        budget.steps += 1
-        step = budget.steps
-        log.emit(StepStarted, step=step)
-        timeout_s = budget.call_timeout_s(spec.timeouts.model_call_timeout_s)
-        result = await _model_turn(
-            ports.model, tier, tuple(messages), tools, timeout_s, log, step, coalescing, clock
-        )
-        budget.record(result.response.usage, result.cost_usd)
-        reply = result.response.message
-        log.emit(
-            ModelCompleted,
-            step=step,
-            tier=spec.loop_tier,
-            provider=result.provider,
-            model=result.response.model,
-            text=reply.content,
-            tool_calls=len(reply.tool_calls),
-            usage=result.response.usage,
-            cost_usd=result.cost_usd,
-            latency_ms=result.latency_ms,
-            tried=result.tried,
-        )
-        messages.append(reply)
-        if not reply.tool_calls:
-            await _remember(request, ports.memory, log, progress, reply)
-            return reply.content
-        for call in reply.tool_calls:
-            messages.append(await _tool_turn(spec, ports.tools, call, log, step, budget, clock))
+        if state.phase == "answered":
+            await _remember(run, state.answer)
+            return state.answer
+        if state.phase == "next":
+            _check_budget(run)
+            budget.steps = state.step = state.step + 1
+            log.emit(StepStarted, step=state.step)
+            state.phase = "model"
+        if state.phase == "model":
+            wrapping_up = state.wrap_up is not None
+            tier_name = spec.wrap_up_tier_name if wrapping_up else spec.loop_tier
+            result = await _model_turn(run, spec.tiers[tier_name], () if wrapping_up else tools)
+            budget.record(result.response.usage, result.cost_usd)
+            reply = result.response.message
+            log.emit(
+                ModelCompleted,
+                step=state.step,
+                tier=tier_name,
+                provider=result.provider,
+                model=result.response.model,
+                text=reply.content,
+                tool_calls=len(reply.tool_calls),
+                usage=result.response.usage,
+                cost_usd=result.cost_usd,
+                latency_ms=result.latency_ms,
+                tried=result.tried,
+            )
+            if not reply.tool_calls or wrapping_up:
+                state.phase, state.answer = "answered", reply.content
+                continue
+            # Announce every call before running any: the log then holds the whole request,
+            # so a resumed run repeats none and runs the missing ones with the same keys.
+            for call in reply.tool_calls:
+                log.emit(
+                    ToolCalled,
+                    step=state.step,
+                    call_id=call.id,
+                    tool=call.name,
+                    arguments=call.arguments,
+                )
+            state.messages.append(reply)
+            state.pending, state.phase = list(reply.tool_calls), "tools"
+        if state.phase == "tools":
+            while state.pending:
+                state.messages.append(await _tool_turn(run, state.pending[0]))
+                state.pending.pop(0)
+            state.phase = "next"
 
 
-async def _model_turn(
-    model: ModelPort,
-    tier: TierSpec,
-    messages: tuple[Message, ...],
-    tools: tuple[ToolSchema, ...],
-    timeout_s: float,
-    log: EventLog,
-    step: int,
-    coalescing: Coalescing,
-    clock: Callable[[], float],
-) -> ModelResult:
+def _check_budget(run: _Run) -> None:
+    """Before a step: fail on a spent hard limit; near one, switch to the wrap-up call."""
+    budget, spec, state = run.budget, run.spec, run.state
+    hard = budget.exceeded()
+    if hard is not None and (hard[0] != "steps" or not spec.budgets.wrap_up or state.wrap_up):
+        limit, used, cap = hard
+        if state.wrap_up is None:
+            run.log.emit(BudgetExceededEvent, limit=limit, used=used, cap=cap)
+        raise BudgetExceeded(f"{limit} budget exhausted: used {used:g} of {cap:g}", limit)
+    near = budget.near_limit(spec.budgets.wrap_up_reserve_s) if spec.budgets.wrap_up else None
+    if near is not None and state.wrap_up is None:
+        limit, used, cap = near
+        state.wrap_up = run.log.emit(BudgetExceededEvent, limit=limit, used=used, cap=cap)
+        state.messages.append(wrap_up_message(state.wrap_up))
+
+
+async def _model_turn(run: _Run, tier: TierSpec, tools: tuple[ToolSchema, ...]) -> ModelResult:
+    log, step, coalescing, clock = run.log, run.state.step, run.coalescing, run.clock
+    timeout_s = run.budget.call_timeout_s(run.spec.timeouts.model_call_timeout_s)
     pending: list[str] = []
     pending_chars = 0
     last_flush = clock()
     result: ModelResult | None = None
-    async for item in model.stream(tier, messages, tools, timeout_s=timeout_s):
+    stream = run.ports.model.stream(tier, tuple(run.state.messages), tools, timeout_s=timeout_s)
+    async for item in stream:
         if isinstance(item, TextDelta):
             pending.append(item.text)
             pending_chars += len(item.text)
@@ -224,32 +277,23 @@ async def _model_turn(
     return result
 
 
-async def _tool_turn(
-    spec: AgentSpec,
-    tools: ToolPort,
-    call: ToolCall,
-    log: EventLog,
-    step: int,
-    budget: RunBudget,
-    clock: Callable[[], float],
-) -> Message:
-    log.emit(ToolCalled, step=step, call_id=call.id, tool=call.name, arguments=call.arguments)
-    started = clock()
+async def _tool_turn(run: _Run, call: ToolCall) -> Message:
+    spec, log, step = run.spec, run.log, run.state.step
+    started = run.clock()
     tool = spec.tool(call.name)
     if tool is None:
         known = ", ".join(t.name for t in spec.tools) or "none"
-        outcome = ToolOutcome(
-            ok=False, output="", error=f"unknown tool {call.name!r} (known: {known})"
-        )
+        error = f"unknown tool {call.name!r} (known: {known})"
+        outcome = ToolOutcome(ok=False, output="", error=error)
     else:
         own = tool.timeout_s or spec.timeouts.tool_call_timeout_s
-        outcome = await tools.call(
+        outcome = await run.ports.tools.call(
             tool,
             call,
             idempotency_key=f"{log.run_id}:{step}:{call.id}",
-            timeout_s=budget.call_timeout_s(own),
+            timeout_s=run.budget.call_timeout_s(own),
         )
-    log.emit(
+    event = log.emit(
         ToolResulted,
         step=step,
         call_id=call.id,
@@ -257,40 +301,34 @@ async def _tool_turn(
         ok=outcome.ok,
         output=outcome.output,
         error=outcome.error,
-        latency_ms=(clock() - started) * 1000,
+        latency_ms=(run.clock() - started) * 1000,
     )
-    content = outcome.output if outcome.ok else json.dumps({"error": outcome.error})
-    return Message(role="tool", content=content, tool_call_id=call.id)
+    return tool_message(event)
 
 
 async def _recall(
-    request: RunInput, memory: MemoryPort | None, log: EventLog, progress: _Progress
+    request: RunInput, memory: MemoryPort | None, log: EventLog, *, quiet: bool
 ) -> list[Message]:
     if request.thread_id is None or memory is None:
         return []
     try:
         return await memory.load_thread(request.namespace, request.thread_id)
-    except Exception as exc:  # memory is optional: degrade, say so, go on
-        progress.degraded = True
-        log.emit(MemoryDegraded, reason=f"thread recall failed: {type(exc).__name__}")
+    except Exception as exc:  # memory is optional: degrade, say so (once), go on
+        if not quiet:
+            log.emit(MemoryDegraded, reason=f"thread recall failed: {type(exc).__name__}")
         return []
 
 
-async def _remember(
-    request: RunInput,
-    memory: MemoryPort | None,
-    log: EventLog,
-    progress: _Progress,
-    reply: Message,
-) -> None:
+async def _remember(run: _Run, answer: str) -> None:
+    request, memory = run.request, run.ports.memory
     if request.thread_id is None or memory is None:
         return
     turn = [
         Message(role="user", content=request.input),
-        Message(role="assistant", content=reply.content),
+        Message(role="assistant", content=answer),
     ]
     try:
         await memory.append_thread(request.namespace, request.thread_id, turn)
     except Exception as exc:
-        progress.degraded = True
-        log.emit(MemoryDegraded, reason=f"thread save failed: {type(exc).__name__}")
+        run.state.degraded = True
+        run.log.emit(MemoryDegraded, reason=f"thread save failed: {type(exc).__name__}")

@@ -73,6 +73,14 @@ class BudgetSpec(_Config):
     max_tokens: int = Field(200_000, gt=0, description="Tokens in and out per run.")
     max_cost_usd: float = Field(1.0, gt=0, description="Dollars per run.")
     run_timeout_s: float = Field(600.0, gt=0, description="Wall clock per run.")
+    wrap_up: bool = Field(
+        True,
+        description="Near a limit (or at max_steps), make one last model call without tools "
+        "to answer with what the run has, instead of failing.",
+    )
+    wrap_up_reserve_s: float = Field(
+        10.0, ge=0, description="Seconds of run_timeout_s kept for the wrap-up call."
+    )
 
 
 class TimeoutSpec(_Config):
@@ -93,16 +101,19 @@ class AgentSpec(_Config):
     system_prompt: str = Field(min_length=1, description="The system message.")
     tiers: dict[str, TierSpec] = Field(min_length=1, description="Tier name -> model chain.")
     loop_tier: str = Field("strong", description="The tier the main loop's steps use.")
+    wrap_up_tier: str | None = Field(
+        None, description="Tier of the wrap-up call; default 'fast' if declared, else loop_tier."
+    )
     tools: tuple[ToolSpec, ...] = Field((), description="Tools the model may call.")
     budgets: BudgetSpec = Field(default_factory=BudgetSpec, description="Per-run limits.")
     timeouts: TimeoutSpec = Field(default_factory=TimeoutSpec, description="Per-call timeouts.")
 
-    @field_validator("loop_tier")
+    @field_validator("loop_tier", "wrap_up_tier")
     @classmethod
-    def _loop_tier_known(cls, value: str, info: ValidationInfo) -> str:
-        # A field validator (not the model validator) so the error's path names `loop_tier`.
+    def _tier_known(cls, value: str | None, info: ValidationInfo) -> str | None:
+        # A field validator (not the model validator) so the error's path names the field.
         tiers = info.data.get("tiers")
-        if tiers is not None and value not in tiers:
+        if value is not None and tiers is not None and value not in tiers:
             known = ", ".join(sorted(tiers))
             agent = info.data.get("name", "?")
             raise ValueError(f"unknown tier {value!r} in agent {agent!r} (known: {known})")
@@ -120,6 +131,12 @@ class AgentSpec(_Config):
     def key(self) -> str:
         """'name@version', the deployment's identity."""
         return f"{self.name}@{self.version}"
+
+    @property
+    def wrap_up_tier_name(self) -> str:
+        if self.wrap_up_tier is not None:
+            return self.wrap_up_tier
+        return "fast" if "fast" in self.tiers else self.loop_tier
 
     def tool(self, name: str) -> ToolSpec | None:
         return next((tool for tool in self.tools if tool.name == name), None)

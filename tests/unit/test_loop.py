@@ -4,8 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import AsyncIterator, Iterator, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 import pytest
@@ -16,89 +15,11 @@ from agents.eventlog import EventLog
 from agents.events import Event, is_terminal
 from agents.examples import example_specs, support_tools
 from agents.loop import Coalescing, Ports, RunInput, execute_run
-from agents.messages import Message, ModelResponse, TextDelta, ToolCall, ToolSchema, Usage
-from agents.ports import ModelResult
-from agents.pricing import DEFAULT_PRICES, PriceTable
-from agents.spec import AgentSpec, TierSpec
+from agents.messages import Message, ToolCall, Usage
+from agents.spec import AgentSpec
+from tests.scripted import MODEL, PRICES, Hang, Reply, Script, ScriptedModel
 
-PRICES = PriceTable(DEFAULT_PRICES)
-MODEL = "sim-strong"
 DEFAULT_COALESCING = Coalescing()
-
-
-# --- the scripted fake model --------------------------------------------------------------
-
-
-@dataclass
-class Reply:
-    """One scripted model turn: text streamed in `chunks` deltas, then the result."""
-
-    text: str = ""
-    tool_calls: tuple[ToolCall, ...] = ()
-    usage: Usage = field(default_factory=lambda: Usage(input_tokens=100, output_tokens=20))
-    chunks: int = 3
-
-    def items(self) -> list[TextDelta | ModelResult]:
-        size = max(1, -(-len(self.text) // self.chunks))
-        deltas: list[TextDelta | ModelResult] = [
-            TextDelta(text=self.text[i : i + size]) for i in range(0, len(self.text), size)
-        ]
-        response = ModelResponse(
-            message=Message(role="assistant", content=self.text, tool_calls=self.tool_calls),
-            usage=self.usage,
-            model=MODEL,
-            finish_reason="tool_calls" if self.tool_calls else "stop",
-        )
-        result = ModelResult(
-            response=response,
-            provider="sim-openai",
-            cost_usd=PRICES.cost_usd(MODEL, self.usage),
-            latency_ms=1.0,
-        )
-        return [*deltas, result]
-
-
-class Hang:
-    """A scripted turn that never answers (until cancelled)."""
-
-
-Script = Reply | BaseException | Hang
-
-
-class ScriptedModel:
-    """A ModelPort answering from a queue. Running out, or leaving replies unused, fails."""
-
-    def __init__(self, script: Sequence[Script]) -> None:
-        self._script = list(script)
-        self.requests: list[tuple[Message, ...]] = []
-        self.ran_out = False
-        self.hanging = asyncio.Event()
-
-    async def stream(
-        self,
-        tier: TierSpec,
-        messages: tuple[Message, ...],
-        tools: tuple[ToolSchema, ...],
-        *,
-        timeout_s: float,
-    ) -> AsyncIterator[TextDelta | ModelResult]:
-        self.requests.append(messages)
-        if not self._script:
-            self.ran_out = True
-            raise AssertionError("scripted model ran out of replies")
-        step = self._script.pop(0)
-        if isinstance(step, BaseException):
-            raise step
-        if isinstance(step, Hang):
-            self.hanging.set()
-            await asyncio.Event().wait()
-            return
-        for item in step.items():
-            yield item
-
-    def check(self) -> None:
-        assert not self.ran_out, "the loop asked for more replies than were scripted"
-        assert not self._script, f"{len(self._script)} scripted replies left unused"
 
 
 @pytest.fixture
@@ -225,9 +146,9 @@ async def test_side_effecting_tool_gets_a_stable_idempotency_key(
     assert list(support_tools.refunds()) == ["run-1:1:c9"]
 
 
-async def test_step_cap(scripted: list[ScriptedModel]) -> None:
+async def test_step_cap_without_wrap_up_fails_the_run(scripted: list[ScriptedModel]) -> None:
     events, _ = await run(
-        support(max_steps=2),
+        support(max_steps=2, wrap_up=False),
         [Reply("", (lookup("c1"),)), Reply("", (lookup("c2"),))],
         scripted,
     )
@@ -239,6 +160,40 @@ async def test_step_cap(scripted: list[ScriptedModel]) -> None:
     assert failed.kind == "run.failed"
     assert failed.code == "budget_exceeded" and not failed.retryable and failed.steps == 2
     assert kinds(events).count("step.started") == 2
+
+
+async def test_step_cap_wraps_up_with_one_cheap_call_without_tools(
+    scripted: list[ScriptedModel],
+) -> None:
+    events, model = await run(
+        support(max_steps=2),
+        [Reply("", (lookup("c1"),)), Reply("", (lookup("c2"),)), Reply("Order 1001 shipped.")],
+        scripted,
+    )
+    assert_well_formed(events)
+    exceeded = next(e for e in events if e.kind == "budget.exceeded")
+    assert (exceeded.limit, exceeded.used, exceeded.cap) == ("steps", 2, 2)
+    done = events[-1]
+    assert done.kind == "run.completed" and done.wrapped_up
+    assert done.output == "Order 1001 shipped." and done.steps == 3
+    wrap_up_call = model.requests[-1]
+    assert model.offered[-1] == ()  # no tools in the wrap-up
+    assert model.tiers[-1] == support().tiers["fast"]  # the cheap tier
+    assert "budget is used up" in wrap_up_call[-1].content
+    final = [e for e in events if e.kind == "model.completed"][-1]
+    assert final.tier == "fast"
+
+
+async def test_near_the_dollar_cap_the_run_wraps_up(scripted: list[ScriptedModel]) -> None:
+    pricey = Usage(input_tokens=10_000, output_tokens=1_000)  # $0.045 at sim-strong
+    events, _ = await run(
+        support(max_cost_usd=0.049),
+        [Reply("", (lookup(),), usage=pricey), Reply("What I found so far.")],
+        scripted,
+    )
+    assert_well_formed(events)
+    assert [e.limit for e in events if e.kind == "budget.exceeded"] == ["cost"]
+    assert events[-1].kind == "run.completed" and events[-1].wrapped_up
 
 
 async def test_dollar_cap(scripted: list[ScriptedModel]) -> None:

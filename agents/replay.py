@@ -1,0 +1,121 @@
+"""Where a run stands, folded from its events: how a resumed run picks up where it left.
+
+The durable event log is the run's checkpoint. Folding it gives the conversation so far,
+the budget spent, and the phase the run was in when its host stopped:
+
+    next     between steps: check budgets, start the next step
+    model    a step started but its model call did not complete: redo the call
+    tools    the model asked for tools; `pending` are the calls without a result
+    answered the model answered; only the terminal event is missing
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from typing import Literal
+
+from agents.events import (
+    BudgetExceededEvent,
+    Event,
+    MemoryDegraded,
+    ModelCompleted,
+    ModelDelta,
+    ModelDiscarded,
+    StepStarted,
+    ToolCalled,
+    ToolResulted,
+)
+from agents.messages import Message, ToolCall, Usage
+
+Phase = Literal["next", "model", "tools", "answered"]
+
+
+@dataclass
+class RunState:
+    """A run's progress. Fresh runs start in phase `next` with only the prompt."""
+
+    messages: list[Message]
+    phase: Phase = "next"
+    step: int = 0
+    usage: Usage = field(default_factory=Usage)
+    cost_usd: float = 0.0
+    degraded: bool = False
+    wrap_up: BudgetExceededEvent | None = None
+    """Set once a budget ran out: the next model call is the wrap-up."""
+    pending: list[ToolCall] = field(default_factory=list)
+    streamed_partial: bool = False
+    """Deltas of an unfinished model call reached readers: they must be discarded."""
+    answer: str = ""
+
+
+def wrap_up_message(event: BudgetExceededEvent) -> Message:
+    """The instruction that turns the next model call into the wrap-up."""
+    return Message(
+        role="user",
+        content=(
+            f"[rayfleet] This run's {event.limit} budget is used up. Answer the request now "
+            "with what you have found so far, in a few sentences. Do not call tools."
+        ),
+    )
+
+
+def replay(prompt: list[Message], events: list[Event]) -> RunState:
+    """Fold `events` (a run's durable log) onto its initial `prompt` messages."""
+    state = RunState(messages=list(prompt))
+    results: dict[str, Message] = {}
+    reply_text = ""
+    announced = 0  # tool calls the last model.completed said it made
+    for event in events:
+        if isinstance(event, StepStarted):
+            state.step, state.phase, state.streamed_partial = event.step, "model", False
+        elif isinstance(event, ModelDelta):
+            state.streamed_partial = True
+        elif isinstance(event, ModelDiscarded):
+            state.streamed_partial = False
+        elif isinstance(event, ModelCompleted):
+            state.usage += event.usage
+            state.cost_usd += event.cost_usd
+            state.streamed_partial = False
+            reply_text = event.text
+            announced = event.tool_calls
+            state.phase = "tools" if event.tool_calls else "answered"
+            state.answer = event.text
+            state.pending = []
+        elif isinstance(event, ToolCalled):
+            state.pending.append(
+                ToolCall(id=event.call_id, name=event.tool, arguments=event.arguments)
+            )
+        elif isinstance(event, ToolResulted):
+            results[event.call_id] = tool_message(event)
+        elif isinstance(event, MemoryDegraded):
+            state.degraded = True
+        elif isinstance(event, BudgetExceededEvent):
+            state.wrap_up = event
+            state.messages.append(wrap_up_message(event))
+        if state.phase == "tools" and state.pending and all(c.id in results for c in state.pending):
+            # Every call of the step has its result: the step is done.
+            state.messages.append(
+                Message(role="assistant", content=reply_text, tool_calls=tuple(state.pending))
+            )
+            state.messages.extend(results[c.id] for c in state.pending)
+            state.pending, state.phase = [], "next"
+    if state.phase == "tools" and len(state.pending) < announced:
+        # The log lost some of the step's tool.call events (the loop emits them with
+        # model.completed in one go, so only a damaged log does this): redo the model call.
+        state.phase, state.pending, state.streamed_partial = "model", [], True
+    if state.phase == "tools":
+        # Interrupted among the step's tools: keep the reply, the results there are, and
+        # leave the rest pending (their idempotency keys are the same when they run again).
+        state.messages.append(
+            Message(role="assistant", content=reply_text, tool_calls=tuple(state.pending))
+        )
+        state.messages.extend(results[c.id] for c in state.pending if c.id in results)
+        state.pending = [c for c in state.pending if c.id not in results]
+    return state
+
+
+def tool_message(event: ToolResulted) -> Message:
+    """The message a tool result becomes in the conversation."""
+    content = event.output if event.ok else json.dumps({"error": event.error})
+    return Message(role="tool", content=content, tool_call_id=event.call_id)
