@@ -5,17 +5,19 @@ tasks. Runs outlive the HTTP request and the Serve replica that started them.
 from __future__ import annotations
 
 import asyncio
+import logging
 import re
 import secrets
 from collections import OrderedDict
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING, Protocol
 
 import httpx2
 
 from actors.router import ModelRouter
 from actors.settings import RuntimeSettings
-from agents.errors import RequestInvalid, UnknownRun
+from agents.errors import Overloaded, RequestInvalid, UnknownRun
 from agents.eventlog import EventLog
 from agents.events import Event
 from agents.loop import Coalescing, Ports, RunInput, execute_run
@@ -23,6 +25,11 @@ from agents.ports import MemoryPort, ToolPort
 from agents.pricing import PriceTable
 from agents.spec import AgentSpec
 from agents.summary import RunSummary, summarize
+
+if TYPE_CHECKING:
+    from actors.store import RunRecord
+
+logger = logging.getLogger("rayfleet")
 
 _RUN_ID = re.compile(r"^run-(?P<host>[a-z0-9]{1,16})-[0-9a-f]{20}$")
 
@@ -38,6 +45,16 @@ def host_of(run_id: str) -> str:
     if match is None:
         raise UnknownRun(f"unknown run {run_id!r}", run_id)
     return match["host"]
+
+
+class RunStorePort(Protocol):
+    """What a run host needs of the run store (actors.store.RunStore, or its actor)."""
+
+    async def create_run(self, spec: AgentSpec, request: RunInput, host_id: str) -> None: ...
+
+    async def append_events(self, batch: dict[str, list[Event]]) -> None: ...
+
+    async def load_run(self, run_id: str) -> RunRecord | None: ...
 
 
 @dataclass
@@ -56,12 +73,16 @@ class RunHost:
         settings: RuntimeSettings,
         tools: ToolPort,
         memory: MemoryPort | None = None,
+        store: RunStorePort | None = None,
         on_run_end: Callable[[str], None] | None = None,
     ) -> None:
         self.host_id = host_id
         self._settings = settings
         self._tools = tools
         self._memory = memory
+        self._store = store
+        self._dirty: dict[str, EventLog] = {}
+        self._flusher: asyncio.Task[None] | None = None
         self._on_run_end = on_run_end
         self._runs: dict[str, _Run] = {}
         self._finished: OrderedDict[str, None] = OrderedDict()
@@ -89,7 +110,30 @@ class RunHost:
             raise RequestInvalid(f"run {request.run_id!r} already exists", "run_id")
         if host_of(request.run_id) != self.host_id:
             raise RequestInvalid(f"run {request.run_id!r} belongs to another host", "run_id")
-        log = EventLog(request.run_id)
+        if self._store is not None:
+            # The record is durable before the run starts: from here on it can be resumed.
+            await self._store.create_run(spec, request, self.host_id)
+        log = self._launch(spec, request, [])
+        try:  # answer once run.created is durable and visible
+            await asyncio.wait_for(log.wait_published(1), self._settings.store_timeout_s)
+        except TimeoutError:
+            self._runs[request.run_id].task.cancel()
+            raise Overloaded("the run store did not take the new run in time", 5.0) from None
+        return request.run_id
+
+    async def resume_run(self, run_id: str) -> str:
+        """Take over a run whose host died, from its last durable event."""
+        if run_id in self._runs:
+            return run_id
+        record = None if self._store is None else await self._store.load_run(run_id)
+        if record is None:
+            raise UnknownRun(f"unknown run {run_id!r}", run_id)
+        self._launch(record.spec, record.request, record.events)
+        return run_id
+
+    def _launch(self, spec: AgentSpec, request: RunInput, events: list[Event]) -> EventLog:
+        durable = self._store is not None
+        log = EventLog(request.run_id, events, durable=durable, on_append=self._mark_dirty)
         ports = Ports(model=self._model(), tools=self._tools, memory=self._memory)
         task = asyncio.create_task(
             execute_run(spec, request, ports, log, coalescing=self._coalescing),
@@ -97,8 +141,38 @@ class RunHost:
         )
         self._runs[request.run_id] = _Run(spec.key, log, task)
         task.add_done_callback(lambda _: self._finish(request.run_id))
-        await asyncio.sleep(0)  # let the task record run.created before we answer
-        return request.run_id
+        return log
+
+    def _mark_dirty(self, log: EventLog) -> None:
+        self._dirty[log.run_id] = log
+        if self._flusher is None or self._flusher.done():
+            self._flusher = asyncio.create_task(self._flush())
+
+    async def _flush(self) -> None:
+        """Group commit: one store call carries every run's new events; events that arrive
+        while a call is in flight go together in the next one."""
+        assert self._store is not None
+        failures = 0
+        while self._dirty:
+            logs, self._dirty = list(self._dirty.values()), {}
+            batch = {log.run_id: log.take_unsent() for log in logs}
+            try:
+                await self._store.append_events({k: v for k, v in batch.items() if v})
+            except Exception as exc:
+                # Nothing is published until it is stored: readers wait, the runs go on.
+                failures += 1
+                logger.warning("run store write failed (%d): %r", failures, exc)
+                for log in logs:
+                    sent = batch[log.run_id]
+                    if sent:
+                        log.unsend(sent[0].seq - 1)
+                    self._dirty.setdefault(log.run_id, log)
+                await asyncio.sleep(min(0.05 * 2**failures, 2.0))
+                continue
+            failures = 0
+            for log in logs:
+                if batch[log.run_id]:
+                    log.publish(batch[log.run_id][-1].seq)
 
     def _finish(self, run_id: str) -> None:
         self._finished[run_id] = None
@@ -121,7 +195,8 @@ class RunHost:
             yield batch
 
     async def summary(self, run_id: str) -> RunSummary:
-        return summarize(self._run(run_id).log.events())
+        """What readers may know of the run: its published (durable) events."""
+        return summarize(self._run(run_id).log.published())
 
     async def cancel(self, run_id: str) -> bool:
         """Cancel a running run; False if it had already ended."""

@@ -83,6 +83,13 @@ class RunPool:
             await asyncio.shield(starting)
         return host_id
 
+    def has_host(self, host_id: str) -> bool:
+        return host_id in self._load
+
+    def remove_host(self, host_id: str) -> None:
+        """A host died: never hand it out again (spare capacity is rebuilt on acquire)."""
+        self._load.pop(host_id, None)
+
     def release(self, host_id: str) -> None:
         """A run on `host_id` ended."""
         if self._load.get(host_id, 0) > 0:

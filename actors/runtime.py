@@ -2,28 +2,33 @@
 
 Named, detached actors in one namespace, so a run outlives the Serve replica that started it
 and any replica can find it by id:
-    rayfleet-pool              RunPool       hands out run slots
+    rayfleet-pool              RunPool       hands out run slots; watches hosts, resumes runs
+    rayfleet-store             RunStore      runs and their durable event logs
     rayfleet-tools             ToolPool      Python function tools
     rayfleet-memory            MemoryStore   conversation threads
     rayfleet-runhost-<host>    RunHost       the runs themselves
+The singletons live on the head node; run hosts go wherever `run_host_resources` allow.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import AsyncIterator
 from typing import Any
 
 import ray
 from ray.actor import ActorHandle
+from ray.exceptions import RayActorError
 
 from actors.memory import MemoryStoreActor
 from actors.run_host import RunHost, host_of, new_run_id
 from actors.run_pool import RunPool
 from actors.settings import RuntimeSettings
+from actors.store import RunRecord, RunStoreActor
 from actors.tool_pool import ToolPoolActor
 from agents.errors import UnknownRun
-from agents.events import Event
+from agents.events import Event, is_terminal
 from agents.loop import RunInput
 from agents.messages import Message, ToolCall
 from agents.ports import ToolOutcome
@@ -33,11 +38,16 @@ from agents.summary import RunSummary
 logger = logging.getLogger("rayfleet")
 
 POOL_ACTOR = "rayfleet-pool"
+STORE_ACTOR = "rayfleet-store"
 TOOLS_ACTOR = "rayfleet-tools"
 MEMORY_ACTOR = "rayfleet-memory"
 HOST_PREFIX = "rayfleet-runhost-"
 # I/O-bound actors: a small reservation, many concurrent calls (every live stream is one).
 _ACTOR_OPTIONS: dict[str, Any] = {"num_cpus": 0.01, "lifetime": "detached"}
+# Shared singletons stay on the head node, so losing a worker node never loses them.
+_ON_HEAD: dict[str, Any] = {**_ACTOR_OPTIONS, "resources": {"node:__internal_head__": 0.001}}
+_MOVES = 5
+"""How many times one reader follows a run to a new host before giving up."""
 
 
 def check_agents_package() -> None:
@@ -85,43 +95,92 @@ class RemoteMemory:
         await self._actor.append_thread.remote(namespace, thread_id, messages)
 
 
+class RemoteStore:
+    """The run store's actor as a RunStorePort."""
+
+    def __init__(self, actor: ActorHandle[Any]) -> None:
+        self._actor = actor
+
+    async def create_run(self, spec: AgentSpec, request: RunInput, host_id: str) -> None:
+        await self._actor.create_run.remote(spec, request, host_id)
+
+    async def append_events(self, batch: dict[str, list[Event]]) -> None:
+        await self._actor.append_events.remote(batch)
+
+    async def load_run(self, run_id: str) -> RunRecord | None:
+        record: RunRecord | None = await self._actor.load_run.remote(run_id)
+        return record
+
+
 @ray.remote
 class RunHostActor(RunHost):
     def __init__(self, host_id: str, settings: RuntimeSettings) -> None:
         check_agents_package()
-        tools = ray.get_actor(TOOLS_ACTOR, namespace=settings.namespace)
-        pool = ray.get_actor(POOL_ACTOR, namespace=settings.namespace)
-        memory = ray.get_actor(MEMORY_ACTOR, namespace=settings.namespace)
+
+        def named(name: str) -> ActorHandle[Any]:
+            return ray.get_actor(name, namespace=settings.namespace)
+
+        pool = named(POOL_ACTOR)
         super().__init__(
             host_id,
             settings,
-            RemoteTools(tools),
-            RemoteMemory(memory),
+            RemoteTools(named(TOOLS_ACTOR)),
+            RemoteMemory(named(MEMORY_ACTOR)),
+            RemoteStore(named(STORE_ACTOR)),
             on_run_end=lambda h: pool.release.remote(h),
         )
 
     def ready(self) -> bool:
         return True
 
+    async def wait_until_dead(self) -> None:
+        """Never returns: the pool awaits it to learn, by its failure, that this host died."""
+        await asyncio.Event().wait()
+
 
 @ray.remote
 class RunPoolActor:
-    """The single RunPool for the cluster; it creates run hosts as load requires."""
+    """The cluster's one RunPool: creates run hosts as load requires, watches them, and
+    resumes the runs of a host that died on another host."""
 
     def __init__(self, settings: RuntimeSettings) -> None:
         check_agents_package()
         self._settings = settings
         self._pool = RunPool(settings.runs_per_actor, settings.warm_run_hosts, self._spawn)
+        self._store = ray.get_actor(STORE_ACTOR, namespace=settings.namespace)
+        self._watchers: set[asyncio.Task[None]] = set()
+        self._moving: dict[str, asyncio.Lock] = {}
+
+    def _handle(self, host_id: str) -> ActorHandle[Any]:
+        return ray.get_actor(HOST_PREFIX + host_id, namespace=self._settings.namespace)
 
     async def _spawn(self, host_id: str) -> None:
+        options = dict(_ACTOR_OPTIONS)
+        if self._settings.run_host_resources:
+            options["resources"] = dict(self._settings.run_host_resources)
         host = RunHostActor.options(  # type: ignore[attr-defined]
             name=HOST_PREFIX + host_id,
             namespace=self._settings.namespace,
             max_concurrency=100_000,
             get_if_exists=True,
-            **_ACTOR_OPTIONS,
+            **options,
         ).remote(host_id, self._settings)
         await host.ready.remote()
+        watcher = asyncio.create_task(self._watch(host_id, host))
+        self._watchers.add(watcher)
+        watcher.add_done_callback(self._watchers.discard)
+
+    async def _watch(self, host_id: str, host: ActorHandle[Any]) -> None:
+        try:
+            await host.wait_until_dead.remote()
+        except Exception as exc:  # the host died (or its node did)
+            logger.warning("run host %s died (%s): resuming its runs", host_id, type(exc).__name__)
+        self._pool.remove_host(host_id)
+        for run_id in await self._store.live_runs_on.remote(host_id):
+            try:
+                await self.recover(run_id, suspect=host_id)
+            except Exception:
+                logger.exception("could not resume run %s", run_id)
 
     async def warm_up(self) -> dict[str, int]:
         await self._pool.warm_up()
@@ -136,47 +195,88 @@ class RunPoolActor:
     def stats(self) -> dict[str, int]:
         return self._pool.stats()
 
+    async def recover(self, run_id: str, suspect: str | None = None) -> str:
+        """The host now running `run_id`; if its host (or `suspect`) is dead, resume the run
+        on another host first. Safe to call from many readers at once."""
+        lock = self._moving.setdefault(run_id, asyncio.Lock())
+        async with lock:
+            host_id: str | None = await self._store.host_of.remote(run_id)
+            if host_id is None:
+                raise UnknownRun(f"unknown run {run_id!r}", run_id)
+            if await self._alive(host_id, checked=host_id == suspect):
+                return host_id
+            self._pool.remove_host(host_id)
+            new_host = await self._pool.acquire()
+            await self._handle(new_host).resume_run.remote(run_id)
+            await self._store.move_run.remote(run_id, new_host)
+            logger.warning("run %s moved from host %s to %s", run_id, host_id, new_host)
+            return new_host
+
+    async def _alive(self, host_id: str, checked: bool) -> bool:
+        if not self._pool.has_host(host_id):
+            return False
+        if not checked:
+            return True
+        try:
+            async with asyncio.timeout(5):
+                await self._handle(host_id).ready.remote()
+        except Exception:
+            return False
+        return True
+
 
 async def ensure_runtime(settings: RuntimeSettings) -> ActorHandle[Any]:
     """Get or create the shared actors; returns the pool once its warm hosts are ready."""
+    ns = settings.namespace
+    RunStoreActor.options(name=STORE_ACTOR, namespace=ns, get_if_exists=True, **_ON_HEAD).remote(
+        settings.store_path
+    )
     ToolPoolActor.options(
-        name=TOOLS_ACTOR,
-        namespace=settings.namespace,
-        get_if_exists=True,
-        max_concurrency=10_000,
-        **_ACTOR_OPTIONS,
+        name=TOOLS_ACTOR, namespace=ns, get_if_exists=True, max_concurrency=10_000, **_ON_HEAD
     ).remote()
     MemoryStoreActor.options(
-        name=MEMORY_ACTOR, namespace=settings.namespace, get_if_exists=True, **_ACTOR_OPTIONS
+        name=MEMORY_ACTOR, namespace=ns, get_if_exists=True, **_ON_HEAD
     ).remote(settings.memory_path)
     pool: ActorHandle[Any] = RunPoolActor.options(  # type: ignore[attr-defined]
-        name=POOL_ACTOR,
-        namespace=settings.namespace,
-        get_if_exists=True,
-        max_concurrency=10_000,
-        **_ACTOR_OPTIONS,
+        name=POOL_ACTOR, namespace=ns, get_if_exists=True, max_concurrency=10_000, **_ON_HEAD
     ).remote(settings)
     await pool.warm_up.remote()
     return pool
 
 
 class Runs:
-    """How Serve replicas (and other callers) start runs and reach them by id."""
+    """How Serve replicas (and other callers) start runs and reach them by id, following a
+    run to another host if its host dies."""
 
     def __init__(self, settings: RuntimeSettings, pool: ActorHandle[Any]) -> None:
         self._namespace = settings.namespace
         self._pool = pool
         self._hosts: dict[str, ActorHandle[Any]] = {}
+        self._moved: dict[str, str] = {}  # run id -> its host, for runs not on their first
 
-    def _host(self, host_id: str) -> ActorHandle[Any]:
+    def _handle(self, host_id: str) -> ActorHandle[Any] | None:
         host = self._hosts.get(host_id)
         if host is None:
             try:
                 host = ray.get_actor(HOST_PREFIX + host_id, namespace=self._namespace)
             except ValueError:
-                raise UnknownRun(f"run host {host_id!r} is gone", host_id) from None
+                return None  # no such actor (any more)
             self._hosts[host_id] = host
         return host
+
+    async def _locate(
+        self, run_id: str, suspect: str | None = None
+    ) -> tuple[str, ActorHandle[Any]]:
+        host_id = self._moved.get(run_id) or host_of(run_id)
+        host = None if host_id == suspect else self._handle(host_id)
+        if host is None:
+            host_id = await self._pool.recover.remote(run_id, suspect=host_id)
+            self._moved[run_id] = host_id
+            self._hosts.pop(host_id, None)
+            host = self._handle(host_id)
+            if host is None:
+                raise UnknownRun(f"run {run_id!r} has no live host", run_id)
+        return host_id, host
 
     async def start(
         self, spec: AgentSpec, input: str, thread_id: str | None = None, namespace: str = "default"
@@ -185,28 +285,50 @@ class Runs:
         request = RunInput(
             run_id=new_run_id(host_id), input=input, thread_id=thread_id, namespace=namespace
         )
-        run_id: str = await self._host(host_id).start_run.remote(spec, request)
+        host = self._handle(host_id)
+        if host is None:
+            raise UnknownRun(f"run host {host_id!r} vanished", host_id)
+        run_id: str = await host.start_run.remote(spec, request)
         return run_id
 
     async def events(self, run_id: str, after: int = 0) -> AsyncIterator[Event]:
-        """Every event after seq `after`, live until the terminal one."""
-        host = self._host(host_of(run_id))
-        stream: Any = host.events.options(num_returns="streaming").remote(run_id, after)
-        finished = False
+        """Every event after seq `after`, live until the terminal one. If the run's host
+        dies, the run resumes elsewhere and the stream goes on from the last seq seen."""
+        seen, suspect = after, None
+        for _ in range(_MOVES):
+            host_id, host = await self._locate(run_id, suspect)
+            stream: Any = host.events.options(num_returns="streaming").remote(run_id, seen)
+            finished = False
+            try:
+                async for ref in stream:
+                    for event in await ref:
+                        seen = event.seq
+                        yield event
+                        if is_terminal(event):
+                            finished = True
+                            return
+                finished = True
+                return
+            except RayActorError:
+                suspect = host_id  # its host died mid-stream: follow the run
+            finally:
+                if not finished:
+                    # The reader went away or the host died: stop following, never the run.
+                    ray.cancel(stream)
+        raise UnknownRun(f"run {run_id!r} moved hosts more than {_MOVES} times", run_id)
+
+    async def _call(self, run_id: str, method: str) -> Any:
+        host_id, host = await self._locate(run_id)
         try:
-            async for ref in stream:
-                for event in await ref:
-                    yield event
-            finished = True
-        finally:
-            if not finished:
-                # The reader went away (a client disconnect): stop following, never the run.
-                ray.cancel(stream)
+            return await getattr(host, method).remote(run_id)
+        except RayActorError:
+            host_id, host = await self._locate(run_id, suspect=host_id)
+            return await getattr(host, method).remote(run_id)
 
     async def summary(self, run_id: str) -> RunSummary:
-        result: RunSummary = await self._host(host_of(run_id)).summary.remote(run_id)
+        result: RunSummary = await self._call(run_id, "summary")
         return result
 
     async def cancel(self, run_id: str) -> bool:
-        cancelled: bool = await self._host(host_of(run_id)).cancel.remote(run_id)
+        cancelled: bool = await self._call(run_id, "cancel")
         return cancelled

@@ -60,6 +60,17 @@ class RuntimeSettings(BaseModel):
         10_000, ge=1, description="Finished runs each host keeps for status and replay."
     )
     namespace: str = Field("rayfleet", description="Ray namespace of rayfleet's named actors.")
+    store_path: str = Field(
+        "/tmp/rayfleet/runs.sqlite",
+        description="SQLite file of the run store (runs and their durable event logs).",
+    )
+    store_timeout_s: float = Field(
+        30.0, gt=0, description="How long a new run waits for the store before 503."
+    )
+    run_host_resources: dict[str, float] = Field(
+        default_factory=dict,
+        description="Custom Ray resources each run host needs, to place run hosts on nodes.",
+    )
     memory_path: str = Field(
         "/tmp/rayfleet/memory.sqlite",
         description="SQLite file of the memory store (on the node that hosts its actor).",

@@ -94,6 +94,11 @@ class EventLog:
         self._changed.set()
         self._changed = asyncio.Event()
 
+    async def wait_published(self, seq: int) -> None:
+        """Return once events up to `seq` are published."""
+        while self._published < seq:
+            await self._changed.wait()
+
     def after(self, seq: int) -> list[Event]:
         """Published events with seq greater than `seq`."""
         return self._events[max(seq, 0) : self._published]

@@ -2,7 +2,9 @@
 
 `issue_refund` is side-effecting: it keeps a ledger keyed by the idempotency key that
 rayfleet passes, so a retried or resumed call returns the first refund instead of paying
-twice. The ledger lives in the process that runs the tool (a ToolPool actor in a cluster).
+twice, as a payment provider's idempotency store would. That ledger lives in the process that
+runs the tool (a ToolPool actor in a cluster) and dies with it; the pool's durable effect
+ledger (`actors/ledger.py`) answers a repeated key before the tool is even called.
 """
 
 from __future__ import annotations
