@@ -233,7 +233,7 @@ async def ensure_runtime(settings: RuntimeSettings) -> ActorHandle[Any]:
     )
     ToolPoolActor.options(
         name=TOOLS_ACTOR, namespace=ns, get_if_exists=True, max_concurrency=10_000, **_ON_HEAD
-    ).remote()
+    ).remote(retry=settings.tool_retry, ledger_path=settings.ledger_path)
     MemoryStoreActor.options(
         name=MEMORY_ACTOR, namespace=ns, get_if_exists=True, **_ON_HEAD
     ).remote(settings.memory_path)

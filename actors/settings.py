@@ -9,6 +9,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from actors.tool_pool import ToolRetrySettings
 from agents.pricing import DEFAULT_PRICES, ModelPrice
 
 
@@ -70,6 +71,13 @@ class RuntimeSettings(BaseModel):
     run_host_resources: dict[str, float] = Field(
         default_factory=dict,
         description="Custom Ray resources each run host needs, to place run hosts on nodes.",
+    )
+    ledger_path: str = Field(
+        "/tmp/rayfleet/effects.sqlite",
+        description="SQLite file of the effect ledger (side-effecting tool calls by key).",
+    )
+    tool_retry: ToolRetrySettings = Field(
+        default_factory=ToolRetrySettings, description="Retries of transient tool failures."
     )
     memory_path: str = Field(
         "/tmp/rayfleet/memory.sqlite",

@@ -34,6 +34,7 @@ from tenacity import (
 )
 from tenacity.stop import stop_base
 
+from actors.ledger import SqliteEffectLedger
 from agents.errors import ToolFailed
 from agents.messages import ToolCall
 from agents.ports import EffectLedger, ToolOutcome
@@ -428,5 +429,20 @@ def _of(attempts: _Attempts) -> str:
     return f" ({attempts.count} attempts)" if attempts.count > 1 else ""
 
 
+class _ToolPoolHost(ToolPool):
+    """The ToolPool inside its actor: opens its effect ledger from a path in the actor's own
+    process (a SQLite connection does not pickle)."""
+
+    def __init__(
+        self,
+        max_concurrency: int = 64,
+        *,
+        retry: ToolRetrySettings | None = None,
+        ledger_path: str | None = None,
+    ) -> None:
+        ledger = SqliteEffectLedger(ledger_path) if ledger_path is not None else None
+        super().__init__(max_concurrency, retry=retry, ledger=ledger)
+
+
 # Ray's stubs lack actor options (max_concurrency) in the keyword overload of `remote`.
-ToolPoolActor = ray.remote(num_cpus=0, max_concurrency=1000)(ToolPool)  # type: ignore[call-overload]
+ToolPoolActor = ray.remote(num_cpus=0, max_concurrency=1000)(_ToolPoolHost)  # type: ignore[call-overload]

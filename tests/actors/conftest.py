@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Callable, Iterator
+from pathlib import Path
 
 import pytest
 
@@ -29,14 +30,19 @@ def namespace(ray_session: RaySession) -> Iterator[str]:
 
 
 @pytest.fixture
-def settings_for(sim_server: SimServer, namespace: str) -> Callable[..., RuntimeSettings]:
-    """RuntimeSettings on the session's simulator and this test's namespace."""
+def settings_for(
+    sim_server: SimServer, namespace: str, tmp_path: Path
+) -> Callable[..., RuntimeSettings]:
+    """RuntimeSettings on the session's simulator, this test's namespace and its own files."""
 
     def build(**fields: object) -> RuntimeSettings:
         return RuntimeSettings.model_validate(
             {
                 "providers": simulator_providers(sim_server.base_url),
                 "namespace": namespace,
+                "store_path": str(tmp_path / "runs.sqlite"),
+                "memory_path": str(tmp_path / "memory.sqlite"),
+                "ledger_path": str(tmp_path / "effects.sqlite"),
                 **fields,
             }
         )

@@ -20,6 +20,7 @@ class Service:
     base_url: str
     gcs_address: str
     http: httpx2.Client
+    settings: RuntimeSettings
 
 
 def _free_port() -> int:
@@ -29,19 +30,28 @@ def _free_port() -> int:
 
 
 @pytest.fixture(scope="session")
-def service(sim_server: SimServer, ray_session: RaySession) -> Iterator[Service]:
+def service(
+    sim_server: SimServer, ray_session: RaySession, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Service]:
     from ray import serve
 
     from serve_app.app import APP_NAME, build_app
 
     port = _free_port()
     serve.start(http_options={"host": "127.0.0.1", "port": port})
-    config = AppConfig(runtime=RuntimeSettings(providers=simulator_providers(sim_server.base_url)))
+    data = tmp_path_factory.mktemp("rayfleet-data")
+    settings = RuntimeSettings(
+        providers=simulator_providers(sim_server.base_url),
+        store_path=str(data / "runs.sqlite"),
+        memory_path=str(data / "memory.sqlite"),
+        ledger_path=str(data / "effects.sqlite"),
+    )
+    config = AppConfig(runtime=settings)
     serve.run(build_app(config), name=APP_NAME, route_prefix="/")
     base_url = f"http://127.0.0.1:{port}"
     http = httpx2.Client(base_url=base_url, timeout=30)
     try:
-        yield Service(base_url, ray_session.gcs_address, http)
+        yield Service(base_url, ray_session.gcs_address, http, settings)
     finally:
         http.close()
         # No serve.shutdown(): its controller waits ~30 s to drain; ray_session's

@@ -1,19 +1,26 @@
-"""ToolPool: resolution, arguments, idempotency keys, timeouts, the concurrency limit."""
+"""ToolPool: resolution, arguments, idempotency keys, timeouts, the concurrency limit, retries.
+
+The effect ledger's part is in test_ledger.py."""
 
 from __future__ import annotations
 
 import asyncio
 import json
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
+import httpx2
+import pydantic
 import pytest
 
-from actors.tool_pool import ToolPool
+from actors.tool_pool import ToolPool, ToolRetrySettings
+from agents.errors import ToolFailed, ToolUnavailable
 from agents.examples import support_tools
 from agents.messages import ToolCall
 from agents.spec import ToolSpec
+from tests import tools_for_tests as tools
+from tests.tools_for_tests import RecordedSleeps
 
 HERE = __name__
 
@@ -95,8 +102,13 @@ def call(name: str = "t", **arguments: Any) -> ToolCall:
 
 
 @pytest.fixture
-def pool() -> ToolPool:
-    return ToolPool()
+def sleeps() -> RecordedSleeps:
+    return RecordedSleeps()
+
+
+@pytest.fixture
+def pool(sleeps: RecordedSleeps) -> ToolPool:
+    return ToolPool(sleep=sleeps)
 
 
 @pytest.fixture(autouse=True)
@@ -106,8 +118,10 @@ def _clean_state() -> Iterator[None]:
     release = asyncio.Event()
     running = peak = 0
     support_tools.reset_refunds()
+    tools.reset()
     yield
     support_tools.reset_refunds()
+    tools.reset()
 
 
 async def run(
@@ -211,7 +225,8 @@ async def test_timeout(pool: ToolPool) -> None:
 
 async def test_a_tools_own_timeout_error_is_a_failure_not_our_timeout(pool: ToolPool) -> None:
     outcome = await run(pool, spec(f"{HERE}:own_timeout"), call(), timeout_s=5)
-    assert outcome.error == "tool t failed: TimeoutError: upstream timed out"
+    # Transient, so retried; but reported as the tool's failure, not as our deadline.
+    assert outcome.error == "tool t failed after 3 attempts: TimeoutError: upstream timed out"
 
 
 async def test_exception_becomes_an_outcome_with_type_and_message(pool: ToolPool) -> None:
@@ -304,3 +319,177 @@ async def test_lookup_order_and_search_kb(pool: ToolPool) -> None:
     assert hits[0]["id"] == "kb-returns"
     none = json.loads((await run(pool, search, call("search_kb", query="zzz"))).output)
     assert none == []
+
+
+# --- retries of transient failures ------------------------------------------------------
+
+FLAKY = f"{tools.HERE}:flaky"
+_REQUEST = httpx2.Request("POST", "http://127.0.0.1:9/tool")
+
+
+def _status(code: int) -> httpx2.HTTPStatusError:
+    response = httpx2.Response(code, request=_REQUEST)
+    return httpx2.HTTPStatusError(f"HTTP {code}", request=_REQUEST, response=response)
+
+
+def _validation_error() -> pydantic.ValidationError:
+    try:
+        pydantic.TypeAdapter(int).validate_python("not a number")
+    except pydantic.ValidationError as exc:
+        return exc
+    raise AssertionError("validated")
+
+
+TRANSIENT: dict[str, Callable[[], BaseException]] = {
+    "tool-unavailable": lambda: ToolUnavailable("inventory service down"),
+    "retryable-tool-failed": lambda: ToolFailed("busy", "t", True),
+    "own-timeout": lambda: TimeoutError("upstream timed out"),
+    "broken-pipe": lambda: BrokenPipeError(),
+    "connection-reset": lambda: ConnectionResetError("reset by peer"),
+    "connection-refused": lambda: ConnectionRefusedError(),
+    "http-500": lambda: _status(500),
+    "http-503": lambda: _status(503),
+    "transport-error": lambda: httpx2.ConnectError("refused", request=_REQUEST),
+    "read-timeout": lambda: httpx2.ReadTimeout("slow", request=_REQUEST),
+}
+
+PERMANENT: dict[str, Callable[[], BaseException]] = {
+    "http-400": lambda: _status(400),
+    "http-404": lambda: _status(404),
+    "http-422": lambda: _status(422),
+    "http-429": lambda: _status(429),
+    "validation-error": _validation_error,
+    "type-error": lambda: TypeError("unsupported operand"),
+    "value-error": lambda: ValueError("no such customer"),
+    "lookup-error": lambda: LookupError("no order 7"),
+    "tool-failed": lambda: ToolFailed("refused", "t"),
+    "unavailable-said-not-retryable": lambda: ToolUnavailable("gone for good", "t", False),
+}
+
+
+@pytest.mark.parametrize("make", TRANSIENT.values(), ids=TRANSIENT.keys())
+@pytest.mark.parametrize("function", ["flaky", "flaky_sync"])
+async def test_transient_failure_is_retried_then_succeeds(
+    pool: ToolPool, sleeps: RecordedSleeps, make: Callable[[], BaseException], function: str
+) -> None:
+    tools.script[:] = [make(), make()]
+    outcome = await run(pool, spec(f"{tools.HERE}:{function}"), call())
+    assert outcome.ok and outcome.output == "ok"
+    assert tools.calls[function] == 3
+    assert len(sleeps.delays) == 2
+
+
+@pytest.mark.parametrize("make", PERMANENT.values(), ids=PERMANENT.keys())
+async def test_permanent_failure_goes_back_at_once(
+    pool: ToolPool, sleeps: RecordedSleeps, make: Callable[[], BaseException]
+) -> None:
+    error = make()
+    tools.script[:] = [error, error]
+    outcome = await run(pool, spec(FLAKY), call())
+    assert not outcome.ok
+    assert outcome.error == f"tool t failed: {type(error).__name__}: {error}"
+    assert tools.calls["flaky"] == 1
+    assert sleeps.delays == []
+
+
+async def test_a_permanent_failure_after_a_transient_one_says_how_many_attempts(
+    pool: ToolPool,
+) -> None:
+    tools.script[:] = [ToolUnavailable("blip"), ValueError("no such customer")]
+    outcome = await run(pool, spec(FLAKY), call())
+    assert outcome.error == "tool t failed after 2 attempts: ValueError: no such customer"
+    assert tools.calls["flaky"] == 2
+
+
+async def test_retries_exhausted(pool: ToolPool, sleeps: RecordedSleeps) -> None:
+    tools.script[:] = [ToolUnavailable(f"down {i}") for i in range(5)]
+    outcome = await run(pool, spec(FLAKY, name="inventory"), call("inventory"))
+    assert not outcome.ok and outcome.output == ""
+    assert outcome.error == "tool inventory failed after 3 attempts: ToolUnavailable: down 2"
+    assert tools.calls["flaky"] == 3
+    assert len(sleeps.delays) == 2
+
+
+async def test_one_attempt_means_no_retries(sleeps: RecordedSleeps) -> None:
+    pool = ToolPool(retry=ToolRetrySettings(attempts=1), sleep=sleeps)
+    tools.script[:] = [ToolUnavailable("down")]
+    outcome = await run(pool, spec(FLAKY), call())
+    assert outcome.error == "tool t failed after 1 attempt: ToolUnavailable: down"
+    assert tools.calls["flaky"] == 1 and sleeps.delays == []
+
+
+async def test_backoff_grows_exponentially_with_bounded_jitter(sleeps: RecordedSleeps) -> None:
+    settings = ToolRetrySettings(attempts=6, initial_backoff_s=0.1, max_backoff_s=0.5)
+    pool = ToolPool(retry=settings, sleep=sleeps)
+    runs = []
+    for _ in range(2):
+        sleeps.delays.clear()
+        tools.script[:] = [ConnectionResetError() for _ in range(6)]
+        outcome = await run(pool, spec(FLAKY), call(), timeout_s=60)
+        assert outcome.error is not None and "after 6 attempts" in outcome.error
+        runs.append(list(sleeps.delays))
+    for delays in runs:
+        assert len(delays) == 5
+        # initial * 2**n plus up to `initial` of jitter, capped at max_backoff_s
+        for n, (delay, low) in enumerate(zip(delays, [0.1, 0.2, 0.4, 0.5, 0.5], strict=True)):
+            assert low <= delay <= min(0.1 * 2**n + 0.1, 0.5), (n, delays)
+        assert delays == sorted(delays)
+    assert runs[0][:2] != runs[1][:2]  # jittered: two runs do not wait alike
+
+
+async def test_no_retry_when_the_backoff_would_outlast_the_deadline(
+    sleeps: RecordedSleeps,
+) -> None:
+    pool = ToolPool(retry=ToolRetrySettings(initial_backoff_s=5, max_backoff_s=10), sleep=sleeps)
+    tools.script[:] = [ToolUnavailable("down")]
+    outcome = await run(pool, spec(FLAKY), call(), timeout_s=2)
+    assert outcome.error == (
+        "tool t failed after 1 attempt, no time left within 2s to retry: ToolUnavailable: down"
+    )
+    assert tools.calls["flaky"] == 1 and sleeps.delays == []
+
+
+async def test_the_deadline_covers_all_attempts(pool: ToolPool) -> None:
+    # Attempt 1 uses 0.3 s of a 0.5 s timeout and fails transiently; attempt 2 hangs and gets
+    # only what is left. A per-attempt timeout would end it near 0.8 s.
+    slow = spec(f"{tools.HERE}:slow_then_hang", name="slow")
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    outcome = await run(pool, slow, call("slow", slow_s=0.3), timeout_s=0.5)
+    elapsed = loop.time() - started
+    assert outcome.error == "tool slow timed out after 0.5s (2 attempts)"
+    assert tools.calls["slow_then_hang"] == 2
+    assert 0.5 <= elapsed < 0.75
+
+
+async def test_no_slot_is_held_during_a_backoff() -> None:
+    waiting = asyncio.Event()
+    resume = asyncio.Event()
+
+    async def held_sleep(seconds: float) -> None:
+        waiting.set()
+        await resume.wait()
+
+    pool = ToolPool(max_concurrency=1, sleep=held_sleep)
+    tools.script[:] = [ToolUnavailable("blip")]
+    retried = asyncio.create_task(run(pool, spec(FLAKY), call()))
+    await asyncio.wait_for(waiting.wait(), 5)
+    # The only slot is free while the first call waits to retry.
+    assert (await run(pool, spec(f"{HERE}:add"), call(a=1, b=2), timeout_s=1)).ok
+    resume.set()
+    assert (await retried).ok and tools.calls["flaky"] == 2
+
+
+@pytest.mark.parametrize(
+    "fields",
+    [
+        {"attempts": 0},
+        {"initial_backoff_s": -1},
+        {"initial_backoff_s": 1, "max_backoff_s": 0.5},
+        {"attempt": 3},
+    ],
+    ids=["no-attempts", "negative-backoff", "max-below-initial", "unknown-field"],
+)
+def test_retry_settings_are_validated(fields: dict[str, Any]) -> None:
+    with pytest.raises(pydantic.ValidationError):
+        ToolRetrySettings(**fields)

@@ -1,0 +1,80 @@
+"""Deterministic flaky tools for the ToolPool and effect-ledger tests.
+
+Resolved by import path like any agent's tools. Each tool counts its calls in `calls` and,
+while `script` has entries, raises the next one instead of working: a test scripts the
+failures, calls, then asserts on `calls` and `effects`. `reset()` between tests.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections import Counter
+
+from pydantic import JsonValue
+
+HERE = __name__
+
+calls: Counter[str] = Counter()
+script: list[BaseException] = []
+effects: list[str] = []  # the idempotency keys of the effects that really happened
+gate = asyncio.Event()
+
+
+def reset() -> None:
+    global gate
+    calls.clear()
+    script.clear()
+    effects.clear()
+    gate = asyncio.Event()
+
+
+def _next_failure(name: str) -> None:
+    calls[name] += 1
+    if script:
+        raise script.pop(0)
+
+
+async def flaky() -> str:
+    _next_failure("flaky")
+    return "ok"
+
+
+def flaky_sync() -> str:
+    _next_failure("flaky_sync")
+    return "ok"
+
+
+async def flaky_effect(item: str, idempotency_key: str) -> dict[str, JsonValue]:
+    """Side-effecting: fails as scripted, then performs its effect (every time it is called:
+    it trusts the pool's ledger, so a second effect in `effects` is a bug in the pool)."""
+    _next_failure("flaky_effect")
+    effects.append(idempotency_key)
+    return {"done": item, "key": idempotency_key}
+
+
+async def gated_effect(idempotency_key: str) -> str:
+    calls["gated_effect"] += 1
+    await gate.wait()
+    effects.append(idempotency_key)
+    return "done"
+
+
+async def slow_then_hang(slow_s: float) -> str:
+    """First call: works for `slow_s` of real time, then fails transiently. Later calls hang."""
+    calls["slow_then_hang"] += 1
+    if calls["slow_then_hang"] == 1:
+        await asyncio.sleep(slow_s)
+        raise ConnectionResetError("peer reset")
+    await asyncio.Event().wait()
+    return "never"
+
+
+class RecordedSleeps:
+    """A `sleep=` for the pool: records each backoff and yields once instead of waiting."""
+
+    def __init__(self) -> None:
+        self.delays: list[float] = []
+
+    async def __call__(self, seconds: float) -> None:
+        self.delays.append(seconds)
+        await asyncio.sleep(0)
