@@ -2,7 +2,8 @@
 
 It is the embedded default provider when no key is configured and what the tests talk to.
 Policy mode (default) answers with a deterministic rule-based model; scripted mode
-(`POST /_sim/script`) lets a test queue exact replies, errors, delays and dropped streams.
+(`POST /_sim/script`) lets a test queue exact replies, errors, delays and dropped streams;
+random fault injection (`POST /_sim/faults`) fails a share of requests, for load tests.
 """
 
 from __future__ import annotations

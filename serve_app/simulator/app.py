@@ -5,10 +5,11 @@ Routes:
     POST /v1/embeddings         OpenAI embeddings (deterministic unit vectors)
     GET  /v1/models             a model list both SDKs can parse
     POST /v1/messages           Anthropic messages (streaming or not)
-    POST /_sim/script           queue scripted replies: {"replies": [...]}
-    GET  /_sim/script           {"pending": <unused replies>}
-    GET  /_sim/requests         {"requests": [...]} every recorded model request
-    POST /_sim/reset            clear the queue, the request log and the prompt caches
+    /_sim/*                     scripted replies, the request log, random faults, reset
+                                (see serve_app.simulator.control)
+
+What answers a model request: the first matching scripted reply; else, when random fault
+injection is on, maybe a fault (serve_app.simulator.faults); else the policy.
 
 Latency: `ttft_ms` (or the `x-sim-ttft-ms` request header) before the first byte of a
 non-streaming reply or the first chunk of a stream; `tokens_per_s` paces later chunks; a
@@ -25,17 +26,17 @@ from collections.abc import AsyncIterator
 from typing import Any, Literal
 
 import uvicorn
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
 from serve_app.simulator import anthropic_wire, openai_wire
+from serve_app.simulator.control import CONTROL_ROUTES, SimState, read_json, sim_state
 from serve_app.simulator.policy import (
     Completion,
     Conversation,
-    PromptCache,
     SimToolCall,
     SimUsage,
     WireError,
@@ -46,14 +47,12 @@ from serve_app.simulator.policy import (
 )
 from serve_app.simulator.script import (
     DropReply,
-    ReplyQueue,
-    RequestLog,
+    Reply,
     StatusReply,
     StreamErrorReply,
     TextReply,
     ToolCallReply,
     UsageOverride,
-    parse_replies,
 )
 
 Wire = Literal["openai", "anthropic"]
@@ -102,37 +101,25 @@ def install_log_filter() -> None:
         logger.addFilter(_DropFilter())
 
 
-class _SimState:
-    def __init__(self, settings: SimSettings) -> None:
-        self.settings = settings
-        self.queue = ReplyQueue()
-        self.log = RequestLog()
-        self.cache = PromptCache()
-
-    def reset(self) -> None:
-        self.queue.clear()
-        self.log.clear()
-        self.cache.clear()
-
-
-def _state(request: Request) -> _SimState:
-    state: _SimState = request.app.state.sim
-    return state
-
-
-async def _read_json(request: Request) -> Any:
-    raw = await request.body()
-    try:
-        return json.loads(raw)
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise WireError(400, f"request body is not valid JSON: {exc}") from exc
-
-
-def _record(request: Request, body: Any) -> None:
+def _record(request: Request, body: Any) -> dict[str, Any]:
     model = body.get("model") if isinstance(body, dict) else None
     headers = {h: request.headers[h] for h in _RECORDED_HEADERS if h in request.headers}
     auth = "authorization" in request.headers or "x-api-key" in request.headers
-    _state(request).log.record(request.url.path, str(model or ""), body, auth=auth, headers=headers)
+    log = sim_state(request).log
+    return log.record(request.url.path, str(model or ""), body, auth=auth, headers=headers)
+
+
+def _next_reply(
+    state: SimState, model: str, endpoint: Literal["chat", "embeddings"], entry: dict[str, Any]
+) -> Reply | None:
+    """The scripted reply for this request; else maybe a random fault (noted in the log)."""
+    reply = state.queue.take(model, endpoint)
+    if reply is None and state.faults is not None:
+        fault = state.faults.draw(endpoint)
+        if fault is not None:
+            entry["fault"] = fault.kind
+            reply = fault.reply
+    return reply
 
 
 def _error(wire: Wire, status: int, message: str, retry_after_s: float | None = None) -> Response:
@@ -147,9 +134,9 @@ def _error(wire: Wire, status: int, message: str, retry_after_s: float | None = 
 def _ttft_s(request: Request) -> float:
     raw = request.headers.get("x-sim-ttft-ms")
     try:
-        return float(raw) / 1000 if raw is not None else _state(request).settings.ttft_ms / 1000
+        return float(raw) / 1000 if raw is not None else sim_state(request).settings.ttft_ms / 1000
     except ValueError:
-        return _state(request).settings.ttft_ms / 1000
+        return sim_state(request).settings.ttft_ms / 1000
 
 
 def _apply_override(usage: SimUsage, override: UsageOverride | None) -> SimUsage:
@@ -212,13 +199,13 @@ def _completion(
 
 
 async def _model_call(request: Request, wire: Wire) -> Response:
-    state = _state(request)
+    state = sim_state(request)
     try:
-        body = await _read_json(request)
+        body = await read_json(request)
     except WireError as err:
         _record(request, None)
         return _error(wire, err.status, err.message)
-    _record(request, body)
+    entry = _record(request, body)
     try:
         if wire == "openai":
             conv = openai_wire.parse_chat(body)
@@ -227,7 +214,7 @@ async def _model_call(request: Request, wire: Wire) -> Response:
     except WireError as err:
         return _error(wire, err.status, err.message)
 
-    reply = state.queue.take(conv.model, "chat")
+    reply = _next_reply(state, conv.model, "chat", entry)
     if reply is not None and reply.delay_ms > 0:
         await asyncio.sleep(reply.delay_ms / 1000)
     if isinstance(reply, StatusReply):
@@ -263,11 +250,12 @@ async def _model_call(request: Request, wire: Wire) -> Response:
         )
     else:
         chunks = anthropic_wire.message_stream(completion, conv.model, response_id)
+    # A cut point past the end still cuts before the last chunk: the reply never completes.
     if isinstance(reply, StreamErrorReply):
         wire_module = openai_wire if wire == "openai" else anthropic_wire
         error_event = wire_module.stream_error_event(reply.error_type, reply.message)
-        chunks = [*chunks[: reply.after_chunks], (error_event, 0)]
-    drop_after = reply.after_chunks if isinstance(reply, DropReply) else None
+        chunks = [*chunks[: min(reply.after_chunks, len(chunks) - 1)], (error_event, 0)]
+    drop_after = min(reply.after_chunks, len(chunks) - 1) if isinstance(reply, DropReply) else None
     return StreamingResponse(
         _paced(chunks, ttft_s, state.settings.tokens_per_s, drop_after),
         media_type="text/event-stream",
@@ -284,14 +272,15 @@ async def messages(request: Request) -> Response:
 
 
 async def embeddings(request: Request) -> Response:
-    state = _state(request)
+    state = sim_state(request)
+    entry: dict[str, Any] = {}
     try:
-        body = await _read_json(request)
-        _record(request, body)
+        body = await read_json(request)
+        entry = _record(request, body)
         model, inputs = openai_wire.parse_embedding_inputs(body)
     except WireError as err:
         return _error("openai", err.status, err.message)
-    reply = state.queue.take(model, "embeddings")
+    reply = _next_reply(state, model, "embeddings", entry)
     if reply is not None and reply.delay_ms > 0:
         await asyncio.sleep(reply.delay_ms / 1000)
     if isinstance(reply, StatusReply):
@@ -330,31 +319,6 @@ async def list_models(request: Request) -> Response:
     )
 
 
-async def post_script(request: Request) -> Response:
-    try:
-        body = await _read_json(request)
-        replies = parse_replies(body.get("replies") if isinstance(body, dict) else None)
-    except WireError as err:
-        return JSONResponse({"error": err.message}, status_code=400)
-    except ValidationError as err:
-        return JSONResponse({"error": err.errors(include_url=False)}, status_code=422)
-    _state(request).queue.extend(replies)
-    return JSONResponse({"pending": len(_state(request).queue)})
-
-
-async def get_script(request: Request) -> Response:
-    return JSONResponse({"pending": len(_state(request).queue)})
-
-
-async def get_requests(request: Request) -> Response:
-    return JSONResponse({"requests": list(_state(request).log.entries)})
-
-
-async def reset(request: Request) -> Response:
-    _state(request).reset()
-    return JSONResponse({"pending": 0})
-
-
 def build_simulator_app(settings: SimSettings | None = None) -> Starlette:
     """The simulator as a Starlette app (both wire formats on one port)."""
     app = Starlette(
@@ -363,13 +327,10 @@ def build_simulator_app(settings: SimSettings | None = None) -> Starlette:
             Route("/v1/embeddings", embeddings, methods=["POST"]),
             Route("/v1/models", list_models, methods=["GET"]),
             Route("/v1/messages", messages, methods=["POST"]),
-            Route("/_sim/script", post_script, methods=["POST"]),
-            Route("/_sim/script", get_script, methods=["GET"]),
-            Route("/_sim/requests", get_requests, methods=["GET"]),
-            Route("/_sim/reset", reset, methods=["POST"]),
+            *CONTROL_ROUTES,
         ]
     )
-    app.state.sim = _SimState(settings or SimSettings())
+    app.state.sim = SimState(settings or SimSettings())
     return app
 
 

@@ -116,7 +116,11 @@ class ReplyQueue:
 
 
 class RequestLog:
-    """The model requests the simulator saw (the latest `max_entries`). Keys are never kept."""
+    """The model requests the simulator saw (the latest `max_entries`). Keys are never kept.
+
+    Each entry: path, model, body, auth (a key was sent), headers (a few), and fault (the
+    kind injected by random fault injection, or None).
+    """
 
     def __init__(self, max_entries: int = 10_000) -> None:
         self.entries: deque[dict[str, JsonValue]] = deque(maxlen=max_entries)
@@ -125,11 +129,19 @@ class RequestLog:
 
     def record(
         self, path: str, model: str, body: JsonValue, *, auth: bool, headers: dict[str, str]
-    ) -> None:
+    ) -> dict[str, JsonValue]:
+        """Log a request; the entry is returned so its `fault` can be set once drawn."""
         self.total += 1
-        self.entries.append(
-            {"path": path, "model": model, "body": body, "auth": auth, "headers": dict(headers)}
-        )
+        entry: dict[str, JsonValue] = {
+            "path": path,
+            "model": model,
+            "body": body,
+            "auth": auth,
+            "headers": dict(headers),
+            "fault": None,
+        }
+        self.entries.append(entry)
+        return entry
 
     def clear(self) -> None:
         self.entries.clear()
