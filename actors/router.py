@@ -125,7 +125,8 @@ class ModelRouter:
     """Streams a turn from the first provider in the tier's chain that answers.
 
     Yields TextDelta items, Discard when an attempt fails after streaming, then exactly one
-    ModelResult naming the provider that answered and the failed attempts (`tried`).
+    ModelResult naming the provider that answered, the failed attempts (`tried`, one
+    "provider/model" per failure) and the latency of the attempt that answered.
     Raises ProviderRejected at once for a rejected request, AllProvidersFailed when the
     chain is exhausted, the attempts are used up or the deadline passes.
     """

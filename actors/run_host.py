@@ -96,7 +96,10 @@ class RunHost:
             limits = httpx2.Limits(max_connections=1000, max_keepalive_connections=200)
             self._http = httpx2.AsyncClient(limits=limits, timeout=None)
             self._router = ModelRouter(
-                self._settings.providers, PriceTable(self._settings.prices), self._http
+                self._settings.providers,
+                PriceTable(self._settings.prices),
+                self._http,
+                settings=self._settings.router,
             )
         return self._router
 

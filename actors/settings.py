@@ -9,6 +9,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from actors.router import RouterSettings
 from actors.tool_pool import ToolRetrySettings
 from agents.pricing import DEFAULT_PRICES, ModelPrice
 
@@ -75,6 +76,10 @@ class RuntimeSettings(BaseModel):
     ledger_path: str = Field(
         "/tmp/rayfleet/effects.sqlite",
         description="SQLite file of the effect ledger (side-effecting tool calls by key).",
+    )
+    router: RouterSettings = Field(
+        default_factory=RouterSettings,
+        description="Retries, Retry-After cap, backoff and circuit breakers of the model router.",
     )
     tool_retry: ToolRetrySettings = Field(
         default_factory=ToolRetrySettings, description="Retries of transient tool failures."

@@ -9,6 +9,7 @@ from dataclasses import dataclass
 import httpx2
 import pytest
 
+from actors.router import RouterSettings
 from actors.settings import RuntimeSettings, simulator_providers
 from serve_app.config import AppConfig
 from tests.conftest import RaySession
@@ -45,6 +46,9 @@ def service(
         store_path=str(data / "runs.sqlite"),
         memory_path=str(data / "memory.sqlite"),
         ledger_path=str(data / "effects.sqlite"),
+        # Breakers are per process and this app lives all session: keep an opened one short
+        # so one test's scripted failures do not skip a provider in the next test.
+        router=RouterSettings(breaker_open_s=1.0),
     )
     config = AppConfig(runtime=settings)
     serve.run(build_app(config), name=APP_NAME, route_prefix="/")
