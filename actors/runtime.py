@@ -163,6 +163,9 @@ class RunPoolActor:
             namespace=self._settings.namespace,
             max_concurrency=100_000,
             get_if_exists=True,
+            # Spread hosts over the nodes: losing one node then loses a share of the runs'
+            # hosts, and those runs resume on the others.
+            scheduling_strategy="SPREAD",
             **options,
         ).remote(host_id, self._settings)
         await host.ready.remote()
@@ -206,11 +209,23 @@ class RunPoolActor:
             if await self._alive(host_id, checked=host_id == suspect):
                 return host_id
             self._pool.remove_host(host_id)
-            new_host = await self._pool.acquire()
-            await self._handle(new_host).resume_run.remote(run_id)
-            await self._store.move_run.remote(run_id, new_host)
-            logger.warning("run %s moved from host %s to %s", run_id, host_id, new_host)
-            return new_host
+            for attempt in range(1, _MOVES + 1):
+                new_host = None
+                try:
+                    new_host = await self._pool.acquire()
+                    await self._handle(new_host).resume_run.remote(run_id)
+                except Exception as exc:
+                    # The host we got may be dying too (it sat on the same lost node, or was
+                    # still starting there): drop it and take another.
+                    logger.warning("resuming run %s failed (%d): %r", run_id, attempt, exc)
+                    if new_host is not None:
+                        self._pool.remove_host(new_host)
+                    await asyncio.sleep(0.2 * attempt)
+                    continue
+                await self._store.move_run.remote(run_id, new_host)
+                logger.warning("run %s moved from host %s to %s", run_id, host_id, new_host)
+                return new_host
+            raise UnknownRun(f"run {run_id!r} could not be resumed on any host", run_id)
 
     async def _alive(self, host_id: str, checked: bool) -> bool:
         if not self._pool.has_host(host_id):

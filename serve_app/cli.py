@@ -35,7 +35,12 @@ err = Console(stderr=True, highlight=False)
 
 DEFAULT_URL = "http://127.0.0.1:8000"
 # Serve settings from DESIGN.md's measurements; the user's environment wins if it sets them.
-SERVE_ENV = {"RAY_SERVE_THROUGHPUT_OPTIMIZED": "1"}
+SERVE_ENV = {
+    "RAY_SERVE_THROUGHPUT_OPTIMIZED": "1",
+    # A local head on one machine: keep Ray's own traffic on 127.0.0.1 (Ray otherwise
+    # resolves loopback addresses to the machine's outward IP).
+    "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0",
+}
 
 
 @app.command()

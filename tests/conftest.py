@@ -12,6 +12,11 @@ from typing import Any
 
 import pytest
 
+# Ray resolves "127.0.0.1"/"localhost" in an address to the machine's outward IP unless
+# cluster mode is off; off, every Ray process of the tests (and their subprocesses, which
+# inherit this) talks over loopback only. Read when `ray` is first imported: set it first.
+os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"
+
 pytest_plugins = ["tests.fixtures_sim"]
 
 _real_connect = socket.socket.connect

@@ -11,7 +11,7 @@ import pytest
 import ray
 
 from actors.run_host import host_of
-from actors.runtime import HOST_PREFIX, Runs, ensure_runtime
+from actors.runtime import HOST_PREFIX, MEMORY_ACTOR, Runs, ensure_runtime
 from actors.settings import RuntimeSettings
 from agents.events import Event, is_terminal
 from agents.examples import example_specs
@@ -106,3 +106,17 @@ async def test_a_run_without_readers_is_resumed_by_the_pool(
             break
         await asyncio.sleep(0.1)
     assert (await runs.summary(run_id)).status == "completed"
+
+
+async def test_with_the_memory_store_down_the_run_completes_degraded(
+    settings_for: Settings, namespace: str, sim: Sim
+) -> None:
+    runs = Runs(settings := settings_for(), await ensure_runtime(settings))
+    ray.kill(ray.get_actor(MEMORY_ACTOR, namespace=namespace), no_restart=True)
+    sim.script(ANSWER)
+    run_id = await runs.start(support(), "hello again", thread_id="thread-1")
+    events = await collect(runs, run_id)
+    assert_one_clean_stream(events)
+    kinds = [e.kind for e in events]
+    assert "memory.degraded" in kinds
+    assert events[-1].kind == "run.completed" and events[-1].degraded  # type: ignore[union-attr]

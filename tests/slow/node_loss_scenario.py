@@ -1,0 +1,109 @@
+"""Remove the node hosting runs from a local three-node Ray cluster: those runs resume on the
+other node, the others are unaffected. Run by tests/slow/test_node_loss.py in its own
+process (a process can join only one Ray cluster); exits non-zero if a check fails."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import sys
+import tempfile
+from collections import defaultdict
+from pathlib import Path
+
+import ray
+from ray.cluster_utils import Cluster
+
+from actors.run_host import host_of
+from actors.runtime import HOST_PREFIX, Runs, ensure_runtime
+from actors.settings import RuntimeSettings, simulator_providers
+from agents.events import Event, is_terminal
+from agents.examples import example_specs
+from serve_app.simulator import SimSettings
+from tests.fixtures_sim import SimServer
+
+RUNS = 8
+NODE = {"num_cpus": 1, "node_ip_address": "127.0.0.1", "resources": {"runs": 100}}
+
+
+async def collect(runs: Runs, run_id: str) -> list[Event]:
+    events: list[Event] = []
+    async with asyncio.timeout(120):
+        async for event in runs.events(run_id):
+            events.append(event)
+    return events
+
+
+async def scenario(cluster: Cluster, sim: SimServer, data: Path) -> None:
+    settings = RuntimeSettings(
+        providers=simulator_providers(sim.base_url),
+        namespace="node-loss",
+        store_path=str(data / "runs.sqlite"),
+        memory_path=str(data / "memory.sqlite"),
+        ledger_path=str(data / "effects.sqlite"),
+        runs_per_actor=2,
+        warm_run_hosts=1,
+        run_host_resources={"runs": 1},
+    )
+    runs = Runs(settings, await ensure_runtime(settings))
+    spec = next(s for s in example_specs() if s.name == "support")
+    run_ids = [await runs.start(spec, f"Where is order {1001 + i}?") for i in range(RUNS)]
+    readers = {run_id: asyncio.create_task(collect(runs, run_id)) for run_id in run_ids}
+
+    by_node: dict[str, list[str]] = defaultdict(list)
+    for run_id in run_ids:
+        host = ray.get_actor(HOST_PREFIX + host_of(run_id), namespace=settings.namespace)
+        node_id = await host.__ray_call__.remote(lambda _: ray.get_runtime_context().get_node_id())
+        by_node[node_id].append(run_id)
+    workers = {node.node_id: node for node in cluster.worker_nodes}
+    assert set(by_node) <= set(workers), "run hosts must sit on worker nodes"
+    assert len(by_node) == 2, f"hosts should spread over both workers: {dict(by_node)}"
+    doomed_node, survivors_node = sorted(by_node, key=lambda n: -len(by_node[n]))
+    doomed, survivors = by_node[doomed_node], by_node[survivors_node]
+    print(f"removing a node hosting {len(doomed)} runs; {len(survivors)} runs elsewhere")
+    cluster.remove_node(workers[doomed_node], allow_graceful=False)
+
+    results = {run_id: await reader for run_id, reader in readers.items()}
+    for run_id, events in results.items():
+        assert [e.seq for e in events] == list(range(1, len(events) + 1)), run_id
+        assert [is_terminal(e) for e in events].count(True) == 1, run_id
+        assert events[-1].kind == "run.completed", (run_id, events[-1])
+    for run_id in survivors:
+        kinds = [e.kind for e in results[run_id]]
+        assert "model.discarded" not in kinds, run_id  # untouched by the loss
+    print(f"all {RUNS} runs completed; {len(doomed)} resumed on the surviving node")
+
+
+def main() -> int:
+    os.environ.setdefault("RAY_ENABLE_AUTO_CONNECT", "0")
+    # Keep every process of this local cluster on loopback (see tests/conftest.py); must be
+    # set before `ray` is imported, so the test passes it in this process's environment.
+    assert os.environ.get("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER") == "0"
+    # Slow model calls keep every run in flight while the node goes away.
+    sim = SimServer(SimSettings(ttft_ms=1500))
+    sim.start()
+    cluster = Cluster(
+        initialize_head=True,
+        head_node_args={"num_cpus": 1, "node_ip_address": "127.0.0.1", "include_dashboard": False},
+    )
+    try:
+        for _ in range(2):
+            cluster.add_node(**NODE)
+        cluster.wait_for_nodes()
+        ray.init(
+            address=cluster.address,
+            _node_ip_address="127.0.0.1",
+            logging_level="ERROR",
+            log_to_driver=False,
+        )
+        with tempfile.TemporaryDirectory() as data:
+            asyncio.run(scenario(cluster, sim, Path(data)))
+    finally:
+        ray.shutdown()
+        cluster.shutdown()
+        sim.stop()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
