@@ -24,6 +24,7 @@ call arguments) is continued by another model.
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import os
 import time
 from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Mapping
@@ -89,7 +90,9 @@ class RouterSettings(BaseModel):
 
 
 class ProviderClient(Protocol):
-    def stream(self, request: ModelRequest, *, timeout_s: float) -> AsyncIterator[StreamItem]: ...
+    def stream(
+        self, request: ModelRequest, *, timeout_s: float, api_key: str | None = None
+    ) -> AsyncIterator[StreamItem]: ...
 
 
 def build_client(name: str, config: ProviderConfig, http: httpx2.AsyncClient) -> ProviderClient:
@@ -111,6 +114,27 @@ class _Call:
     attempts: int = 0
     last_provider: str = ""
     out_of_time: bool = False
+    credentials: Credentials | None = None
+
+    def key_for(self, provider: str) -> str | None:
+        return None if self.credentials is None else self.credentials.keys.get(provider)
+
+    def breaker_for(self, provider: str) -> str:
+        """Breakers are per provider and credential: one tenant's exhausted key must not
+        make every tenant skip the provider. Named by a digest, never by the key."""
+        key = self.key_for(provider)
+        if key is None:
+            return provider
+        return f"{provider}#{hashlib.sha256(key.encode()).hexdigest()[:12]}"
+
+
+@dataclass(frozen=True)
+class Credentials:
+    """A tenant's own provider keys for one run, resolved inside the run host."""
+
+    keys: Mapping[str, str]
+    allow_default: bool = True
+    """Whether a provider without a key here may use the deployment's default key."""
 
 
 class _Attempt:
@@ -180,7 +204,11 @@ class ModelRouter:
         """Time the attempt gets to produce its first item: a fair share of what is left
         among the providers still to try (open breakers excluded), so a hanging provider
         leaves time for the fallbacks. Once it streams, it may use all that is left."""
-        later = sum(1 for ref in chain[index + 1 :] if self.breakers[ref.provider].state != "open")
+        later = sum(
+            1
+            for ref in chain[index + 1 :]
+            if self.breakers[call.breaker_for(ref.provider)].state != "open"
+        )
         return (call.deadline - self._clock()) / (1 + later)
 
     async def stream(
@@ -190,11 +218,16 @@ class ModelRouter:
         tools: tuple[ToolSchema, ...],
         *,
         timeout_s: float,
+        credentials: Credentials | None = None,
     ) -> AsyncIterator[TextDelta | Discard | ModelResult]:
         for ref in tier.chain:
             self._client(ref.provider)  # an unknown provider is a config error, up front
-        call = _Call(deadline=self._clock() + timeout_s)
+        call = _Call(deadline=self._clock() + timeout_s, credentials=credentials)
         for index, ref in enumerate(tier.chain):
+            if credentials is not None and not credentials.allow_default:
+                if call.key_for(ref.provider) is None:
+                    call.failures.append(f"{ref.provider}: no credentials for this tenant")
+                    continue
             request = ModelRequest(
                 model=ref.model,
                 messages=messages,
@@ -209,10 +242,10 @@ class ModelRouter:
                 if call.deadline - self._clock() <= 0:
                     call.out_of_time = True
                     break
-                permit = self.breakers[ref.provider].acquire()
+                permit = self.breakers[call.breaker_for(ref.provider)].acquire()
                 if permit is None:
                     if number == 1:
-                        call.skipped.append(ref.provider)
+                        call.skipped.append(call.breaker_for(ref.provider))
                     break
                 call.attempts += 1
                 outcome: _Attempt | ModelResult | None = None
@@ -246,11 +279,11 @@ class ModelRouter:
         index: int,
     ) -> AsyncGenerator[TextDelta | Discard | ModelResult | _Attempt, None]:
         """One request to one provider: its deltas, then a ModelResult or an _Attempt."""
-        breaker = self.breakers[ref.provider]
+        breaker = self.breakers[call.breaker_for(ref.provider)]
         first_item_s = self._first_item_s(call, chain, index)
         started = self._clock()
         items = self._client(ref.provider).stream(
-            request, timeout_s=max(0.0, call.deadline - started)
+            request, timeout_s=max(0.0, call.deadline - started), api_key=call.key_for(ref.provider)
         )
         streamed = False
         try:

@@ -5,6 +5,7 @@ tasks. Runs outlive the HTTP request and the Serve replica that started them.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import re
 import secrets
@@ -15,8 +16,10 @@ from typing import TYPE_CHECKING, Protocol
 
 import httpx2
 
+from actors.credentials import TenantContext
 from actors.router import ModelRouter
 from actors.settings import RuntimeSettings
+from actors.tenant_model import LimiterPort, TenantModel
 from agents.errors import Overloaded, RequestInvalid, UnknownRun
 from agents.eventlog import EventLog
 from agents.events import Event
@@ -50,7 +53,9 @@ def host_of(run_id: str) -> str:
 class RunStorePort(Protocol):
     """What a run host needs of the run store (actors.store.RunStore, or its actor)."""
 
-    async def create_run(self, spec: AgentSpec, request: RunInput, host_id: str) -> None: ...
+    async def create_run(
+        self, spec: AgentSpec, request: RunInput, context: TenantContext, host_id: str
+    ) -> None: ...
 
     async def append_events(self, batch: dict[str, list[Event]]) -> None: ...
 
@@ -75,13 +80,17 @@ class RunHost:
         memory: MemoryPort | None = None,
         store: RunStorePort | None = None,
         on_run_end: Callable[[str], None] | None = None,
+        limiter: LimiterPort | None = None,
     ) -> None:
         self.host_id = host_id
         self._settings = settings
         self._tools = tools
         self._memory = memory
         self._store = store
+        self._limiter = limiter
+        self._prices = PriceTable(settings.prices)
         self._dirty: dict[str, EventLog] = {}
+        self._background: set[asyncio.Task[None]] = set()
         self._flusher: asyncio.Task[None] | None = None
         self._on_run_end = on_run_end
         self._runs: dict[str, _Run] = {}
@@ -107,16 +116,19 @@ class RunHost:
         """Runs still in flight here."""
         return len(self._runs) - len(self._finished)
 
-    async def start_run(self, spec: AgentSpec, request: RunInput) -> str:
+    async def start_run(
+        self, spec: AgentSpec, request: RunInput, context: TenantContext | None = None
+    ) -> str:
         """Start a run as a task and return its id once `run.created` is in its log."""
         if request.run_id in self._runs:
             raise RequestInvalid(f"run {request.run_id!r} already exists", "run_id")
         if host_of(request.run_id) != self.host_id:
             raise RequestInvalid(f"run {request.run_id!r} belongs to another host", "run_id")
+        # The record is durable before the run starts: from here on it can be resumed.
+        context = context or TenantContext(tenant=request.tenant)
         if self._store is not None:
-            # The record is durable before the run starts: from here on it can be resumed.
-            await self._store.create_run(spec, request, self.host_id)
-        log = self._launch(spec, request, [])
+            await self._store.create_run(spec, request, context, self.host_id)
+        log = self._launch(spec, request, context, [])
         try:  # answer once run.created is durable and visible
             await asyncio.wait_for(log.wait_published(1), self._settings.store_timeout_s)
         except TimeoutError:
@@ -131,19 +143,22 @@ class RunHost:
         record = None if self._store is None else await self._store.load_run(run_id)
         if record is None:
             raise UnknownRun(f"unknown run {run_id!r}", run_id)
-        self._launch(record.spec, record.request, record.events)
+        self._launch(record.spec, record.request, record.context, record.events)
         return run_id
 
-    def _launch(self, spec: AgentSpec, request: RunInput, events: list[Event]) -> EventLog:
+    def _launch(
+        self, spec: AgentSpec, request: RunInput, context: TenantContext, events: list[Event]
+    ) -> EventLog:
         durable = self._store is not None
         log = EventLog(request.run_id, events, durable=durable, on_append=self._mark_dirty)
-        ports = Ports(model=self._model(), tools=self._tools, memory=self._memory)
+        model = TenantModel(self._model(), context, self._prices, self._limiter)
+        ports = Ports(model=model, tools=self._tools, memory=self._memory)
         task = asyncio.create_task(
             execute_run(spec, request, ports, log, coalescing=self._coalescing),
             name=request.run_id,
         )
         self._runs[request.run_id] = _Run(spec.key, log, task)
-        task.add_done_callback(lambda _: self._finish(request.run_id))
+        task.add_done_callback(lambda _: self._finish(request.run_id, context.tenant))
         return log
 
     def _mark_dirty(self, log: EventLog) -> None:
@@ -177,7 +192,11 @@ class RunHost:
                 if batch[log.run_id]:
                     log.publish(batch[log.run_id][-1].seq)
 
-    def _finish(self, run_id: str) -> None:
+    def _finish(self, run_id: str, tenant: str) -> None:
+        if self._limiter is not None:
+            ended = asyncio.create_task(self._limiter.end_run(tenant))
+            self._background.add(ended)
+            ended.add_done_callback(self._background.discard)
         self._finished[run_id] = None
         while len(self._finished) > self._settings.finished_runs_kept:
             evicted, _ = self._finished.popitem(last=False)
@@ -208,6 +227,10 @@ class RunHost:
             return False
         run.task.cancel()
         await asyncio.gather(run.task, return_exceptions=True)
+        # Answer once run.cancelled is stored (or the store has had its time).
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(self._settings.store_timeout_s):
+                await run.log.wait_published(run.log.last_seq)
         return True
 
     async def aclose(self) -> None:

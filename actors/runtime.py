@@ -6,6 +6,7 @@ and any replica can find it by id:
     rayfleet-store             RunStore      runs and their durable event logs
     rayfleet-tools             ToolPool      Python function tools
     rayfleet-memory            MemoryStore   conversation threads
+    rayfleet-limiter           TenantLimiter tenant limits, exact across replicas
     rayfleet-runhost-<host>    RunHost       the runs themselves
 The singletons live on the head node; run hosts go wherever `run_host_resources` allow.
 """
@@ -21,6 +22,8 @@ import ray
 from ray.actor import ActorHandle
 from ray.exceptions import RayActorError
 
+from actors.credentials import TenantContext
+from actors.limiter import Admission, TenantLimiterActor
 from actors.memory import MemoryStoreActor
 from actors.run_host import RunHost, host_of, new_run_id
 from actors.run_pool import RunPool
@@ -41,6 +44,7 @@ POOL_ACTOR = "rayfleet-pool"
 STORE_ACTOR = "rayfleet-store"
 TOOLS_ACTOR = "rayfleet-tools"
 MEMORY_ACTOR = "rayfleet-memory"
+LIMITER_ACTOR = "rayfleet-limiter"
 HOST_PREFIX = "rayfleet-runhost-"
 # I/O-bound actors: a small reservation, many concurrent calls (every live stream is one).
 _ACTOR_OPTIONS: dict[str, Any] = {"num_cpus": 0.01, "lifetime": "detached"}
@@ -101,8 +105,10 @@ class RemoteStore:
     def __init__(self, actor: ActorHandle[Any]) -> None:
         self._actor = actor
 
-    async def create_run(self, spec: AgentSpec, request: RunInput, host_id: str) -> None:
-        await self._actor.create_run.remote(spec, request, host_id)
+    async def create_run(
+        self, spec: AgentSpec, request: RunInput, context: TenantContext, host_id: str
+    ) -> None:
+        await self._actor.create_run.remote(spec, request, context, host_id)
 
     async def append_events(self, batch: dict[str, list[Event]]) -> None:
         await self._actor.append_events.remote(batch)
@@ -110,6 +116,23 @@ class RemoteStore:
     async def load_run(self, run_id: str) -> RunRecord | None:
         record: RunRecord | None = await self._actor.load_run.remote(run_id)
         return record
+
+
+class RemoteLimiter:
+    """The tenant limiter's actor as a LimiterPort."""
+
+    def __init__(self, actor: ActorHandle[Any]) -> None:
+        self._actor = actor
+
+    async def reserve(self, tenant: str, tokens: int, cost_usd: float) -> Admission:
+        admission: Admission = await self._actor.reserve.remote(tenant, tokens, cost_usd)
+        return admission
+
+    async def settle(self, reservation: str, tokens: int, cost_usd: float) -> None:
+        await self._actor.settle.remote(reservation, tokens, cost_usd)
+
+    async def end_run(self, tenant: str) -> None:
+        await self._actor.end_run.remote(tenant)
 
 
 @ray.remote
@@ -128,6 +151,7 @@ class RunHostActor(RunHost):
             RemoteMemory(named(MEMORY_ACTOR)),
             RemoteStore(named(STORE_ACTOR)),
             on_run_end=lambda h: pool.release.remote(h),
+            limiter=RemoteLimiter(named(LIMITER_ACTOR)),
         )
 
     def ready(self) -> bool:
@@ -252,6 +276,9 @@ async def ensure_runtime(settings: RuntimeSettings) -> ActorHandle[Any]:
     MemoryStoreActor.options(
         name=MEMORY_ACTOR, namespace=ns, get_if_exists=True, **_ON_HEAD
     ).remote(settings.memory_path)
+    TenantLimiterActor.options(
+        name=LIMITER_ACTOR, namespace=ns, get_if_exists=True, **_ON_HEAD
+    ).remote({})
     pool: ActorHandle[Any] = RunPoolActor.options(  # type: ignore[attr-defined]
         name=POOL_ACTOR, namespace=ns, get_if_exists=True, max_concurrency=10_000, **_ON_HEAD
     ).remote(settings)
@@ -294,16 +321,26 @@ class Runs:
         return host_id, host
 
     async def start(
-        self, spec: AgentSpec, input: str, thread_id: str | None = None, namespace: str = "default"
+        self,
+        spec: AgentSpec,
+        input: str,
+        thread_id: str | None = None,
+        context: TenantContext | None = None,
+        namespace: str | None = None,
     ) -> str:
+        context = context or TenantContext()
         host_id = await self._pool.acquire.remote()
         request = RunInput(
-            run_id=new_run_id(host_id), input=input, thread_id=thread_id, namespace=namespace
+            run_id=new_run_id(host_id),
+            input=input,
+            thread_id=thread_id,
+            namespace=namespace or context.tenant,
+            tenant=context.tenant,
         )
         host = self._handle(host_id)
         if host is None:
             raise UnknownRun(f"run host {host_id!r} vanished", host_id)
-        run_id: str = await host.start_run.remote(spec, request)
+        run_id: str = await host.start_run.remote(spec, request, context)
         return run_id
 
     async def events(self, run_id: str, after: int = 0) -> AsyncIterator[Event]:

@@ -15,6 +15,7 @@ from pathlib import Path
 import ray
 from pydantic import BaseModel, ConfigDict
 
+from actors.credentials import TenantContext
 from agents.events import Event, event_adapter, is_terminal
 from agents.loop import RunInput
 from agents.spec import AgentSpec
@@ -24,6 +25,7 @@ _SCHEMA = (
         run_id TEXT PRIMARY KEY,
         spec TEXT NOT NULL,
         request TEXT NOT NULL,
+        context TEXT NOT NULL,
         host_id TEXT NOT NULL,
         ended INTEGER NOT NULL DEFAULT 0
     )""",
@@ -44,6 +46,7 @@ class RunRecord(BaseModel):
 
     spec: AgentSpec
     request: RunInput
+    context: TenantContext
     host_id: str
     events: list[Event]
 
@@ -62,11 +65,20 @@ class RunStore:
             self._db.execute(statement)
         self._lock = threading.Lock()
 
-    async def create_run(self, spec: AgentSpec, request: RunInput, host_id: str) -> None:
+    async def create_run(
+        self, spec: AgentSpec, request: RunInput, context: TenantContext, host_id: str
+    ) -> None:
+        row = (
+            request.run_id,
+            spec.model_dump_json(),
+            request.model_dump_json(),
+            context.model_dump_json(),
+            host_id,
+        )
         await asyncio.to_thread(
             self._write,
-            "INSERT INTO runs (run_id, spec, request, host_id) VALUES (?, ?, ?, ?)",
-            [(request.run_id, spec.model_dump_json(), request.model_dump_json(), host_id)],
+            "INSERT INTO runs (run_id, spec, request, context, host_id) VALUES (?, ?, ?, ?, ?)",
+            [row],
         )
 
     async def append_events(self, batch: dict[str, list[Event]]) -> None:
@@ -119,7 +131,7 @@ class RunStore:
     def _load(self, run_id: str) -> RunRecord | None:
         with self._lock:
             run = self._db.execute(
-                "SELECT spec, request, host_id FROM runs WHERE run_id = ?", (run_id,)
+                "SELECT spec, request, context, host_id FROM runs WHERE run_id = ?", (run_id,)
             ).fetchone()
             if run is None:
                 return None
@@ -130,7 +142,8 @@ class RunStore:
         return RunRecord(
             spec=AgentSpec.model_validate_json(run[0]),
             request=RunInput.model_validate_json(run[1]),
-            host_id=run[2],
+            context=TenantContext.model_validate_json(run[2]),
+            host_id=run[3],
             events=events,
         )
 

@@ -3,6 +3,7 @@
     RayfleetError                 code, retryable
     ├── ConfigError               a spec or deploy config is invalid
     │   └── AgentSpecError        names the file and the field path
+    ├── Unauthorized              no API key, or not a known one (401)
     ├── NotFound
     │   ├── UnknownAgent
     │   └── UnknownRun            also what another tenant's run looks like
@@ -60,6 +61,12 @@ class AgentSpecError(ConfigError):
     def __init__(self, message: str, source: str = "<memory>") -> None:
         super().__init__(message, source)
         self.source = source
+
+
+class Unauthorized(RayfleetError):
+    """The caller did not present a known API key."""
+
+    code = "unauthorized"
 
 
 class NotFound(RayfleetError):
@@ -184,12 +191,24 @@ class AllProvidersFailed(ProviderError):
 
 
 class TenantLimited(RayfleetError):
+    """Over a tenant limit; the RateLimit fields describe the limit that refused."""
+
     code = "tenant_limited"
     retryable = True
 
-    def __init__(self, message: str, retry_after_s: float = 1.0) -> None:
-        super().__init__(message, retry_after_s)
+    def __init__(
+        self,
+        message: str,
+        retry_after_s: float = 1.0,
+        quota: float | None = None,
+        remaining: float | None = None,
+        reset_s: float | None = None,
+    ) -> None:
+        super().__init__(message, retry_after_s, quota, remaining, reset_s)
         self.retry_after_s = retry_after_s
+        self.quota = quota
+        self.remaining = remaining
+        self.reset_s = reset_s
 
 
 class Overloaded(RayfleetError):

@@ -30,6 +30,7 @@ class RunCreated(_Event):
     version: str
     input: str
     thread_id: str | None = None
+    tenant: str = "default"
 
 
 class StepStarted(_Event):

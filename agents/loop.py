@@ -55,6 +55,8 @@ class RunInput(BaseModel):
     input: str
     thread_id: str | None = None
     namespace: str = "default"
+    """Memory namespace: the tenant's."""
+    tenant: str = "default"
 
 
 @dataclass
@@ -104,6 +106,7 @@ async def execute_run(
             version=spec.version,
             input=request.input,
             thread_id=request.thread_id,
+            tenant=request.tenant,
         )
     created_ts = log.events()[0].ts
     budget = RunBudget(spec.budgets, clock=clock, elapsed_s=max(0.0, wall_clock() - created_ts))

@@ -24,6 +24,7 @@ class RunSummary(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
     run_id: str
+    tenant: str = "default"
     agent: str
     version: str
     status: RunStatus
@@ -53,6 +54,7 @@ def summarize(events: list[Event]) -> RunSummary:
     last = events[-1]
     base = {
         "run_id": first.run_id,
+        "tenant": first.tenant,
         "agent": first.agent,
         "version": first.version,
         "input": first.input,

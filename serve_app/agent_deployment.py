@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from ray import serve
 
+from actors.credentials import TenantContext
 from actors.runtime import Runs, check_agents_package, ensure_runtime
 from actors.settings import RuntimeSettings
 from agents.spec import AgentSpec
@@ -36,10 +37,16 @@ class AgentDeployment:
             self._runs = Runs(self._settings, await ensure_runtime(self._settings))
         return self._runs
 
-    async def start(self, input: str, thread_id: str | None = None) -> str:
-        """Start a run of this version; returns its run id."""
+    async def start(
+        self,
+        input: str,
+        thread_id: str | None = None,
+        context: TenantContext | None = None,
+        namespace: str | None = None,
+    ) -> str:
+        """Start a run of this version for a tenant; returns its run id."""
         runs = await self._client()
-        return await runs.start(self._spec, input, thread_id)
+        return await runs.start(self._spec, input, thread_id, context, namespace)
 
     def spec(self) -> AgentSpec:
         return self._spec

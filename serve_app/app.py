@@ -25,9 +25,10 @@ def build_app(config: AppConfig) -> Application:
         ).bind(spec, config.runtime)
         for spec in specs
     }
-    return Gateway.options(num_replicas=config.gateway_replicas).bind(  # type: ignore[attr-defined,no-any-return]
-        agents, specs, config
-    )
+    return Gateway.options(  # type: ignore[attr-defined,no-any-return]
+        num_replicas=config.gateway_replicas,
+        user_config=config.tenancy.model_dump(mode="json"),
+    ).bind(agents, specs, config)
 
 
 def build(args: dict[str, Any]) -> Application:

@@ -11,6 +11,7 @@ from actors.settings import RuntimeSettings
 from agents.errors import ConfigError
 from agents.examples import example_specs
 from agents.spec import AgentSpec
+from serve_app.tenancy import TenancyConfig
 
 
 class AppConfig(BaseModel):
@@ -23,6 +24,10 @@ class AppConfig(BaseModel):
     )
     runtime: RuntimeSettings = Field(
         default_factory=RuntimeSettings, description="Providers, prices, run pooling."
+    )
+    tenancy: TenancyConfig = Field(
+        default_factory=TenancyConfig,
+        description="Tenants, keys, limits; the gateway's user_config (changeable live).",
     )
     max_body_bytes: int = Field(1_048_576, gt=0, description="Largest request body accepted.")
     sse_ping_s: float = Field(15.0, gt=0, description="Keep-alive comment interval on SSE.")

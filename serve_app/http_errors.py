@@ -15,11 +15,13 @@ from agents.errors import (
     RequestInvalid,
     RequestTooLarge,
     TenantLimited,
+    Unauthorized,
 )
 
 _STATUS: dict[type[RayfleetError], int] = {
     RayfleetError: 500,
     NotFound: 404,
+    Unauthorized: 401,
     RequestInvalid: 422,
     RequestTooLarge: 413,
     ProviderError: 502,
@@ -66,4 +68,9 @@ def error_response(error: RayfleetError) -> JSONResponse:
     retry_after = getattr(error, "retry_after_s", None)
     if retry_after is not None and status in (429, 503):
         response.headers["Retry-After"] = str(max(1, math.ceil(retry_after)))
+    if isinstance(error, TenantLimited) and error.quota is not None:
+        # IETF draft RateLimit header fields, for the limit that refused.
+        response.headers["RateLimit-Limit"] = f"{error.quota:g}"
+        response.headers["RateLimit-Remaining"] = f"{max(0.0, error.remaining or 0.0):g}"
+        response.headers["RateLimit-Reset"] = str(math.ceil(error.reset_s or 0.0))
     return response

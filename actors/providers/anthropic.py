@@ -139,14 +139,19 @@ class AnthropicClient:
     def __repr__(self) -> str:
         return f"AnthropicClient(name={self.name!r}, base_url={self.base_url!r})"
 
-    def _headers(self) -> dict[str, str]:
+    def _headers(self, api_key: str | None = None) -> dict[str, str]:
+        key = api_key or self._api_key
         headers = {"accept": "text/event-stream", "anthropic-version": ANTHROPIC_VERSION}
-        if self._api_key:
-            headers["x-api-key"] = self._api_key
+        if key:
+            headers["x-api-key"] = key
         return headers
 
-    async def stream(self, request: ModelRequest, *, timeout_s: float) -> AsyncIterator[StreamItem]:
-        """Text deltas as they arrive, then exactly one ModelResponse."""
+    async def stream(
+        self, request: ModelRequest, *, timeout_s: float, api_key: str | None = None
+    ) -> AsyncIterator[StreamItem]:
+        """Text deltas as they arrive, then exactly one ModelResponse. `api_key`, if given,
+        replaces the client's own key for this call (a tenant's own key)."""
+        key = api_key or self._api_key
         blocks: dict[int, _Block] = {}
         usage: dict[str, int] = {}
         finish = "stop"
@@ -156,10 +161,10 @@ class AnthropicClient:
             self._http,
             f"{self.base_url}/v1/messages",
             provider=self.name,
-            headers=self._headers(),
+            headers=self._headers(key),
             body=request_body(request),
             timeout_s=timeout_s,
-            secret=self._api_key,
+            secret=key,
         )
         async with aclosing(events):
             async for event in events:
@@ -168,7 +173,7 @@ class AnthropicClient:
                 data = decode_data(self.name, event)
                 kind = data.get("type") or event.event
                 if kind == "error" or event.event == "error":
-                    raise self._in_band_error(data.get("error"))
+                    raise self._in_band_error(data.get("error"), key)
                 if kind == "message_start":
                     message = data.get("message") or {}
                     model = str(message.get("model") or model)
@@ -217,9 +222,9 @@ class AnthropicClient:
             finish_reason=finish,
         )
 
-    def _in_band_error(self, error: Any) -> ProviderUnavailable:
+    def _in_band_error(self, error: Any, key: str | None) -> ProviderUnavailable:
         detail = (
             f"{error.get('type')}: {error.get('message')}" if isinstance(error, dict) else error
         )
-        message = redact(f"{self.name}: error in stream: {detail}", self._api_key)
+        message = redact(f"{self.name}: error in stream: {detail}", key)
         return ProviderUnavailable(message, self.name)

@@ -123,14 +123,19 @@ class OpenAIClient:
     def __repr__(self) -> str:
         return f"OpenAIClient(name={self.name!r}, base_url={self.base_url!r})"
 
-    def _headers(self) -> dict[str, str]:
+    def _headers(self, api_key: str | None = None) -> dict[str, str]:
+        key = api_key or self._api_key
         headers = {"accept": "text/event-stream"}
-        if self._api_key:
-            headers["authorization"] = f"Bearer {self._api_key}"
+        if key:
+            headers["authorization"] = f"Bearer {key}"
         return headers
 
-    async def stream(self, request: ModelRequest, *, timeout_s: float) -> AsyncIterator[StreamItem]:
-        """Text deltas as they arrive, then exactly one ModelResponse."""
+    async def stream(
+        self, request: ModelRequest, *, timeout_s: float, api_key: str | None = None
+    ) -> AsyncIterator[StreamItem]:
+        """Text deltas as they arrive, then exactly one ModelResponse. `api_key`, if given,
+        replaces the client's own key for this call (a tenant's own key)."""
+        key = api_key or self._api_key
         text: list[str] = []
         calls: dict[int, _PendingCall] = {}
         usage = Usage()
@@ -141,10 +146,10 @@ class OpenAIClient:
             self._http,
             f"{self.base_url}/chat/completions",
             provider=self.name,
-            headers=self._headers(),
+            headers=self._headers(key),
             body=request_body(request),
             timeout_s=timeout_s,
-            secret=self._api_key,
+            secret=key,
         )
         async with aclosing(events):
             async for event in events:
@@ -153,7 +158,7 @@ class OpenAIClient:
                     break
                 data = decode_data(self.name, event)
                 if "error" in data:
-                    raise self._in_band_error(data["error"])
+                    raise self._in_band_error(data["error"], key)
                 model = str(data.get("model") or model)
                 if data.get("usage"):
                     usage = normalise_usage(data["usage"])
@@ -184,13 +189,13 @@ class OpenAIClient:
         message = Message(role="assistant", content="".join(text), tool_calls=tool_calls)
         yield ModelResponse(message=message, usage=usage, model=model, finish_reason=finish)
 
-    def _in_band_error(self, error: Any) -> ProviderUnavailable:
+    def _in_band_error(self, error: Any, key: str | None) -> ProviderUnavailable:
         detail = (
             error
             if not isinstance(error, dict)
             else (f"{error.get('type') or error.get('code')}: {error.get('message')}")
         )
-        message = redact(f"{self.name}: error in stream: {detail}", self._api_key)
+        message = redact(f"{self.name}: error in stream: {detail}", key)
         return ProviderUnavailable(message, self.name)
 
     async def embed(

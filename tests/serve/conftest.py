@@ -14,6 +14,7 @@ from actors.settings import RuntimeSettings, simulator_providers
 from serve_app.config import AppConfig
 from tests.conftest import RaySession
 from tests.fixtures_sim import SimServer
+from tests.serve.tenants import TENANCY
 
 
 @dataclass
@@ -22,6 +23,7 @@ class Service:
     gcs_address: str
     http: httpx2.Client
     settings: RuntimeSettings
+    config: AppConfig
 
 
 def _free_port() -> int:
@@ -50,12 +52,12 @@ def service(
         # so one test's scripted failures do not skip a provider in the next test.
         router=RouterSettings(breaker_open_s=1.0),
     )
-    config = AppConfig(runtime=settings)
+    config = AppConfig(runtime=settings, tenancy=TENANCY)
     serve.run(build_app(config), name=APP_NAME, route_prefix="/")
     base_url = f"http://127.0.0.1:{port}"
     http = httpx2.Client(base_url=base_url, timeout=30)
     try:
-        yield Service(base_url, ray_session.gcs_address, http, settings)
+        yield Service(base_url, ray_session.gcs_address, http, settings, config)
     finally:
         http.close()
         # No serve.shutdown(): its controller waits ~30 s to drain; ray_session's

@@ -15,14 +15,13 @@ def test_a_redeploy_does_not_end_runs_in_flight(service: Service, sim: Sim) -> N
     from ray import serve
 
     from serve_app.app import APP_NAME, build_app
-    from serve_app.config import AppConfig
 
     sim.script({"type": "text", "text": "Answered across a redeploy.", "delay_ms": 3000})
     run_id = service.http.post("/v1/agents/support/runs", json={"input": "hi"}).json()["run_id"]
     wait_for(lambda: len(sim.requests()) == 1)
     # A changed config makes Serve replace the gateway and agent replicas.
     serve.run(
-        build_app(AppConfig(runtime=service.settings, sse_ping_s=14.0)),
+        build_app(service.config.model_copy(update={"sse_ping_s": 14.0})),
         name=APP_NAME,
         route_prefix="/",
     )

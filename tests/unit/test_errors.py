@@ -24,6 +24,9 @@ SAMPLE_ARGUMENTS: dict[str, object] = {
     "provider": "sim-openai",
     "status_code": 429,
     "retry_after_s": 2.5,
+    "quota": 60,
+    "remaining": 0,
+    "reset_s": 12.0,
 }
 
 CLASSES = all_error_classes()

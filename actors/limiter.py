@@ -1,0 +1,412 @@
+"""TenantLimiter: per-tenant requests/min, tokens/min, concurrent runs and a daily dollar budget.
+
+One limiter is the single authority for the whole cluster (`TenantLimiterActor`, shared by
+every gateway replica and run host), so totals are exact however many replicas there are;
+per-replica counters would admit limit x replicas.
+
+    admit_run ──> takes 1 request token AND 1 run slot, or nothing ──> ... ──> end_run
+    reserve(estimate) ──> tokens from the tokens/min bucket AND dollars against the daily
+                          budget, or nothing ──> model call ──> settle(actual)
+
+Rates are token buckets: capacity = the per-minute limit, refilled continuously at limit/60
+per second, starting full. The daily budget counts dollars spent (settled) plus dollars
+reserved, and resets at UTC midnight. A tenant without limits is unlimited, but still
+counted (usage() works for it, and limits set later start from its real counters).
+
+A plain class with no Ray: time comes from `clock` (monotonic: buckets, reservation TTL) and
+`wall_clock` (Unix time: the UTC day). The Ray shell is at the bottom.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+import time
+import uuid
+from collections import OrderedDict
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
+from typing import Literal
+
+import ray
+from pydantic import BaseModel, ConfigDict, Field
+
+LimitName = Literal["requests_per_min", "tokens_per_min", "concurrent_runs", "daily_budget_usd"]
+
+_DAY_S = 86_400.0
+# Float arithmetic may leave a bucket 1e-15 short after waiting exactly retry_after_s, or a
+# sum of dollars 1e-16 over the budget; neither may turn into a refusal.
+_EPSILON = 1e-9
+# A wait that depends on other callers finishing (a run ending, a reservation settling)
+# cannot be computed: a hint.
+_HINT_RETRY_S = 1.0
+
+
+class TenantLimits(BaseModel):
+    """One tenant's limits; None means unlimited."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    requests_per_min: int | None = Field(
+        None, gt=0, strict=True, description="Runs started per minute (token bucket)."
+    )
+    tokens_per_min: int | None = Field(
+        None, gt=0, strict=True, description="Model tokens (input + output) per minute."
+    )
+    concurrent_runs: int | None = Field(
+        None, gt=0, strict=True, description="Runs in progress at any one time."
+    )
+    daily_budget_usd: float | None = Field(
+        None, gt=0, allow_inf_nan=False, description="Dollars per UTC day, spent + reserved."
+    )
+
+
+class Admission(BaseModel):
+    """The answer to admit_run or reserve, with what the RateLimit headers need."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    ok: bool = Field(description="True: admitted, and the units were taken.")
+    limit: LimitName | None = Field(None, description="The limit that refused; None when ok.")
+    retry_after_s: float = Field(0.0, ge=0, description="Wait before asking again; 0 when ok.")
+    policy: LimitName | None = Field(
+        None, description="The limit the RateLimit fields describe (the tightest one involved)."
+    )
+    quota: int | float | None = Field(None, description="RateLimit-Limit: that limit's value.")
+    remaining: int | float | None = Field(
+        None, description="RateLimit-Remaining: units left now; None when unlimited."
+    )
+    reset_s: float = Field(0.0, ge=0, description="RateLimit-Reset: seconds until it is full.")
+    reservation: str | None = Field(None, description="reserve(): the id to settle with.")
+
+
+class _Bucket:
+    """A token bucket that refills continuously; its level may go negative (debt)."""
+
+    __slots__ = ("capacity", "level", "rate_per_s", "updated")
+
+    def __init__(self, capacity: int, now: float) -> None:
+        self.capacity = float(capacity)
+        self.rate_per_s = capacity / 60.0
+        self.level = self.capacity
+        self.updated = now
+
+    def refill(self, now: float) -> None:
+        elapsed = max(0.0, now - self.updated)
+        self.level = min(self.capacity, self.level + elapsed * self.rate_per_s)
+        self.updated = now
+
+    def need(self, units: float) -> float:
+        """Level required before `units` may be taken. More than the capacity can never be
+        there at once, so an oversized take waits for a full bucket and leaves a debt that
+        is repaid before anything else is admitted: the long-run rate still holds."""
+        return min(units, self.capacity)
+
+    def wait_s(self, units: float) -> float:
+        """Seconds until `units` may be taken (0: now). Call refill first."""
+        short = self.need(units) - self.level
+        return 0.0 if short <= _EPSILON else short / self.rate_per_s
+
+    def reset_s(self) -> float:
+        return max(0.0, (self.capacity - self.level) / self.rate_per_s)
+
+    def resize(self, capacity: int) -> None:
+        self.capacity = float(capacity)
+        self.rate_per_s = capacity / 60.0
+        self.level = min(self.level, self.capacity)
+
+
+@dataclass
+class _Tenant:
+    limits: TenantLimits
+    requests: _Bucket | None
+    tokens: _Bucket | None
+    running: int = 0
+    day: int = 0
+    spent_usd: float = 0.0
+    reserved_usd: float = 0.0
+    reserved_tokens: int = 0
+
+
+@dataclass
+class _Reservation:
+    tenant: str
+    tokens: int
+    cost_usd: float
+    created: float
+
+
+@dataclass(frozen=True)
+class _Quota:
+    """Where one limit stands: why it refused (retry_after_s > 0) or what the headers say."""
+
+    limit: LimitName
+    retry_after_s: float
+    quota: int | float
+    remaining: int | float
+    reset_s: float
+
+
+_UNLIMITED = TenantLimits()
+
+
+class TenantLimiter:
+    """Token buckets, run slots and daily budgets per tenant. No Ray in here.
+
+    Every method is free of `await` between checking a limit and taking from it, so on one
+    event loop (the async actor) each call is atomic: concurrent callers can never both take
+    the last unit, and a refusal by one limit takes nothing from the others.
+    """
+
+    def __init__(
+        self,
+        limits: Mapping[str, TenantLimits],
+        clock: Callable[[], float] = time.monotonic,
+        wall_clock: Callable[[], float] = time.time,
+        *,
+        reservation_ttl_s: float = 600.0,
+    ) -> None:
+        if reservation_ttl_s <= 0:
+            raise ValueError(f"reservation_ttl_s must be > 0, not {reservation_ttl_s}")
+        self._clock = clock
+        self._wall_clock = wall_clock
+        self._ttl_s = reservation_ttl_s
+        self._limits: dict[str, TenantLimits] = {}
+        self._tenants: dict[str, _Tenant] = {}
+        # Insertion order is creation order (the clock is monotonic), so expiry pops from the
+        # front and stops at the first young entry. Expired reservations are released and
+        # kept as tombstones for one more TTL, so a late settle still charges, once.
+        self._held: OrderedDict[str, _Reservation] = OrderedDict()
+        self._released: OrderedDict[str, _Reservation] = OrderedDict()
+        self._ids = itertools.count(1)
+        self._prefix = uuid.uuid4().hex[:12]
+        self.update_limits(limits)
+
+    # -- configuration -------------------------------------------------------------------
+
+    def update_limits(self, limits: Mapping[str, TenantLimits]) -> None:
+        """Replace every tenant's limits (Serve `reconfigure`). Buckets keep their level,
+        clipped to the new capacity; a new limit starts full; a tenant left out is unlimited.
+        Counters (running runs, dollars spent and reserved) are kept."""
+        self._limits = dict(limits)
+        now = self._clock()
+        for name, tenant in self._tenants.items():
+            new = self._limits.get(name, _UNLIMITED)
+            tenant.requests = _rebucket(tenant.requests, new.requests_per_min, now)
+            tenant.tokens = _rebucket(tenant.tokens, new.tokens_per_min, now)
+            tenant.limits = new
+
+    # -- runs ----------------------------------------------------------------------------
+
+    async def admit_run(self, tenant: str) -> Admission:
+        """Take one request token and one concurrent-run slot, both or neither."""
+        state = self._tenant(tenant)
+        limits = state.limits
+        refusals: list[_Quota] = []
+        if state.requests is not None:
+            wait = state.requests.wait_s(1)
+            if wait > 0:
+                refusals.append(_bucket_quota("requests_per_min", state.requests, wait))
+        if limits.concurrent_runs is not None and state.running >= limits.concurrent_runs:
+            refusals.append(_Quota("concurrent_runs", _HINT_RETRY_S, limits.concurrent_runs, 0, 0))
+        if refusals:
+            return _refused(refusals)
+        if state.requests is not None:
+            state.requests.level -= 1
+        state.running += 1
+        return _admitted(self._run_views(state))
+
+    async def end_run(self, tenant: str) -> None:
+        """Free the run slot taken by admit_run (never below zero)."""
+        state = self._tenant(tenant)
+        state.running = max(0, state.running - 1)
+
+    # -- model calls ---------------------------------------------------------------------
+
+    async def reserve(self, tenant: str, tokens: int, cost_usd: float) -> Admission:
+        """Before a model call: reserve its estimated tokens (tokens/min) and dollars (daily
+        budget: spent + reserved + this <= budget), both or neither."""
+        if tokens < 0 or not cost_usd >= 0 or math.isinf(cost_usd):
+            raise ValueError(f"tokens and cost_usd must be >= 0, not {tokens}, {cost_usd}")
+        state = self._tenant(tenant)
+        budget = state.limits.daily_budget_usd
+        refusals: list[_Quota] = []
+        if state.tokens is not None:
+            wait = state.tokens.wait_s(tokens)
+            if wait > 0:
+                refusals.append(_bucket_quota("tokens_per_min", state.tokens, wait))
+        if (
+            budget is not None
+            and state.spent_usd + state.reserved_usd + cost_usd > budget + _EPSILON
+        ):
+            midnight_s = self._to_midnight_s()
+            left = max(0.0, budget - state.spent_usd - state.reserved_usd)
+            # If only calls in flight stand in the way, it may fit once they settle: a hint.
+            fits_later = state.spent_usd + cost_usd <= budget + _EPSILON
+            wait = _HINT_RETRY_S if fits_later else midnight_s
+            refusals.append(_Quota("daily_budget_usd", wait, budget, left, midnight_s))
+        if refusals:
+            return _refused(refusals)
+        if state.tokens is not None:
+            state.tokens.level -= tokens
+        state.reserved_tokens += tokens
+        state.reserved_usd += cost_usd
+        rid = f"{self._prefix}-{next(self._ids)}"
+        self._held[rid] = _Reservation(tenant, tokens, cost_usd, self._clock())
+        return _admitted(self._call_views(state), reservation=rid)
+
+    async def settle(self, reservation: str, tokens: int, cost_usd: float) -> None:
+        """Replace a reservation by the actual usage. The tokens/min bucket gets back (or
+        loses, possibly below zero) the difference; the dollars are spent. An unknown or
+        already settled id is ignored; one released by the TTL is still charged, once."""
+        if tokens < 0 or not cost_usd >= 0 or math.isinf(cost_usd):
+            raise ValueError(f"tokens and cost_usd must be >= 0, not {tokens}, {cost_usd}")
+        self._expire()
+        held = self._held.pop(reservation, None)
+        if held is not None:
+            state = self._tenant(held.tenant)
+            state.reserved_tokens -= held.tokens
+            state.reserved_usd = max(0.0, state.reserved_usd - held.cost_usd)
+        else:
+            held = self._released.pop(reservation, None)
+            if held is None:
+                return
+            state = self._tenant(held.tenant)
+        if state.tokens is not None:
+            bucket = state.tokens
+            bucket.level = min(bucket.capacity, bucket.level + held.tokens - tokens)
+        state.spent_usd += cost_usd
+
+    # -- inspection ----------------------------------------------------------------------
+
+    async def usage(self, tenant: str) -> dict[str, float]:
+        """Counters for one tenant: dollars spent today and reserved, tokens reserved, runs
+        in progress, and the bucket levels of the limits it has."""
+        state = self._tenant(tenant)
+        out = {
+            "spent_usd": state.spent_usd,
+            "reserved_usd": state.reserved_usd,
+            "reserved_tokens": float(state.reserved_tokens),
+            "running_runs": float(state.running),
+        }
+        if state.requests is not None:
+            out["requests_available"] = state.requests.level
+        if state.tokens is not None:
+            out["tokens_available"] = state.tokens.level
+        return out
+
+    # -- internals -----------------------------------------------------------------------
+
+    def _tenant(self, name: str) -> _Tenant:
+        """The tenant's state, brought up to now: stale reservations released, buckets
+        refilled, yesterday's dollars forgotten."""
+        self._expire()
+        now = self._clock()
+        day = int(self._wall_clock() // _DAY_S)
+        state = self._tenants.get(name)
+        if state is None:
+            limits = self._limits.get(name, _UNLIMITED)
+            state = _Tenant(
+                limits,
+                _rebucket(None, limits.requests_per_min, now),
+                _rebucket(None, limits.tokens_per_min, now),
+                day=day,
+            )
+            self._tenants[name] = state
+        if day != state.day:
+            # Reservations in flight across midnight stay reserved; settled, they count today.
+            state.day = day
+            state.spent_usd = 0.0
+        for bucket in (state.requests, state.tokens):
+            if bucket is not None:
+                bucket.refill(now)
+        return state
+
+    def _expire(self) -> None:
+        """Release reservations older than the TTL (their caller died); forget tombstones
+        older than twice the TTL. Each loop pops from the front and stops at a young entry."""
+        cutoff = self._clock() - self._ttl_s
+        while self._released:
+            rid, held = next(iter(self._released.items()))
+            if held.created > cutoff - self._ttl_s:
+                break
+            del self._released[rid]
+        while self._held:
+            rid, held = next(iter(self._held.items()))
+            if held.created > cutoff:
+                break
+            del self._held[rid]
+            state = self._tenants[held.tenant]
+            state.reserved_tokens -= held.tokens
+            state.reserved_usd = max(0.0, state.reserved_usd - held.cost_usd)
+            # The call may well have happened: its tokens stay taken from the bucket.
+            self._released[rid] = held
+
+    def _to_midnight_s(self) -> float:
+        return _DAY_S - (self._wall_clock() % _DAY_S)
+
+    def _run_views(self, state: _Tenant) -> Iterable[_Quota]:
+        limits = state.limits
+        if state.requests is not None:
+            yield _bucket_quota("requests_per_min", state.requests, 0.0)
+        if limits.concurrent_runs is not None:
+            left = max(0, limits.concurrent_runs - state.running)
+            yield _Quota("concurrent_runs", 0.0, limits.concurrent_runs, left, 0.0)
+
+    def _call_views(self, state: _Tenant) -> Iterable[_Quota]:
+        budget = state.limits.daily_budget_usd
+        if state.tokens is not None:
+            yield _bucket_quota("tokens_per_min", state.tokens, 0.0)
+        if budget is not None:
+            left = max(0.0, budget - state.spent_usd - state.reserved_usd)
+            yield _Quota("daily_budget_usd", 0.0, budget, left, self._to_midnight_s())
+
+
+def _rebucket(bucket: _Bucket | None, capacity: int | None, now: float) -> _Bucket | None:
+    if capacity is None:
+        return None
+    if bucket is None:
+        return _Bucket(capacity, now)
+    bucket.refill(now)
+    bucket.resize(capacity)
+    return bucket
+
+
+def _bucket_quota(limit: LimitName, bucket: _Bucket, wait_s: float) -> _Quota:
+    remaining = max(0, math.floor(bucket.level + _EPSILON))
+    return _Quota(limit, wait_s, int(bucket.capacity), remaining, bucket.reset_s())
+
+
+def _refused(refusals: list[_Quota]) -> Admission:
+    # The caller must wait for every refusing limit: report the longest wait.
+    worst = max(refusals, key=lambda r: r.retry_after_s)
+    return Admission(
+        ok=False,
+        limit=worst.limit,
+        retry_after_s=worst.retry_after_s,
+        policy=worst.limit,
+        quota=worst.quota,
+        remaining=worst.remaining,
+        reset_s=worst.reset_s,
+    )
+
+
+def _admitted(views: Iterable[_Quota], reservation: str | None = None) -> Admission:
+    # The headers describe the limit closest to exhaustion, as a share of its quota.
+    tightest = min(views, key=lambda v: v.remaining / v.quota, default=None)
+    if tightest is None:
+        return Admission(ok=True, reservation=reservation)
+    return Admission(
+        ok=True,
+        policy=tightest.limit,
+        quota=tightest.quota,
+        remaining=tightest.remaining,
+        reset_s=tightest.reset_s,
+        reservation=reservation,
+    )
+
+
+# Ray's stubs lack actor options (max_concurrency) in the keyword overload of `remote`.
+# An async actor runs every method (sync ones too) on one event loop, and no method awaits
+# between its check and its take: each call is atomic by construction, with no lock.
+TenantLimiterActor = ray.remote(num_cpus=0, max_concurrency=1000)(TenantLimiter)  # type: ignore[call-overload]

@@ -1,0 +1,95 @@
+"""A run's model port: the shared router, plus the run's tenant — its own provider keys,
+and its token and dollar limits reserved before each call and settled after."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from typing import Protocol
+
+from actors.credentials import TenantContext
+from actors.limiter import Admission
+from actors.router import Credentials, ModelRouter
+from agents.errors import TenantLimited
+from agents.messages import Message, TextDelta, ToolSchema, Usage
+from agents.ports import Discard, ModelResult
+from agents.pricing import PriceTable
+from agents.spec import TierSpec
+
+
+class LimiterPort(Protocol):
+    """What a run host needs of the tenant limiter (actors.limiter, or its actor)."""
+
+    async def reserve(self, tenant: str, tokens: int, cost_usd: float) -> Admission: ...
+
+    async def settle(self, reservation: str, tokens: int, cost_usd: float) -> None: ...
+
+    async def end_run(self, tenant: str) -> None: ...
+
+
+def estimate_tokens(messages: tuple[Message, ...], tools: tuple[ToolSchema, ...]) -> int:
+    """Input tokens, estimated at 4 characters a token (the simulator counts the same way)."""
+    chars = sum(len(m.content) + sum(len(str(c.arguments)) for c in m.tool_calls) for m in messages)
+    chars += sum(len(t.description) + len(str(t.parameters)) for t in tools)
+    return chars // 4 + 1
+
+
+class TenantModel:
+    """ModelPort for one run of one tenant."""
+
+    def __init__(
+        self,
+        router: ModelRouter,
+        context: TenantContext,
+        prices: PriceTable,
+        limiter: LimiterPort | None,
+    ) -> None:
+        self._router = router
+        self._context = context
+        self._prices = prices
+        self._limiter = limiter if context.metered else None
+        self._credentials: Credentials | None = None
+
+    def _resolve(self) -> Credentials | None:
+        context = self._context
+        if not context.credentials and context.use_default_credentials:
+            return None
+        if self._credentials is None:
+            keys = {name: ref.resolve() for name, ref in context.credentials.items()}
+            self._credentials = Credentials(keys, allow_default=context.use_default_credentials)
+        return self._credentials
+
+    async def stream(
+        self,
+        tier: TierSpec,
+        messages: tuple[Message, ...],
+        tools: tuple[ToolSchema, ...],
+        *,
+        timeout_s: float,
+    ) -> AsyncIterator[TextDelta | Discard | ModelResult]:
+        credentials = self._resolve()
+        if self._limiter is None:
+            async for item in self._router.stream(
+                tier, messages, tools, timeout_s=timeout_s, credentials=credentials
+            ):
+                yield item
+            return
+        # Reserve the worst case of the first model in the chain, settle to what it cost.
+        tokens = estimate_tokens(messages, tools)
+        worst = Usage(input_tokens=tokens, output_tokens=tier.max_output_tokens)
+        estimate = self._prices.cost_usd(tier.chain[0].model, worst)
+        admission = await self._limiter.reserve(self._context.tenant, worst.total_tokens, estimate)
+        if not admission.ok or admission.reservation is None:
+            raise TenantLimited(
+                f"tenant {self._context.tenant!r} reached its {admission.limit} limit",
+                admission.retry_after_s,
+            )
+        used, cost = 0, 0.0
+        try:
+            async for item in self._router.stream(
+                tier, messages, tools, timeout_s=timeout_s, credentials=credentials
+            ):
+                if isinstance(item, ModelResult):
+                    used, cost = item.response.usage.total_tokens, item.cost_usd
+                yield item
+        finally:
+            await self._limiter.settle(admission.reservation, used, cost)

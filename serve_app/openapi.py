@@ -1,0 +1,359 @@
+"""The HTTP API as an OpenAPI 3.1 document, built from the same pydantic models the gateway
+validates with and returns, so the document cannot drift from the code's field rules.
+
+Served at `GET /openapi.json`; the fuzz test (`tests/serve/test_fuzz.py`) drives the live
+service from it.
+"""
+
+from __future__ import annotations
+
+import copy
+from functools import cache
+from importlib.metadata import PackageNotFoundError, version
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field
+from starlette.requests import Request
+from starlette.responses import JSONResponse
+
+from agents.events import event_adapter
+from agents.summary import RunSummary
+
+REF = "#/components/schemas/{model}"
+PROBLEM_JSON = "application/problem+json"
+EVENT_STREAM = "text/event-stream"
+
+RUN_ID_PATTERN = r"^run-[a-z0-9]{1,16}-[0-9a-f]{20}$"
+"""What `actors.run_host.new_run_id` makes; anything else is an unknown run (404)."""
+AGENT_PATTERN = r"^[a-z][a-z0-9_-]{0,62}$"
+"""`AgentSpec.name`."""
+MAX_SEQ = 999_999_999_999
+"""The gateway reads at most 12 digits of a resume point."""
+
+
+# -- documentation-only models: the shapes the gateway writes as plain dicts ----------------
+
+
+class Problem(BaseModel):
+    """An error (RFC 9457), from `serve_app/http_errors.py`."""
+
+    model_config = ConfigDict(extra="allow")
+
+    type: str = Field("about:blank", description="Always about:blank: `code` says which error.")
+    title: str = Field(description="The error class, e.g. UnknownRun.")
+    status: int = Field(ge=400, le=599, description="The HTTP status again.")
+    detail: str = Field(description="What was wrong and what would be right.")
+    code: str = Field(description="Stable machine-readable code, e.g. unknown_run.")
+    field: str | None = Field(None, description="The offending field or header, if one.")
+
+
+class RunAccepted(BaseModel):
+    """`POST /v1/agents/{agent}/runs` without `Accept: text/event-stream`."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    run_id: str = Field(pattern=RUN_ID_PATTERN)
+    status_url: str = Field(description="GET it for the run's summary.")
+    events_url: str = Field(description="GET it for the run's events as SSE.")
+
+
+class AgentVersion(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    version: str
+    tiers: list[str]
+    tools: list[str]
+
+
+class AgentInfo(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    name: str = Field(pattern=AGENT_PATTERN)
+    description: str
+    current_version: str
+    versions: list[AgentVersion]
+
+
+class AgentList(BaseModel):
+    """`GET /v1/agents`."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    agents: list[AgentInfo]
+
+
+class Health(BaseModel):
+    """`GET /healthz`."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    status: str
+
+
+_SSE_FRAMING = (
+    "Server-Sent Events, one frame per event: `id:` is the event's `seq` (1, 2, 3 ... per "
+    "run; send it back as `Last-Event-ID` to resume), `event:` is its `kind`, `data:` is the "
+    "event as one line of JSON (schema `Event`). Comment lines (`:`) are keep-alive pings. "
+    "The stream ends after exactly one terminal event (run.completed, run.failed or "
+    "run.cancelled); once it has started, a failure arrives as an event, never as a status. "
+    "Clients ignore kinds they do not know."
+)
+
+_AUTH = (
+    "`Authorization: Bearer <API key>` names the tenant. On the embedded defaults a request "
+    "without a key is served as the anonymous default tenant; with `anonymous_tenant: null` "
+    "a key is required. An unknown key is a 401."
+)
+
+
+def _schemas() -> dict[str, Any]:
+    """Every schema under one namespace: each model's `$defs` lifted into components."""
+    # Imported here, not at the top, so the gateway can import this module to mount it.
+    from serve_app.gateway import RunRequest
+
+    found: dict[str, Any] = {}
+
+    def add(name: str, schema: dict[str, Any]) -> None:
+        defs = schema.pop("$defs", {})
+        for key, value in [*defs.items(), (name, schema)]:
+            if key in found and found[key] != value:
+                raise ValueError(f"two different schemas are both called {key!r}")
+            found[key] = value
+
+    add("RunRequest", RunRequest.model_json_schema(ref_template=REF, mode="validation"))
+    for model in (RunSummary, Problem, RunAccepted, AgentList, Health):
+        add(model.__name__, model.model_json_schema(ref_template=REF, mode="serialization"))
+    event = event_adapter.json_schema(ref_template=REF, mode="serialization")
+    event["description"] = "One event of a run: the JSON in an SSE frame's `data:`."
+    add("Event", event)
+    return found
+
+
+def _json(schema: str) -> dict[str, Any]:
+    return {"application/json": {"schema": {"$ref": REF.format(model=schema)}}}
+
+
+def _problem(description: str, retry_after: bool = False) -> dict[str, Any]:
+    response: dict[str, Any] = {
+        "description": description,
+        "content": {PROBLEM_JSON: {"schema": {"$ref": REF.format(model="Problem")}}},
+    }
+    if retry_after:
+        response["headers"] = {
+            "Retry-After": {
+                "description": "Seconds to wait before trying again.",
+                "required": True,
+                "schema": {"type": "integer", "minimum": 1},
+            }
+        }
+    return response
+
+
+def _sse(description: str) -> dict[str, Any]:
+    # Before OpenAPI 3.2's `itemSchema`, tools read an event stream's `schema` as the schema
+    # of one event: its fields, with `data` holding JSON (contentSchema).
+    frame = {
+        "type": "object",
+        "description": _SSE_FRAMING,
+        "required": ["id", "event", "data"],
+        "properties": {
+            "id": {"type": "string", "pattern": "^[1-9][0-9]*$", "description": "The seq."},
+            "event": {"type": "string", "description": "The kind."},
+            "data": {
+                "type": "string",
+                "contentMediaType": "application/json",
+                "contentSchema": {"$ref": REF.format(model="Event")},
+            },
+            "retry": {"type": "integer", "minimum": 0},
+        },
+    }
+    return {"description": description, "content": {EVENT_STREAM: {"schema": frame}}}
+
+
+_UNAUTHORIZED = _problem("Unknown API key (or none, where anonymous use is off).")
+_UNKNOWN_RUN = _problem("Unknown run, or another tenant's run.")
+_OVERLOADED = _problem("No capacity to serve the run now.", retry_after=True)
+
+_RUN_ID = {
+    "name": "run_id",
+    "in": "path",
+    "required": True,
+    "description": "A run id as returned when the run was started.",
+    "schema": {"type": "string", "pattern": RUN_ID_PATTERN},
+}
+_AGENT = {
+    "name": "agent",
+    "in": "path",
+    "required": True,
+    "description": "Agent name (see GET /v1/agents).",
+    "schema": {"type": "string", "pattern": AGENT_PATTERN},
+}
+_LAST_EVENT_ID = {
+    "name": "Last-Event-ID",
+    "in": "header",
+    "required": False,
+    "description": "Resume after this seq (EventSource sends it on reconnect); wins over `after`.",
+    "schema": {"type": "integer", "minimum": 0, "maximum": MAX_SEQ},
+}
+_AFTER = {
+    "name": "after",
+    "in": "query",
+    "required": False,
+    "description": "Resume after this seq; 0 (the default) streams from the start.",
+    "schema": {"type": "integer", "minimum": 0, "maximum": MAX_SEQ, "default": 0},
+}
+
+
+def _paths() -> dict[str, Any]:
+    public: list[dict[str, list[str]]] = []  # no key needed, whatever the tenancy config
+    return {
+        "/healthz": {
+            "get": {
+                "operationId": "healthz",
+                "summary": "Liveness of the gateway.",
+                "security": public,
+                "responses": {"200": {"description": "Up.", "content": _json("Health")}},
+            }
+        },
+        "/openapi.json": {
+            "get": {
+                "operationId": "openapi",
+                "summary": "This document.",
+                "security": public,
+                "responses": {
+                    "200": {
+                        "description": "OpenAPI 3.1.",
+                        "content": {"application/json": {"schema": {"type": "object"}}},
+                    }
+                },
+            }
+        },
+        "/v1/agents": {
+            "get": {
+                "operationId": "listAgents",
+                "summary": "Every agent with its versions.",
+                "responses": {
+                    "200": {"description": "The agents.", "content": _json("AgentList")},
+                    "401": _UNAUTHORIZED,
+                },
+            }
+        },
+        "/v1/agents/{agent}/runs": {
+            "post": {
+                "operationId": "createRun",
+                "summary": "Start a run.",
+                "description": (
+                    "With `Accept: text/event-stream` the response is the run's event stream "
+                    "(200); otherwise 202 with links to poll or stream. The run goes on "
+                    "whatever happens to the caller."
+                ),
+                "parameters": [_AGENT],
+                "requestBody": {
+                    "required": True,
+                    "description": "At most 1 MiB (`max_body_bytes`); unknown fields are a 422.",
+                    "content": _json("RunRequest"),
+                },
+                "responses": {
+                    "200": {
+                        **_sse("The run's events (with `Accept: text/event-stream`)."),
+                        "headers": {
+                            "X-Run-Id": {"schema": {"type": "string", "pattern": RUN_ID_PATTERN}}
+                        },
+                    },
+                    "202": {
+                        "description": "Started.",
+                        "headers": {
+                            "Location": {
+                                "description": "The status_url.",
+                                "schema": {"type": "string"},
+                            }
+                        },
+                        "content": _json("RunAccepted"),
+                    },
+                    "401": _UNAUTHORIZED,
+                    "404": _problem("Unknown agent, or no such version of it."),
+                    "413": _problem("Body over the size limit."),
+                    "422": _problem("Body is not JSON, or a field is invalid (`field` names it)."),
+                    "429": _problem("Over a tenant limit.", retry_after=True),
+                    "503": _problem(
+                        "No capacity, or the agent version is switched off.", retry_after=True
+                    ),
+                },
+            }
+        },
+        "/v1/runs/{run_id}": {
+            "get": {
+                "operationId": "getRun",
+                "summary": "A run's summary, derived from its events.",
+                "parameters": [_RUN_ID],
+                "responses": {
+                    "200": {"description": "The summary.", "content": _json("RunSummary")},
+                    "401": _UNAUTHORIZED,
+                    "404": _UNKNOWN_RUN,
+                    "503": _OVERLOADED,
+                },
+            }
+        },
+        "/v1/runs/{run_id}/events": {
+            "get": {
+                "operationId": "streamRunEvents",
+                "summary": "A run's events after a seq, live until its terminal event.",
+                "parameters": [_RUN_ID, _AFTER, _LAST_EVENT_ID],
+                "responses": {
+                    "200": _sse("The run's events."),
+                    "401": _UNAUTHORIZED,
+                    "404": _UNKNOWN_RUN,
+                    "422": _problem("`after` or `Last-Event-ID` is not a non-negative integer."),
+                    "503": _OVERLOADED,
+                },
+            }
+        },
+        "/v1/runs/{run_id}/cancel": {
+            "post": {
+                "operationId": "cancelRun",
+                "summary": "Cancel a run (a no-op on a finished one); returns its summary.",
+                "parameters": [_RUN_ID],
+                "responses": {
+                    "200": {"description": "The summary.", "content": _json("RunSummary")},
+                    "401": _UNAUTHORIZED,
+                    "404": _UNKNOWN_RUN,
+                    "503": _OVERLOADED,
+                },
+            }
+        },
+    }
+
+
+@cache
+def _document() -> dict[str, Any]:
+    try:
+        release = version("rayfleet")
+    except PackageNotFoundError:  # a source tree that was never installed
+        release = "0+unknown"
+    return {
+        "openapi": "3.1.0",
+        "info": {
+            "title": "rayfleet",
+            "version": release,
+            "description": "Serve AI agents on Ray: start runs, stream their events, resume.",
+        },
+        "jsonSchemaDialect": "https://json-schema.org/draft/2020-12/schema",
+        "security": [{}, {"bearer": []}],
+        "paths": _paths(),
+        "components": {
+            "schemas": _schemas(),
+            "securitySchemes": {
+                "bearer": {"type": "http", "scheme": "bearer", "description": _AUTH}
+            },
+        },
+    }
+
+
+def openapi_document() -> dict[str, Any]:
+    """The OpenAPI 3.1 document of the HTTP API (a fresh copy: callers may change it)."""
+    return copy.deepcopy(_document())
+
+
+async def openapi_endpoint(request: Request) -> JSONResponse:
+    """`GET /openapi.json`."""
+    return JSONResponse(_document())
