@@ -30,10 +30,14 @@ from serve_app.sse import SSEDecoder
 app = typer.Typer(help="rayfleet: serve AI agents in production on Ray.", no_args_is_help=True)
 runs_app = typer.Typer(help="Inspect runs.", no_args_is_help=True)
 app.add_typer(runs_app, name="runs")
+keys_app = typer.Typer(help="API keys of tenants.", no_args_is_help=True)
+app.add_typer(keys_app, name="keys")
 console = Console(highlight=False)
 err = Console(stderr=True, highlight=False)
 
 DEFAULT_URL = "http://127.0.0.1:8000"
+# The caller's key for the service (a tenant's); read once, never printed.
+API_KEY = os.environ.get("RAYFLEET_API_KEY")
 # Serve settings from DESIGN.md's measurements; the user's environment wins if it sets them.
 SERVE_ENV = {
     "RAY_SERVE_THROUGHPUT_OPTIMIZED": "1",
@@ -165,9 +169,28 @@ def runs_cancel(
     raise typer.Exit(0 if response.status_code == 200 else 1)
 
 
+@keys_app.command("new")
+def keys_new() -> None:
+    """Make a new API key: give the key to the tenant, put the digest in the deploy config
+    (tenancy.tenants[].api_key_sha256). rayfleet never stores the key itself."""
+    from serve_app.tenancy import new_api_key
+
+    key, key_digest = new_api_key()
+    console.print(f"key:    {key}")
+    console.print(f"digest: {key_digest}")
+
+
+@keys_app.command("digest")
+def keys_digest(key: str) -> None:
+    """The digest of an existing key, for the deploy config."""
+    from serve_app.tenancy import digest
+
+    console.print(digest(key))
+
+
 def _request(method: str, url: str) -> httpx2.Response:
     try:
-        return httpx2.request(method, url, timeout=30.0)
+        return httpx2.request(method, url, timeout=30.0, headers=_auth())
     except httpx2.TransportError as exc:
         err.print(f"[red]cannot reach rayfleet at {url}[/]: {exc}. Start it with `make serve`.")
         raise typer.Exit(2) from None
@@ -182,7 +205,7 @@ def _stream(url: str, method: str, body: dict[str, Any] | None, timeout_s: float
             method,
             url,
             json=body,
-            headers={"Accept": "text/event-stream"},
+            headers={"Accept": "text/event-stream", **_auth()},
             timeout=httpx2.Timeout(30.0, read=timeout_s),
         ) as response:
             if response.status_code >= 400:
@@ -202,6 +225,10 @@ def _stream(url: str, method: str, body: dict[str, Any] | None, timeout_s: float
         raise typer.Exit(2) from None
     err.print("[red]the stream ended without a terminal event[/]")
     return False
+
+
+def _auth() -> dict[str, str]:
+    return {"Authorization": f"Bearer {API_KEY}"} if API_KEY else {}
 
 
 def _detail(response: httpx2.Response) -> str:

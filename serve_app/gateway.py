@@ -31,6 +31,7 @@ from agents.errors import (
     RequestInvalid,
     RequestTooLarge,
     TenantLimited,
+    Unauthorized,
     UnknownAgent,
     UnknownRun,
 )
@@ -250,6 +251,7 @@ class Gateway:
             Route("/v1/runs/{run_id}", self._http_get_run, methods=["GET"]),
             Route("/v1/runs/{run_id}/events", self._http_events, methods=["GET"]),
             Route("/v1/runs/{run_id}/cancel", self._http_cancel, methods=["POST"]),
+            Route("/v1/admin/tenants", self._http_admin_tenants, methods=["GET"]),
         ]
         return Starlette(
             routes=routes,
@@ -306,6 +308,27 @@ class Gateway:
         runs = await self._client()
         await runs.cancel(run_id)
         return JSONResponse((await runs.summary(run_id)).model_dump(mode="json"))
+
+    async def _http_admin_tenants(self, request: Request) -> Response:
+        """Every tenant with its limits and today's usage (admin key only)."""
+        if not self._auth.is_admin(request.headers.get("authorization")):
+            raise Unauthorized("an admin key is required")
+        await self._client()
+        assert self._limiter is not None
+        tenants: list[dict[str, Any]] = []
+        for tenant in self._auth.config.tenants:
+            usage = await self._limiter.usage.remote(tenant.id)
+            tenants.append(
+                {
+                    "id": tenant.id,
+                    "agents": tenant.agents,
+                    "limits": tenant.limits.model_dump(mode="json"),
+                    "usage": usage,
+                    "keys": len(tenant.api_key_sha256),
+                    "own_credentials": sorted(tenant.credentials),
+                }
+            )
+        return JSONResponse({"tenants": tenants})
 
     def _sse(self, run_id: str, after: int, headers: dict[str, str] | None = None) -> Response:
         # Only called once the caller is known to own the run.

@@ -321,6 +321,20 @@ def _paths() -> dict[str, Any]:
                 },
             }
         },
+        "/v1/admin/tenants": {
+            "get": {
+                "operationId": "listTenants",
+                "summary": "Every tenant with its limits and today's usage (admin key only).",
+                "security": [{"bearer": []}],
+                "responses": {
+                    "200": {
+                        "description": "The tenants.",
+                        "content": {"application/json": {"schema": {"type": "object"}}},
+                    },
+                    "401": _UNAUTHORIZED,
+                },
+            }
+        },
     }
 
 

@@ -17,6 +17,13 @@ import pytest
 # inherit this) talks over loopback only. Read when `ray` is first imported: set it first.
 os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"
 
+# A tenant's own provider key (tests/serve/tenants.py, tenant `byok`), set before Ray starts
+# so every Ray worker inherits it. A canary: tests/serve/test_secrets.py checks it reaches the
+# provider and appears nowhere else. Not one of the variables `_no_network` clears.
+CANARY_ENV = "RAYFLEET_TEST_CANARY_KEY"
+CANARY = "sk-canary-696b10d2be179319be66d960"
+os.environ[CANARY_ENV] = CANARY
+
 pytest_plugins = ["tests.fixtures_sim"]
 
 _real_connect = socket.socket.connect

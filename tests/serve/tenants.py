@@ -1,17 +1,25 @@
-"""The tenants of the test session's app: two teams with keys, and the anonymous default."""
+"""The tenants of the test session's app: teams with keys, tenants with their own provider
+keys (BYOK), and the anonymous default."""
 
 from __future__ import annotations
 
+from actors.credentials import CredentialRef
 from actors.limiter import TenantLimits
 from serve_app.tenancy import TenancyConfig, TenantConfig, digest
+from tests.conftest import CANARY as CANARY  # the `byok` tenant's provider key
+from tests.conftest import CANARY_ENV
 
 ACME_KEY = "rf-test-acme-7d1c5e"
 GLOBEX_KEY = "rf-test-globex-0b94aa"
 LIMITED_KEY = "rf-test-limited-51f0c2"
 THRIFTY_KEY = "rf-test-thrifty-9e3d11"
 ADMIN_KEY = "rf-test-admin-c4a2f8"
+BYOK_KEY = "rf-test-byok-3a8e07"
+BYOK_MISSING_KEY = "rf-test-byok-missing-62d9b4"
 LIMITED_RPM = 30
 THRIFTY_BUDGET_USD = 0.03
+UNSET_ENV = "RAYFLEET_TEST_UNSET_KEY"
+"""Set nowhere: the provider key of `byok_missing`."""
 
 TENANCY = TenancyConfig(
     tenants=(
@@ -27,6 +35,21 @@ TENANCY = TenancyConfig(
             id="thrifty",
             api_key_sha256=(digest(THRIFTY_KEY),),
             limits=TenantLimits(daily_budget_usd=THRIFTY_BUDGET_USD),
+        ),
+        TenantConfig(
+            id="byok",
+            api_key_sha256=(digest(BYOK_KEY),),
+            credentials={
+                "sim-openai": CredentialRef(env=CANARY_ENV),
+                "sim-anthropic": CredentialRef(env=CANARY_ENV),
+            },
+            use_default_credentials=False,
+        ),
+        TenantConfig(
+            id="byok_missing",
+            api_key_sha256=(digest(BYOK_MISSING_KEY),),
+            credentials={"sim-openai": CredentialRef(env=UNSET_ENV)},
+            use_default_credentials=False,
         ),
     ),
     anonymous_tenant="default",

@@ -16,6 +16,7 @@ from tests.helpers import wait_for
 from tests.serve.conftest import Service
 from tests.serve.tenants import (
     ACME_KEY,
+    ADMIN_KEY,
     GLOBEX_KEY,
     LIMITED_KEY,
     LIMITED_RPM,
@@ -180,3 +181,13 @@ def test_spend_never_goes_over_a_tenants_daily_budget(service: Service, sim: Sim
         pytest.fail("the budget never ran out")
     assert sum(costs) <= THRIFTY_BUDGET_USD
     assert costs and costs[0] > 0
+
+
+def test_the_admin_view_needs_the_admin_key(service: Service) -> None:
+    assert service.http.get("/v1/admin/tenants").status_code == 401
+    assert service.http.get("/v1/admin/tenants", headers=auth(ACME_KEY)).status_code == 401
+    response = service.http.get("/v1/admin/tenants", headers=auth(ADMIN_KEY))
+    assert response.status_code == 200
+    tenants = {t["id"]: t for t in response.json()["tenants"]}
+    assert tenants["limited"]["limits"]["requests_per_min"] == LIMITED_RPM
+    assert "api_key_sha256" not in response.text  # digests stay in the config

@@ -19,6 +19,7 @@ from ray.serve.schema import HTTPOptionsSchema, ServeApplicationSchema, ServeDep
 from agents.errors import ConfigError
 from serve_app.config import AppConfig
 from serve_app.simulator import SimSettings
+from serve_app.tenancy import TenancyConfig
 
 CLUSTER = Path(__file__).resolve().parents[2] / "cluster"
 THROUGHPUT_ENV = "RAY_SERVE_THROUGHPUT_OPTIMIZED"
@@ -82,6 +83,19 @@ def test_serve_yaml_is_valid_for_serve_and_for_rayfleet() -> None:
     assert apps["rayfleet"].route_prefix == "/"
     assert apps["rayfleet-sim"].import_path == "serve_app.simulator.deployment:build"
     assert apps["rayfleet-sim"].route_prefix == "/sim"
+
+
+def test_serve_yaml_tenants_are_valid_gateway_user_config() -> None:
+    config = load("serve.yaml")
+    app = next(a for a in config["applications"] if a["name"] == "rayfleet")
+    gateway = next(d for d in app["deployments"] if d["name"] == "gateway")
+    tenancy = TenancyConfig.model_validate(gateway["user_config"])
+    assert tenancy.anonymous_tenant == "default"
+    assert {t.id for t in tenancy.tenants} == {"default", "acme"}
+    broken = copy.deepcopy(gateway["user_config"])
+    broken["tenants"][1]["limits"]["requests_per_minute"] = 5
+    with pytest.raises(ValidationError, match="requests_per_minute"):
+        TenancyConfig.model_validate(broken)
 
 
 def test_serve_yaml_points_the_providers_at_the_simulator_app() -> None:

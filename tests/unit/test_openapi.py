@@ -113,7 +113,9 @@ def test_every_operation_documents_its_errors_as_problem_json() -> None:
                     )
                 if status in ("429", "503"):
                     assert response["headers"]["Retry-After"]["required"] is True
-            if path.startswith("/v1/"):
+            if path.startswith("/v1/admin/"):
+                assert op["security"] == [{"bearer": []}], "admin routes need a key"
+            elif path.startswith("/v1/"):
                 assert "401" in op["responses"], (method, path)
                 assert "security" not in op, "the document-wide bearer (optional) applies"
             else:
