@@ -55,3 +55,5 @@ class TenantContext(BaseModel):
     use_default_credentials: bool = True
     metered: bool = False
     """Reserve and settle tokens and dollars with the tenant limiter around model calls."""
+    shadow_of: str | None = None
+    """Set for a shadow run: the primary run whose recorded side effects it replays."""

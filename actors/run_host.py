@@ -6,27 +6,31 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 import re
 import secrets
 from collections import OrderedDict
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Coroutine
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import httpx2
 
 from actors.credentials import TenantContext
+from actors.outcomes import RunOutcome
 from actors.router import ModelRouter
 from actors.settings import RuntimeSettings
+from actors.switches import KillSwitches
 from actors.tenant_model import LimiterPort, TenantModel
 from agents.errors import Overloaded, RequestInvalid, UnknownRun
 from agents.eventlog import EventLog
-from agents.events import Event
+from agents.events import Event, RunCreated, ToolCalled, ToolResulted
 from agents.loop import Coalescing, Ports, RunInput, execute_run
-from agents.ports import MemoryPort, ToolPort
+from agents.messages import ToolCall
+from agents.ports import MemoryPort, ToolOutcome, ToolPort
 from agents.pricing import PriceTable
-from agents.spec import AgentSpec
+from agents.spec import AgentSpec, ToolSpec
 from agents.summary import RunSummary, summarize
 
 if TYPE_CHECKING:
@@ -61,6 +65,99 @@ class RunStorePort(Protocol):
 
     async def load_run(self, run_id: str) -> RunRecord | None: ...
 
+    async def settings(self, prefix: str) -> dict[str, str]: ...
+
+
+class _GuardedTools:
+    """The host's tools, refusing any tool a kill switch covers (the model sees it fail)."""
+
+    def __init__(self, tools: ToolPort, switches: Callable[[], KillSwitches]) -> None:
+        self._tools = tools
+        self._switches = switches
+
+    async def call(
+        self, tool: ToolSpec, call: ToolCall, *, idempotency_key: str, timeout_s: float
+    ) -> ToolOutcome:
+        reason = self._switches().tool_killed(tool.name)
+        if reason is not None:
+            return ToolOutcome(ok=False, output="", error=f"unavailable: {reason}")
+        return await self._tools.call(
+            tool, call, idempotency_key=idempotency_key, timeout_s=timeout_s
+        )
+
+
+class _ShadowTools:
+    """A shadow run's tools: read-only tools run; a side-effecting one never does. It gets
+    the primary run's recorded result for the same call, else the tool's dry-run result."""
+
+    def __init__(self, tools: ToolPort, store: RunStorePort, primary_run_id: str) -> None:
+        self._tools = tools
+        self._store = store
+        self._primary = primary_run_id
+        self._recorded: dict[tuple[str, str], ToolOutcome] | None = None
+
+    async def _primary_results(self) -> dict[tuple[str, str], ToolOutcome]:
+        if self._recorded is None:
+            record = await self._store.load_run(self._primary)
+            events = record.events if record is not None else []
+            calls = {e.call_id: e for e in events if isinstance(e, ToolCalled)}
+            self._recorded = {}
+            for event in events:
+                if isinstance(event, ToolResulted) and event.call_id in calls:
+                    key = (event.tool, _canonical(calls[event.call_id].arguments))
+                    outcome = ToolOutcome(ok=event.ok, output=event.output, error=event.error)
+                    self._recorded.setdefault(key, outcome)
+        return self._recorded
+
+    async def call(
+        self, tool: ToolSpec, call: ToolCall, *, idempotency_key: str, timeout_s: float
+    ) -> ToolOutcome:
+        if not tool.side_effects:
+            return await self._tools.call(
+                tool, call, idempotency_key=idempotency_key, timeout_s=timeout_s
+            )
+        recorded = (await self._primary_results()).get((tool.name, _canonical(call.arguments)))
+        if recorded is not None:
+            return recorded
+        if tool.dry_run_result is not None:
+            return ToolOutcome(ok=True, output=json.dumps(tool.dry_run_result))
+        return ToolOutcome(
+            ok=False, output="", error=f"{tool.name} is not executed in a shadow run"
+        )
+
+
+def _canonical(arguments: dict[str, Any]) -> str:
+    return json.dumps(arguments, sort_keys=True)
+
+
+class OutcomePort(Protocol):
+    """Where a finished run's outcome goes (actors.outcomes.OutcomeStore, or its actor)."""
+
+    async def record_run(self, outcome: RunOutcome) -> None: ...
+
+
+def outcome_of(events: list[Event]) -> RunOutcome | None:
+    """A finished run's outcome, from its events (None while it is still running)."""
+    summary = summarize(events)
+    if summary.status == "running" or summary.ended_at is None:
+        return None
+    created = events[0]
+    assert isinstance(created, RunCreated)
+    return RunOutcome(
+        run_id=summary.run_id,
+        agent=summary.agent,
+        version=summary.version,
+        tenant=summary.tenant,
+        assignment=created.assignment,
+        status=summary.status,
+        cost_usd=summary.cost_usd,
+        run_s=max(0.0, summary.ended_at - summary.created_at),
+        ended_at=summary.ended_at,
+        primary_run_id=created.primary_run_id,
+        output=summary.output,
+        steps=summary.steps,
+    )
+
 
 @dataclass
 class _Run:
@@ -81,13 +178,17 @@ class RunHost:
         store: RunStorePort | None = None,
         on_run_end: Callable[[str], None] | None = None,
         limiter: LimiterPort | None = None,
+        outcomes: OutcomePort | None = None,
     ) -> None:
         self.host_id = host_id
         self._settings = settings
-        self._tools = tools
+        self._switches = KillSwitches()
+        self._switch_watch: asyncio.Task[None] | None = None
+        self._tools = _GuardedTools(tools, lambda: self._switches)
         self._memory = memory
         self._store = store
         self._limiter = limiter
+        self._outcomes = outcomes
         self._prices = PriceTable(settings.prices)
         self._dirty: dict[str, EventLog] = {}
         self._background: set[asyncio.Task[None]] = set()
@@ -151,8 +252,19 @@ class RunHost:
     ) -> EventLog:
         durable = self._store is not None
         log = EventLog(request.run_id, events, durable=durable, on_append=self._mark_dirty)
-        model = TenantModel(self._model(), context, self._prices, self._limiter)
-        ports = Ports(model=model, tools=self._tools, memory=self._memory)
+        self._watch_switches()
+        model = TenantModel(
+            self._model(), context, self._prices, self._limiter, lambda: self._switches
+        )
+        tools: ToolPort = self._tools
+        if context.shadow_of is not None and self._store is not None:
+            tools = _ShadowTools(self._tools, self._store, context.shadow_of)
+        ports = Ports(
+            model=model,
+            tools=tools,
+            memory=self._memory,
+            guard=lambda: self._switches.run_killed(spec.name, spec.version, context.tenant),
+        )
         task = asyncio.create_task(
             execute_run(spec, request, ports, log, coalescing=self._coalescing),
             name=request.run_id,
@@ -160,6 +272,23 @@ class RunHost:
         self._runs[request.run_id] = _Run(spec.key, log, task)
         task.add_done_callback(lambda _: self._finish(request.run_id, context.tenant))
         return log
+
+    def _watch_switches(self) -> None:
+        if self._store is not None and self._switch_watch is None:
+            self._switch_watch = asyncio.create_task(self._poll_switches(self._store))
+
+    async def _poll_switches(self, store: RunStorePort) -> None:
+        """Kill switches live in the store; a running run sees a new one within a poll."""
+        while True:
+            try:
+                found = await store.settings("kill/")
+                merged = KillSwitches()
+                for _, value in sorted(found.items()):
+                    merged = merged.merged(KillSwitches.model_validate_json(value))
+                self._switches = merged
+            except Exception as exc:  # keep the last known switches; try again
+                logger.warning("reading kill switches failed: %r", exc)
+            await asyncio.sleep(self._settings.switches_poll_s)
 
     def _mark_dirty(self, log: EventLog) -> None:
         self._dirty[log.run_id] = log
@@ -194,15 +323,22 @@ class RunHost:
 
     def _finish(self, run_id: str, tenant: str) -> None:
         if self._limiter is not None:
-            ended = asyncio.create_task(self._limiter.end_run(tenant))
-            self._background.add(ended)
-            ended.add_done_callback(self._background.discard)
+            self._in_background(self._limiter.end_run(tenant))
+        if self._outcomes is not None:
+            outcome = outcome_of(self._runs[run_id].log.events())
+            if outcome is not None:
+                self._in_background(self._outcomes.record_run(outcome))
         self._finished[run_id] = None
         while len(self._finished) > self._settings.finished_runs_kept:
             evicted, _ = self._finished.popitem(last=False)
             self._runs.pop(evicted, None)
         if self._on_run_end is not None:
             self._on_run_end(self.host_id)
+
+    def _in_background(self, call: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.create_task(call)
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
 
     def _run(self, run_id: str) -> _Run:
         run = self._runs.get(run_id)

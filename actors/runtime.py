@@ -7,6 +7,7 @@ and any replica can find it by id:
     rayfleet-tools             ToolPool      Python function tools
     rayfleet-memory            MemoryStore   conversation threads
     rayfleet-limiter           TenantLimiter tenant limits, exact across replicas
+    rayfleet-outcomes          OutcomeStore  runs' outcomes, per-version stats
     rayfleet-runhost-<host>    RunHost       the runs themselves
 The singletons live on the head node; run hosts go wherever `run_host_resources` allow.
 """
@@ -25,6 +26,7 @@ from ray.exceptions import RayActorError
 from actors.credentials import TenantContext
 from actors.limiter import Admission, TenantLimiterActor
 from actors.memory import MemoryStoreActor
+from actors.outcomes import OutcomeStoreActor, RunOutcome
 from actors.run_host import RunHost, host_of, new_run_id
 from actors.run_pool import RunPool
 from actors.settings import RuntimeSettings
@@ -45,6 +47,7 @@ STORE_ACTOR = "rayfleet-store"
 TOOLS_ACTOR = "rayfleet-tools"
 MEMORY_ACTOR = "rayfleet-memory"
 LIMITER_ACTOR = "rayfleet-limiter"
+OUTCOMES_ACTOR = "rayfleet-outcomes"
 HOST_PREFIX = "rayfleet-runhost-"
 # I/O-bound actors: a small reservation, many concurrent calls (every live stream is one).
 _ACTOR_OPTIONS: dict[str, Any] = {"num_cpus": 0.01, "lifetime": "detached"}
@@ -117,6 +120,10 @@ class RemoteStore:
         record: RunRecord | None = await self._actor.load_run.remote(run_id)
         return record
 
+    async def settings(self, prefix: str) -> dict[str, str]:
+        found: dict[str, str] = await self._actor.settings.remote(prefix)
+        return found
+
 
 class RemoteLimiter:
     """The tenant limiter's actor as a LimiterPort."""
@@ -133,6 +140,16 @@ class RemoteLimiter:
 
     async def end_run(self, tenant: str) -> None:
         await self._actor.end_run.remote(tenant)
+
+
+class RemoteOutcomes:
+    """The outcome store's actor as an OutcomePort."""
+
+    def __init__(self, actor: ActorHandle[Any]) -> None:
+        self._actor = actor
+
+    async def record_run(self, outcome: RunOutcome) -> None:
+        await self._actor.record_run.remote(outcome)
 
 
 @ray.remote
@@ -152,6 +169,7 @@ class RunHostActor(RunHost):
             RemoteStore(named(STORE_ACTOR)),
             on_run_end=lambda h: pool.release.remote(h),
             limiter=RemoteLimiter(named(LIMITER_ACTOR)),
+            outcomes=RemoteOutcomes(named(OUTCOMES_ACTOR)),
         )
 
     def ready(self) -> bool:
@@ -276,6 +294,9 @@ async def ensure_runtime(settings: RuntimeSettings) -> ActorHandle[Any]:
     MemoryStoreActor.options(
         name=MEMORY_ACTOR, namespace=ns, get_if_exists=True, **_ON_HEAD
     ).remote(settings.memory_path)
+    OutcomeStoreActor.options(
+        name=OUTCOMES_ACTOR, namespace=ns, get_if_exists=True, **_ON_HEAD
+    ).remote(settings.outcomes_path)
     TenantLimiterActor.options(
         name=LIMITER_ACTOR, namespace=ns, get_if_exists=True, **_ON_HEAD
     ).remote({})
@@ -327,6 +348,7 @@ class Runs:
         thread_id: str | None = None,
         context: TenantContext | None = None,
         namespace: str | None = None,
+        assignment: str = "stable",
     ) -> str:
         context = context or TenantContext()
         host_id = await self._pool.acquire.remote()
@@ -336,6 +358,8 @@ class Runs:
             thread_id=thread_id,
             namespace=namespace or context.tenant,
             tenant=context.tenant,
+            assignment=assignment,
+            primary_run_id=context.shadow_of,
         )
         host = self._handle(host_id)
         if host is None:

@@ -84,6 +84,13 @@ class RuntimeSettings(BaseModel):
     tool_retry: ToolRetrySettings = Field(
         default_factory=ToolRetrySettings, description="Retries of transient tool failures."
     )
+    outcomes_path: str = Field(
+        "/tmp/rayfleet/outcomes.sqlite",
+        description="SQLite file of run outcomes (per-version stats, canary gates).",
+    )
+    switches_poll_s: float = Field(
+        1.0, gt=0, description="How often run hosts re-read the kill switches."
+    )
     memory_path: str = Field(
         "/tmp/rayfleet/memory.sqlite",
         description="SQLite file of the memory store (on the node that hosts its actor).",

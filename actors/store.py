@@ -30,6 +30,10 @@ _SCHEMA = (
         ended INTEGER NOT NULL DEFAULT 0
     )""",
     "CREATE INDEX IF NOT EXISTS runs_by_host ON runs (host_id, ended)",
+    """CREATE TABLE IF NOT EXISTS settings (
+        key TEXT PRIMARY KEY,
+        value TEXT NOT NULL
+    )""",
     """CREATE TABLE IF NOT EXISTS events (
         run_id TEXT NOT NULL,
         seq INTEGER NOT NULL,
@@ -107,6 +111,21 @@ class RunStore:
             self._read, "SELECT run_id FROM runs WHERE host_id = ? AND ended = 0", (host_id,)
         )
         return [str(row[0]) for row in rows]
+
+    async def put_setting(self, key: str, value: str | None) -> None:
+        """Shared, durable settings (kill switches, rollbacks); None deletes the key."""
+        if value is None:
+            await asyncio.to_thread(self._write, "DELETE FROM settings WHERE key = ?", [(key,)])
+        else:
+            await asyncio.to_thread(
+                self._write, "INSERT OR REPLACE INTO settings VALUES (?, ?)", [(key, value)]
+            )
+
+    async def settings(self, prefix: str) -> dict[str, str]:
+        rows = await asyncio.to_thread(
+            self._read, "SELECT key, value FROM settings WHERE key LIKE ?", (prefix + "%",)
+        )
+        return {str(k): str(v) for k, v in rows}
 
     def _write(self, sql: str, rows: list[tuple[object, ...]]) -> None:
         with self._lock:

@@ -3,13 +3,14 @@ and its token and dollar limits reserved before each call and settled after."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from typing import Protocol
 
 from actors.credentials import TenantContext
 from actors.limiter import Admission
 from actors.router import Credentials, ModelRouter
-from agents.errors import TenantLimited
+from actors.switches import KillSwitches
+from agents.errors import Killed, TenantLimited
 from agents.messages import Message, TextDelta, ToolSchema, Usage
 from agents.ports import Discard, ModelResult
 from agents.pricing import PriceTable
@@ -42,12 +43,14 @@ class TenantModel:
         context: TenantContext,
         prices: PriceTable,
         limiter: LimiterPort | None,
+        switches: Callable[[], KillSwitches] | None = None,
     ) -> None:
         self._router = router
         self._context = context
         self._prices = prices
         self._limiter = limiter if context.metered else None
         self._credentials: Credentials | None = None
+        self._switches = switches
 
     def _resolve(self) -> Credentials | None:
         context = self._context
@@ -58,6 +61,19 @@ class TenantModel:
             self._credentials = Credentials(keys, allow_default=context.use_default_credentials)
         return self._credentials
 
+    def _unkilled(self, tier: TierSpec) -> TierSpec:
+        """The tier without the models a kill switch covers; none left ends the run."""
+        if self._switches is None:
+            return tier
+        switches = self._switches()
+        reasons = [switches.model_killed(ref.model, ref.provider) for ref in tier.chain]
+        if not any(reasons):
+            return tier
+        chain = tuple(ref for ref, reason in zip(tier.chain, reasons, strict=True) if not reason)
+        if not chain:
+            raise Killed(next(r for r in reasons if r))
+        return tier.model_copy(update={"chain": chain})
+
     async def stream(
         self,
         tier: TierSpec,
@@ -66,6 +82,7 @@ class TenantModel:
         *,
         timeout_s: float,
     ) -> AsyncIterator[TextDelta | Discard | ModelResult]:
+        tier = self._unkilled(tier)
         credentials = self._resolve()
         if self._limiter is None:
             async for item in self._router.stream(

@@ -20,6 +20,7 @@
     │   ├── ProviderRejected      not retryable: other 4xx
     │   └── AllProvidersFailed
     ├── TenantLimited             over a tenant limit (429 + Retry-After)
+    ├── Killed                    a kill switch is on (503; in a run: run.cancelled)
     └── Overloaded                no capacity to start a run
 
 Every error crosses Ray boundaries pickled: each class passes all its constructor
@@ -209,6 +210,16 @@ class TenantLimited(RayfleetError):
         self.quota = quota
         self.remaining = remaining
         self.reset_s = reset_s
+
+
+class Killed(RayfleetError):
+    """A kill switch covers this agent, version, tenant or the whole service."""
+
+    code = "killed"
+
+    def __init__(self, message: str, retry_after_s: float = 30.0) -> None:
+        super().__init__(message, retry_after_s)
+        self.retry_after_s = retry_after_s
 
 
 class Overloaded(RayfleetError):

@@ -31,6 +31,9 @@ class RunCreated(_Event):
     input: str
     thread_id: str | None = None
     tenant: str = "default"
+    assignment: str = "stable"
+    """stable, canary, shadow or pinned (the caller chose the version)."""
+    primary_run_id: str | None = None
 
 
 class StepStarted(_Event):

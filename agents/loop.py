@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pydantic import BaseModel, ConfigDict
 
 from agents.budget import RunBudget
-from agents.errors import BudgetExceeded, RayfleetError, RunTimeout
+from agents.errors import BudgetExceeded, Killed, RayfleetError, RunTimeout
 from agents.eventlog import EventLog
 from agents.events import (
     BudgetExceededEvent,
@@ -57,6 +57,10 @@ class RunInput(BaseModel):
     namespace: str = "default"
     """Memory namespace: the tenant's."""
     tenant: str = "default"
+    assignment: str = "stable"
+    """How the run got its version: stable, canary, shadow or pinned."""
+    primary_run_id: str | None = None
+    """For a shadow run: the run it mirrors."""
 
 
 @dataclass
@@ -64,6 +68,8 @@ class Ports:
     model: ModelPort
     tools: ToolPort
     memory: MemoryPort | None = None
+    guard: Callable[[], str | None] | None = None
+    """Checked at every step boundary: a reason (a kill switch) ends the run there."""
 
 
 @dataclass
@@ -107,6 +113,8 @@ async def execute_run(
             input=request.input,
             thread_id=request.thread_id,
             tenant=request.tenant,
+            assignment=request.assignment,
+            primary_run_id=request.primary_run_id,
         )
     created_ts = log.events()[0].ts
     budget = RunBudget(spec.budgets, clock=clock, elapsed_s=max(0.0, wall_clock() - created_ts))
@@ -118,6 +126,9 @@ async def execute_run(
             output = await _loop(run)
     except asyncio.CancelledError:
         log.emit(RunCancelled, reason="cancelled", **_spent(budget))
+        return
+    except Killed as exc:
+        log.emit(RunCancelled, reason=f"killed: {exc.message}", **_spent(budget))
         return
     except TimeoutError:
         # Only our own deadline is a run timeout; a TimeoutError escaping a port is a bug there.
@@ -188,6 +199,9 @@ async def _loop(run: _Run) -> str:
             await _remember(run, state.answer)
             return state.answer
         if state.phase == "next":
+            reason = run.ports.guard() if run.ports.guard is not None else None
+            if reason is not None:
+                raise Killed(reason)
             _check_budget(run)
             budget.steps = state.step = state.step + 1
             log.emit(StepStarted, step=state.step)

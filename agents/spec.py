@@ -58,6 +58,11 @@ class ToolSpec(_Config):
     )
     function: str = Field(pattern=r"^[\w.]+:[\w.]+$", description="Import path 'module:attr'.")
     side_effects: bool = Field(False, description="True if calling it changes the world.")
+    dry_run_result: JsonValue | None = Field(
+        None,
+        description="What a shadow run gets from this side-effecting tool when the primary "
+        "run made no matching call (shadows never execute side effects).",
+    )
     timeout_s: float | None = Field(
         None, gt=0, description="Per-call timeout; default is the agent's tool_call_timeout_s."
     )

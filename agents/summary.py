@@ -25,6 +25,7 @@ class RunSummary(BaseModel):
 
     run_id: str
     tenant: str = "default"
+    assignment: str = "stable"
     agent: str
     version: str
     status: RunStatus
@@ -55,6 +56,7 @@ def summarize(events: list[Event]) -> RunSummary:
     base = {
         "run_id": first.run_id,
         "tenant": first.tenant,
+        "assignment": first.assignment,
         "agent": first.agent,
         "version": first.version,
         "input": first.input,

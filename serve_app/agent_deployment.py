@@ -43,10 +43,11 @@ class AgentDeployment:
         thread_id: str | None = None,
         context: TenantContext | None = None,
         namespace: str | None = None,
+        assignment: str = "stable",
     ) -> str:
         """Start a run of this version for a tenant; returns its run id."""
         runs = await self._client()
-        return await runs.start(self._spec, input, thread_id, context, namespace)
+        return await runs.start(self._spec, input, thread_id, context, namespace, assignment)
 
     def spec(self) -> AgentSpec:
         return self._spec

@@ -27,7 +27,10 @@ def build_app(config: AppConfig) -> Application:
     }
     return Gateway.options(  # type: ignore[attr-defined,no-any-return]
         num_replicas=config.gateway_replicas,
-        user_config=config.tenancy.model_dump(mode="json"),
+        user_config={
+            **config.tenancy.model_dump(mode="json"),
+            "traffic": config.traffic.model_dump(mode="json"),
+        },
     ).bind(agents, specs, config)
 
 

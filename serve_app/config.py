@@ -9,9 +9,10 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from actors.settings import RuntimeSettings
 from agents.errors import ConfigError
-from agents.examples import example_specs
+from agents.examples import EXAMPLES_DIR, example_specs
 from agents.spec import AgentSpec
 from serve_app.tenancy import TenancyConfig
+from serve_app.traffic import TrafficConfig
 
 
 class AppConfig(BaseModel):
@@ -20,7 +21,9 @@ class AppConfig(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
     agents: tuple[str, ...] = Field(
-        (), description="Agent spec YAML files; empty means the built-in example agents."
+        (),
+        description="Agent spec YAML files, or 'example:<file>' for one shipped in "
+        "agents/examples; empty means the built-in example agents.",
     )
     runtime: RuntimeSettings = Field(
         default_factory=RuntimeSettings, description="Providers, prices, run pooling."
@@ -28,6 +31,10 @@ class AppConfig(BaseModel):
     tenancy: TenancyConfig = Field(
         default_factory=TenancyConfig,
         description="Tenants, keys, limits; the gateway's user_config (changeable live).",
+    )
+    traffic: TrafficConfig = Field(
+        default_factory=TrafficConfig,
+        description="Version weights, shadows, canary gates, kill switches (live).",
     )
     max_body_bytes: int = Field(1_048_576, gt=0, description="Largest request body accepted.")
     sse_ping_s: float = Field(15.0, gt=0, description="Keep-alive comment interval on SSE.")
@@ -46,9 +53,7 @@ class AppConfig(BaseModel):
             raise ConfigError("invalid rayfleet app config:\n" + "\n".join(lines)) from None
 
     def load_specs(self) -> list[AgentSpec]:
-        specs = (
-            [AgentSpec.from_yaml(Path(p)) for p in self.agents] if self.agents else example_specs()
-        )
+        specs = [AgentSpec.from_yaml(_spec_path(p)) for p in self.agents] or example_specs()
         seen: set[str] = set()
         for spec in specs:
             if spec.key in seen:
@@ -63,3 +68,11 @@ class AppConfig(BaseModel):
                             f"(known: {known})"
                         )
         return specs
+
+
+def _spec_path(entry: str) -> Path:
+    """A spec file: 'example:<file>' is one shipped with rayfleet (found wherever it is
+    installed, so a deploy config need not know the cluster's paths)."""
+    if entry.startswith("example:"):
+        return EXAMPLES_DIR / entry.removeprefix("example:")
+    return Path(entry)

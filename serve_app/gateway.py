@@ -6,10 +6,14 @@ the run's events straight from the run host that owns it (one Ray hop per batch 
 
 from __future__ import annotations
 
+import asyncio
+import itertools
 import json
+import logging
 import re
-from collections.abc import AsyncIterator
-from typing import Any, TypeVar
+import uuid
+from collections.abc import AsyncIterator, Coroutine
+from typing import Any, Literal, TypeVar
 
 import ray
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
@@ -25,8 +29,17 @@ from starlette.routing import Route
 
 from actors.credentials import TenantContext
 from actors.limiter import Admission
-from actors.runtime import LIMITER_ACTOR, Runs, check_agents_package, ensure_runtime
+from actors.runtime import (
+    LIMITER_ACTOR,
+    OUTCOMES_ACTOR,
+    STORE_ACTOR,
+    Runs,
+    check_agents_package,
+    ensure_runtime,
+)
+from actors.switches import KillSwitches
 from agents.errors import (
+    Killed,
     RayfleetError,
     RequestInvalid,
     RequestTooLarge,
@@ -39,12 +52,34 @@ from agents.events import Event
 from agents.spec import AgentSpec
 from agents.summary import RunSummary
 from serve_app.config import AppConfig
+from serve_app.delivery import KILL_ADMIN, Delivery
 from serve_app.http_errors import error_response, problem
 from serve_app.openapi import openapi_endpoint
 from serve_app.sse import to_sse
 from serve_app.tenancy import Authenticator, TenancyConfig, TenantConfig
+from serve_app.traffic import Choice, TrafficConfig
 
+logger = logging.getLogger("rayfleet")
 _M = TypeVar("_M", bound=BaseModel)
+
+
+class OutcomeRequest(BaseModel):
+    """Body of `POST /v1/runs/{id}/outcome`."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    success: bool = Field(description="Did the run do what the user needed?")
+    score: float | None = Field(None, allow_inf_nan=False, description="Optional quality score.")
+
+
+class KillRequest(BaseModel):
+    """Body of `POST /v1/admin/kill`: a reason switches off, null switches back on."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    scope: Literal["global", "agents", "versions", "tenants", "tools", "models"]
+    name: str = Field("", max_length=200, description="What to switch (not for global).")
+    reason: str | None = Field(None, max_length=500, description="Shown to callers.")
 
 
 class RunRequest(BaseModel):
@@ -76,22 +111,68 @@ class Gateway:
         self._specs = {spec.key: spec for spec in specs}
         self._config = config
         self._auth = Authenticator(config.tenancy)
+        versions: dict[str, list[str]] = {}
+        for spec in specs:
+            versions.setdefault(spec.name, []).append(spec.version)
+        self._delivery = Delivery(config.traffic, versions)
         self._runs: Runs | None = None
         self._limiter: ActorHandle[Any] | None = None
+        self._store: ActorHandle[Any] | None = None
+        self._outcomes: ActorHandle[Any] | None = None
+        self._background: set[asyncio.Task[None]] = set()
 
     async def reconfigure(self, user_config: dict[str, Any]) -> None:
-        """Live changes from the deploy config: tenants, keys and limits (no restart)."""
-        self._auth = Authenticator(TenancyConfig.model_validate(user_config))
+        """Live changes from the deploy config (no restart): tenants, keys and limits, and
+        `traffic` (weights, shadows, canary gates, kill switches)."""
+        data = dict(user_config)
+        traffic = TrafficConfig.model_validate(data.pop("traffic", {}))
+        self._auth = Authenticator(TenancyConfig.model_validate(data))
+        self._delivery.configure(traffic)
         await self._client()
         await self._push_limits()
+        assert self._store is not None
+        await self._delivery.publish(self._store.put_setting.remote)
 
     async def _client(self) -> Runs:
         if self._runs is None:
             runtime = self._config.runtime
             self._runs = Runs(runtime, await ensure_runtime(runtime))
             self._limiter = ray.get_actor(LIMITER_ACTOR, namespace=runtime.namespace)
+            self._store = ray.get_actor(STORE_ACTOR, namespace=runtime.namespace)
+            self._outcomes = ray.get_actor(OUTCOMES_ACTOR, namespace=runtime.namespace)
             await self._push_limits()
+            await self._delivery.publish(self._store.put_setting.remote)
+            self._spawn(self._watch())
         return self._runs
+
+    def _spawn(self, work: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.create_task(work)
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+
+    async def _watch(self) -> None:
+        """Adopt shared switches and rollbacks every second; judge canaries every few."""
+        assert self._store is not None
+        for tick in itertools.count():
+            try:
+                self._delivery.refresh(await self._store.settings.remote(""))
+                if tick % 5 == 0:
+                    await self._judge_canaries()
+            except Exception as exc:
+                logger.warning("traffic refresh failed: %r", exc)
+            await asyncio.sleep(1.0)
+
+    async def _judge_canaries(self) -> None:
+        assert self._store is not None and self._outcomes is not None
+        for agent, stable, canary, since in self._delivery.canaries():
+            stable_stats = await self._outcomes.version_stats.remote(agent, stable, since)
+            canary_stats = await self._outcomes.version_stats.remote(agent, canary, since)
+            reasons = self._delivery.judge(agent, stable_stats, canary_stats)
+            if reasons:
+                key, record = self._delivery.rollback_record(agent, "; ".join(reasons))
+                await self._store.put_setting.remote(key, record)
+                self._delivery.refresh(await self._store.settings.remote(""))
+                logger.warning("canary %s@%s rolled back: %s", agent, canary, reasons)
 
     async def _push_limits(self) -> None:
         if self._limiter is not None:
@@ -164,8 +245,18 @@ class Gateway:
         version: str | None,
     ) -> str:
         request = RunRequest(input=input, thread_id=thread_id, version=version)
-        key = self._choose(tenant, agent, request.version)
+        self._choose(tenant, agent, request.version)  # 404 for what the tenant may not run
         await self._client()
+        if request.version is not None:
+            choice = Choice(version=request.version, assignment="stable")
+            assignment = "pinned"
+        else:
+            choice = self._delivery.choose(agent, tenant.id, request.thread_id, uuid.uuid4().hex)
+            assignment = choice.assignment
+        killed = self._delivery.killed(agent, choice.version, tenant.id)
+        if killed is not None:
+            raise Killed(killed)
+        key = f"{agent}@{choice.version}"
         assert self._limiter is not None
         admission: Admission = await self._limiter.admit_run.remote(tenant.id)
         if not admission.ok:
@@ -185,12 +276,31 @@ class Gateway:
         )
         try:
             run_id: str = await self._agents[key].start.remote(
-                request.input, request.thread_id, context, tenant.namespace
+                request.input, request.thread_id, context, tenant.namespace, assignment
             )
         except BaseException:
             await self._limiter.end_run.remote(tenant.id)  # it never started: free the slot
             raise
+        for shadow in choice.shadows:
+            self._spawn(self._shadow(run_id, f"{agent}@{shadow}", tenant, request.input))
         return run_id
+
+    async def _shadow(self, primary: str, key: str, tenant: TenantConfig, text: str) -> None:
+        """Mirror a run to a candidate version once the primary has ended, so the shadow can
+        replay the primary's recorded side effects. Its output reaches nobody; it does not
+        use the thread (its turn must not enter the conversation) or the tenant's limits."""
+        try:
+            async for _ in self._events(primary, 0):
+                pass
+            context = TenantContext(
+                tenant=tenant.id,
+                credentials=tenant.credentials,
+                use_default_credentials=tenant.use_default_credentials,
+                shadow_of=primary,
+            )
+            await self._agents[key].start.remote(text, None, context, tenant.namespace, "shadow")
+        except Exception as exc:  # a shadow is a sample: losing one costs nothing visible
+            logger.warning("shadow run of %s on %s not started: %r", primary, key, exc)
 
     async def _owned(self, tenant: TenantConfig, run_id: str) -> RunSummary:
         """The run's summary, if it is the tenant's; another tenant's run does not exist."""
@@ -251,7 +361,11 @@ class Gateway:
             Route("/v1/runs/{run_id}", self._http_get_run, methods=["GET"]),
             Route("/v1/runs/{run_id}/events", self._http_events, methods=["GET"]),
             Route("/v1/runs/{run_id}/cancel", self._http_cancel, methods=["POST"]),
+            Route("/v1/runs/{run_id}/outcome", self._http_outcome, methods=["POST"]),
             Route("/v1/admin/tenants", self._http_admin_tenants, methods=["GET"]),
+            Route("/v1/admin/kill", self._http_admin_kill, methods=["POST"]),
+            Route("/v1/admin/agents/{agent}/rollback", self._http_rollback, methods=["POST"]),
+            Route("/v1/admin/agents/{agent}/shadows", self._http_shadows, methods=["GET"]),
         ]
         return Starlette(
             routes=routes,
@@ -268,7 +382,69 @@ class Gateway:
         return self._auth.authenticate(request.headers.get("authorization"))
 
     async def _http_list_agents(self, request: Request) -> Response:
-        return JSONResponse({"agents": self._agents_for(self._caller(request))})
+        agents = self._agents_for(self._caller(request))
+        await self._client()
+        assert self._outcomes is not None
+        for agent in agents:
+            agent["traffic"] = self._delivery.describe(agent["name"])
+            for version in agent["versions"]:
+                stats = await self._outcomes.version_stats.remote(agent["name"], version["version"])
+                version["stats"] = stats.model_dump(mode="json")
+        return JSONResponse({"agents": agents})
+
+    async def _http_outcome(self, request: Request) -> Response:
+        """The caller's verdict on a run: success or not, and an optional score."""
+        tenant = self._caller(request)
+        run_id = request.path_params["run_id"]
+        verdict = _validate(OutcomeRequest, await _read_json(request, 65_536))
+        await self._owned(tenant, run_id)
+        assert self._outcomes is not None
+        await self._outcomes.set_outcome.remote(run_id, verdict.success, verdict.score)
+        return JSONResponse({"run_id": run_id, **verdict.model_dump(mode="json")})
+
+    def _admin(self, request: Request) -> None:
+        if not self._auth.is_admin(request.headers.get("authorization")):
+            raise Unauthorized("an admin key is required")
+
+    async def _http_admin_kill(self, request: Request) -> Response:
+        """Set or clear one kill switch; it is stored, so it survives gateway restarts."""
+        self._admin(request)
+        switch = _validate(KillRequest, await _read_json(request, 65_536))
+        await self._client()
+        assert self._store is not None
+        current = self._delivery.admin_kill().model_dump()
+        if switch.scope == "global":
+            current["global_reason"] = switch.reason
+        elif switch.reason is None:
+            current[switch.scope].pop(switch.name, None)
+        else:
+            current[switch.scope][switch.name] = switch.reason
+        updated = KillSwitches.model_validate(current)
+        await self._store.put_setting.remote(KILL_ADMIN, updated.model_dump_json())
+        self._delivery.refresh(await self._store.settings.remote(""))
+        return JSONResponse({"kill": updated.model_dump(mode="json")})
+
+    async def _http_rollback(self, request: Request) -> Response:
+        """Send the agent's canary weight to 0 now (until its traffic config changes)."""
+        self._admin(request)
+        agent = request.path_params["agent"]
+        await self._client()
+        assert self._store is not None
+        try:
+            key, record = self._delivery.rollback_record(agent, "rolled back by an admin")
+        except ValueError as exc:
+            raise RequestInvalid(str(exc), "agent") from None
+        await self._store.put_setting.remote(key, record)
+        self._delivery.refresh(await self._store.settings.remote(""))
+        return JSONResponse({"agent": agent, "traffic": self._delivery.describe(agent)})
+
+    async def _http_shadows(self, request: Request) -> Response:
+        """How each shadow version compares with the primary it mirrored."""
+        self._admin(request)
+        await self._client()
+        assert self._outcomes is not None
+        pairs = await self._outcomes.shadow_pairs.remote(request.path_params["agent"])
+        return JSONResponse({"pairs": [p.model_dump(mode="json") for p in pairs]})
 
     async def _http_create_run(self, request: Request) -> Response:
         tenant = self._caller(request)

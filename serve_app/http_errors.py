@@ -8,6 +8,7 @@ from typing import Any
 from starlette.responses import JSONResponse
 
 from agents.errors import (
+    Killed,
     NotFound,
     Overloaded,
     ProviderError,
@@ -27,6 +28,7 @@ _STATUS: dict[type[RayfleetError], int] = {
     ProviderError: 502,
     TenantLimited: 429,
     Overloaded: 503,
+    Killed: 503,
 }
 
 

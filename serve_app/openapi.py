@@ -16,8 +16,11 @@ from pydantic import BaseModel, ConfigDict, Field
 from starlette.requests import Request
 from starlette.responses import JSONResponse
 
+from actors.outcomes import ShadowComparison, VersionStats
+from actors.switches import KillSwitches
 from agents.events import event_adapter
 from agents.summary import RunSummary
+from serve_app.traffic import ShadowRule
 
 REF = "#/components/schemas/{model}"
 PROBLEM_JSON = "application/problem+json"
@@ -63,6 +66,31 @@ class AgentVersion(BaseModel):
     version: str
     tiers: list[str]
     tools: list[str]
+    stats: VersionStats | None = Field(
+        None, description="Outcomes of the version's finished runs (shadow runs excluded)."
+    )
+
+
+class RolledBack(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    reason: str = Field(description="Why: the canary gate's breaches, or an admin rollback.")
+    at: float = Field(description="When, unix seconds.")
+
+
+class AgentTrafficState(BaseModel):
+    """The live split of an agent's new runs between its versions."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    weights: dict[str, float] = Field(description="Version -> relative weight, as applied now.")
+    stable: str = Field(description="The version a canary is judged against.")
+    canary: str | None = Field(description="The version under the canary gate, if any.")
+    shadows: list[ShadowRule] = Field(description="Mirrored-traffic rules.")
+    rolled_back: RolledBack | None = Field(
+        description="Set while a rollback holds the canary's weight at 0."
+    )
+    killed: dict[str, str] = Field(description="Version -> why it is switched off.")
 
 
 class AgentInfo(BaseModel):
@@ -72,6 +100,42 @@ class AgentInfo(BaseModel):
     description: str
     current_version: str
     versions: list[AgentVersion]
+    traffic: AgentTrafficState | None = None
+
+
+class OutcomeRecorded(BaseModel):
+    """`POST /v1/runs/{run_id}/outcome`: the verdict as stored."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    run_id: str = Field(pattern=RUN_ID_PATTERN)
+    success: bool
+    score: float | None = None
+
+
+class KillState(BaseModel):
+    """`POST /v1/admin/kill`: the admin's switches after the change (the config's apart)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    kill: KillSwitches
+
+
+class RollbackDone(BaseModel):
+    """`POST /v1/admin/agents/{agent}/rollback`: the agent's traffic after the rollback."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    agent: str = Field(pattern=AGENT_PATTERN)
+    traffic: AgentTrafficState
+
+
+class ShadowReport(BaseModel):
+    """`GET /v1/admin/agents/{agent}/shadows`: each (primary, shadow) version pair."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    pairs: list[ShadowComparison]
 
 
 class AgentList(BaseModel):
@@ -109,7 +173,7 @@ _AUTH = (
 def _schemas() -> dict[str, Any]:
     """Every schema under one namespace: each model's `$defs` lifted into components."""
     # Imported here, not at the top, so the gateway can import this module to mount it.
-    from serve_app.gateway import RunRequest
+    from serve_app.gateway import KillRequest, OutcomeRequest, RunRequest
 
     found: dict[str, Any] = {}
 
@@ -120,8 +184,10 @@ def _schemas() -> dict[str, Any]:
                 raise ValueError(f"two different schemas are both called {key!r}")
             found[key] = value
 
-    add("RunRequest", RunRequest.model_json_schema(ref_template=REF, mode="validation"))
-    for model in (RunSummary, Problem, RunAccepted, AgentList, Health):
+    for request in (RunRequest, OutcomeRequest, KillRequest):
+        add(request.__name__, request.model_json_schema(ref_template=REF, mode="validation"))
+    documented = (RunSummary, Problem, RunAccepted, AgentList, Health)
+    for model in (*documented, OutcomeRecorded, KillState, RollbackDone, ShadowReport):
         add(model.__name__, model.model_json_schema(ref_template=REF, mode="serialization"))
     event = event_adapter.json_schema(ref_template=REF, mode="serialization")
     event["description"] = "One event of a run: the JSON in an SSE frame's `data:`."
@@ -276,7 +342,9 @@ def _paths() -> dict[str, Any]:
                     "422": _problem("Body is not JSON, or a field is invalid (`field` names it)."),
                     "429": _problem("Over a tenant limit.", retry_after=True),
                     "503": _problem(
-                        "No capacity, or the agent version is switched off.", retry_after=True
+                        "No capacity, or a kill switch covers the run (`code` killed, the "
+                        "reason in `detail`).",
+                        retry_after=True,
                     ),
                 },
             }
@@ -318,6 +386,80 @@ def _paths() -> dict[str, Any]:
                     "401": _UNAUTHORIZED,
                     "404": _UNKNOWN_RUN,
                     "503": _OVERLOADED,
+                },
+            }
+        },
+        "/v1/runs/{run_id}/outcome": {
+            "post": {
+                "operationId": "setRunOutcome",
+                "summary": "The caller's verdict on a run: success or not, and a score.",
+                "description": (
+                    "It wins over the automatic outcome (completed = success) in the version "
+                    "statistics and the canary gate; the latest call stands. It may be sent "
+                    "before the run has ended."
+                ),
+                "parameters": [_RUN_ID],
+                "requestBody": {"required": True, "content": _json("OutcomeRequest")},
+                "responses": {
+                    "200": {"description": "Stored.", "content": _json("OutcomeRecorded")},
+                    "401": _UNAUTHORIZED,
+                    "404": _UNKNOWN_RUN,
+                    "413": _problem("Body over the size limit."),
+                    "422": _problem("Body is not JSON, or a field is invalid (`field` names it)."),
+                    "503": _OVERLOADED,
+                },
+            }
+        },
+        "/v1/admin/kill": {
+            "post": {
+                "operationId": "setKillSwitch",
+                "summary": "Switch something off with a reason, or back on with null (admin).",
+                "description": (
+                    "Scopes: global (every run), agents, versions ('agent@version'), tenants "
+                    "(new runs are refused with 503 `killed`, and running ones stop at their "
+                    "next step), tools (calls answer ok=false 'unavailable') and models "
+                    "('provider/model' or a bare model name: skipped, the next in the chain "
+                    "answers). Stored: it holds across gateway restarts until cleared."
+                ),
+                "security": [{"bearer": []}],
+                "requestBody": {"required": True, "content": _json("KillRequest")},
+                "responses": {
+                    "200": {
+                        "description": "The admin switches now.",
+                        "content": _json("KillState"),
+                    },
+                    "401": _problem("Not the admin key."),
+                    "413": _problem("Body over the size limit."),
+                    "422": _problem("Body is not JSON, or a field is invalid (`field` names it)."),
+                },
+            }
+        },
+        "/v1/admin/agents/{agent}/rollback": {
+            "post": {
+                "operationId": "rollbackCanary",
+                "summary": "Send the agent's canary weight to 0 now (admin).",
+                "description": (
+                    "Holds until the agent's traffic config changes: re-weighting or promoting "
+                    "is one deploy."
+                ),
+                "security": [{"bearer": []}],
+                "parameters": [_AGENT],
+                "responses": {
+                    "200": {"description": "Rolled back.", "content": _json("RollbackDone")},
+                    "401": _problem("Not the admin key."),
+                    "422": _problem("The agent has no canary (`field` is agent)."),
+                },
+            }
+        },
+        "/v1/admin/agents/{agent}/shadows": {
+            "get": {
+                "operationId": "compareShadows",
+                "summary": "Shadow runs against the primary runs they mirrored (admin).",
+                "security": [{"bearer": []}],
+                "parameters": [_AGENT],
+                "responses": {
+                    "200": {"description": "One entry per pair.", "content": _json("ShadowReport")},
+                    "401": _problem("Not the admin key."),
                 },
             }
         },

@@ -23,6 +23,7 @@ from typing import Annotated, Literal, Self
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from actors.switches import KillSwitches
 from agents.errors import UnknownAgent
 
 __all__ = [
@@ -121,27 +122,6 @@ class AgentTraffic(_Config):
             if rule.primary is not None:
                 refs.append((f"shadows[{i}].primary", rule.primary))
         return refs
-
-
-class KillSwitches(_Config):
-    """Things switched off right now, each with the reason shown to callers."""
-
-    global_reason: str | None = Field(None, description="Set: every run is refused.")
-    agents: dict[str, str] = Field(default_factory=dict, description="Agent -> reason.")
-    versions: dict[str, str] = Field(default_factory=dict, description="'agent@version' -> reason.")
-    tenants: dict[str, str] = Field(default_factory=dict, description="Tenant id -> reason.")
-    tools: dict[str, str] = Field(default_factory=dict, description="Tool name -> reason.")
-    models: dict[str, str] = Field(
-        default_factory=dict, description="'provider/model' or bare model name -> reason."
-    )
-
-    @model_validator(mode="after")
-    def _version_keys(self) -> Self:
-        for key in self.versions:
-            agent, at, version = key.partition("@")
-            if not (agent and at and version):
-                raise ValueError(f"kill.versions key {key!r} is not 'agent@version'")
-        return self
 
 
 class TrafficConfig(_Config):
@@ -307,35 +287,14 @@ class TrafficRouter:
         )
 
     def killed(self, agent: str, version: str, tenant: str) -> str | None:
-        """Why a run of agent@version for tenant is refused, or None.
-
-        Checked most specific first: the version, the agent, the tenant, then global; the
-        first switch found is the one reported.
-        """
-        kill = self.config.kill
-        key = f"{agent}@{version}"
-        if key in kill.versions:
-            return f"agent version {key!r} is switched off: {kill.versions[key]}"
-        if agent in kill.agents:
-            return f"agent {agent!r} is switched off: {kill.agents[agent]}"
-        if tenant in kill.tenants:
-            return f"tenant {tenant!r} is switched off: {kill.tenants[tenant]}"
-        if kill.global_reason is not None:
-            return f"service is switched off: {kill.global_reason}"
-        return None
+        """Why a run of agent@version for tenant is refused, or None (see KillSwitches)."""
+        return self.config.kill.run_killed(agent, version, tenant)
 
     def tool_killed(self, name: str) -> str | None:
-        """Why tool `name` may not be called, or None."""
-        reason = self.config.kill.tools.get(name)
-        return None if reason is None else f"tool {name!r} is switched off: {reason}"
+        return self.config.kill.tool_killed(name)
 
     def model_killed(self, model: str, provider: str | None = None) -> str | None:
-        """Why a model may not be called, or None; 'provider/model' is checked before `model`."""
-        models = self.config.kill.models
-        for key in ([f"{provider}/{model}"] if provider is not None else []) + [model]:
-            if key in models:
-                return f"model {key!r} is switched off: {models[key]}"
-        return None
+        return self.config.kill.model_killed(model, provider)
 
     def with_weights(self, agent: str, weights: Mapping[str, float]) -> TrafficConfig:
         """A copy of the config with `agent`'s weights replaced (rollback: canary -> 0).

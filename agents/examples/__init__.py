@@ -10,9 +10,9 @@ from pathlib import Path
 
 from agents.spec import AgentSpec
 
-_HERE = Path(__file__).parent
+EXAMPLES_DIR = Path(__file__).parent
 
 
 def example_specs() -> list[AgentSpec]:
     """Every example agent spec, sorted by file name."""
-    return [AgentSpec.from_yaml(path) for path in sorted(_HERE.glob("*.yaml"))]
+    return [AgentSpec.from_yaml(path) for path in sorted(EXAMPLES_DIR.glob("*.yaml"))]

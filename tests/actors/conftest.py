@@ -43,6 +43,7 @@ def settings_for(
                 "store_path": str(tmp_path / "runs.sqlite"),
                 "memory_path": str(tmp_path / "memory.sqlite"),
                 "ledger_path": str(tmp_path / "effects.sqlite"),
+                "outcomes_path": str(tmp_path / "outcomes.sqlite"),
                 "router": {"breaker_open_s": 1.0},
                 **fields,
             }

@@ -48,6 +48,7 @@ def service(
         store_path=str(data / "runs.sqlite"),
         memory_path=str(data / "memory.sqlite"),
         ledger_path=str(data / "effects.sqlite"),
+        outcomes_path=str(data / "outcomes.sqlite"),
         # Breakers are per process and this app lives all session: keep an opened one short
         # so one test's scripted failures do not skip a provider in the next test.
         router=RouterSettings(breaker_open_s=1.0),

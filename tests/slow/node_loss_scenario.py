@@ -41,6 +41,7 @@ async def scenario(cluster: Cluster, sim: SimServer, data: Path) -> None:
         store_path=str(data / "runs.sqlite"),
         memory_path=str(data / "memory.sqlite"),
         ledger_path=str(data / "effects.sqlite"),
+        outcomes_path=str(data / "outcomes.sqlite"),
         runs_per_actor=2,
         warm_run_hosts=1,
         run_host_resources={"runs": 1},

@@ -38,6 +38,7 @@ EXPECTED_STATUS = {
     "RunTimeout": 500,
     "ToolFailed": 500,
     "ToolUnavailable": 500,
+    "Killed": 503,
     "Unauthorized": 401,
     "ModelOutputUnusable": 500,
     "ProviderError": 502,
