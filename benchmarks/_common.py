@@ -23,6 +23,9 @@ from typing import Any
 
 # A Serve long-poll callback that fires after ray.shutdown() must not auto-start a new Ray.
 os.environ.setdefault("RAY_ENABLE_AUTO_CONNECT", "0")
+# Keep every Ray process on loopback (see tests/conftest.py); read when `ray` is first
+# imported, so it is set before any benchmark imports ray.
+os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
@@ -163,13 +166,26 @@ class Rayfleet:
         return serve.get_app_handle("rayfleet")
 
 
-def app_config(sim: Simulator, agents: tuple[Path, ...] = (), **runtime: Any) -> Any:
+def app_config(
+    sim: Simulator, agents: tuple[Path, ...] = (), tenancy: Any = None, **runtime: Any
+) -> Any:
+    """The app's config; `tenancy` (a serve_app.tenancy.TenancyConfig) replaces the default
+    single anonymous tenant. The SQLite stores go to a fresh private directory unless given:
+    the defaults under /tmp/rayfleet are shared with every other rayfleet on the machine
+    (and may hold another schema version)."""
+    import tempfile
+
     from actors.settings import RuntimeSettings, simulator_providers
     from serve_app.config import AppConfig
 
+    private = Path(tempfile.mkdtemp(prefix="rayfleet-bench-"))
+    for name in ("store", "ledger", "memory"):
+        runtime.setdefault(f"{name}_path", str(private / f"{name}.sqlite"))
+    extra = {} if tenancy is None else {"tenancy": tenancy}
     return AppConfig(
         agents=tuple(str(p) for p in agents),
         runtime=RuntimeSettings(providers=simulator_providers(sim.base_url), **runtime),
+        **extra,
     )
 
 
@@ -321,15 +337,20 @@ class Floor:
 
 
 async def sse_events(
-    session: Any, url: str, body: dict[str, Any], timeout_s: float = 120.0
+    session: Any,
+    url: str,
+    body: dict[str, Any],
+    timeout_s: float = 120.0,
+    headers: dict[str, str] | None = None,
 ) -> AsyncIterator[tuple[str, str]]:
-    """POST and yield (kind, data) per SSE event until a terminal kind."""
+    """POST and yield (kind, data) per SSE event until a terminal kind. `headers` are added
+    (e.g. `Authorization: Bearer <key>`)."""
     import aiohttp
 
     async with session.post(
         url,
         json=body,
-        headers={"Accept": "text/event-stream"},
+        headers={"Accept": "text/event-stream", **(headers or {})},
         timeout=aiohttp.ClientTimeout(total=timeout_s),
     ) as resp:
         if resp.status != 200:
