@@ -67,7 +67,17 @@ class RunStore:
         self._db.execute("PRAGMA synchronous=NORMAL")
         for statement in _SCHEMA:
             self._db.execute(statement)
+        self._migrate()
         self._lock = threading.Lock()
+
+    def _migrate(self) -> None:
+        """Bring a store written by an older rayfleet up to this schema."""
+        columns = {row[1] for row in self._db.execute("PRAGMA table_info(runs)")}
+        if "context" not in columns:  # before tenants: every run was the default tenant's
+            self._db.execute(
+                "ALTER TABLE runs ADD COLUMN context TEXT NOT NULL "
+                """DEFAULT '{"tenant": "default"}'"""
+            )
 
     async def create_run(
         self, spec: AgentSpec, request: RunInput, context: TenantContext, host_id: str
