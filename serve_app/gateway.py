@@ -412,6 +412,9 @@ class Gateway:
         switch = _validate(KillRequest, await _read_json(request, 65_536))
         await self._client()
         assert self._store is not None
+        # Start from the stored switches, not this replica's copy (up to a second old), so a
+        # switch set through another replica is not overwritten.
+        self._delivery.refresh(await self._store.settings.remote(""))
         current = self._delivery.admin_kill().model_dump()
         if switch.scope == "global":
             current["global_reason"] = switch.reason

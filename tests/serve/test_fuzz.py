@@ -52,6 +52,11 @@ PARAMETERS = {
     "GET /v1/runs/{run_id}": ("run_id",),
     "GET /v1/runs/{run_id}/events": ("run_id",),
     "POST /v1/runs/{run_id}/cancel": ("run_id",),
+    "POST /v1/runs/{run_id}/outcome": ("run_id",),
+    "GET /v1/admin/tenants": (),
+    "POST /v1/admin/kill": (),
+    "POST /v1/admin/agents/{agent}/rollback": ("agent",),
+    "GET /v1/admin/agents/{agent}/shadows": ("agent",),
 }
 """Every operation but GET /openapi.json (nothing to fuzz), with its path parameters."""
 

@@ -20,6 +20,7 @@ from agents.errors import ConfigError
 from serve_app.config import AppConfig
 from serve_app.simulator import SimSettings
 from serve_app.tenancy import TenancyConfig
+from serve_app.traffic import TrafficConfig
 
 CLUSTER = Path(__file__).resolve().parents[2] / "cluster"
 THROUGHPUT_ENV = "RAY_SERVE_THROUGHPUT_OPTIMIZED"
@@ -65,9 +66,8 @@ def validate_serve_config(config: dict[str, Any], where: str) -> ServeDeploySche
 
 def test_every_yaml_in_cluster_is_checked_here() -> None:
     found = {p.name for p in CLUSTER.iterdir() if p.suffix in (".yaml", ".yml")}
-    assert found == {"serve.yaml", "ray-cluster.yaml", "kuberay-rayservice.yaml"}, (
-        "a new YAML under cluster/ needs a validating test in this file"
-    )
+    expected = {"serve.yaml", "canary.yaml", "ray-cluster.yaml", "kuberay-rayservice.yaml"}
+    assert found == expected, "a new YAML under cluster/ needs a validating test in this file"
     for name in found:
         assert isinstance(load(name), dict)
 
@@ -96,6 +96,57 @@ def test_serve_yaml_tenants_are_valid_gateway_user_config() -> None:
     broken["tenants"][1]["limits"]["requests_per_minute"] = 5
     with pytest.raises(ValidationError, match="requests_per_minute"):
         TenancyConfig.model_validate(broken)
+
+
+def gateway_user_config(name: str) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The rayfleet app's `args` and its gateway's `user_config` in cluster/<name>."""
+    app = next(a for a in load(name)["applications"] if a["name"] == "rayfleet")
+    gateway = next(d for d in app["deployments"] if d["name"] == "gateway")
+    return app["args"], gateway["user_config"]
+
+
+def split_user_config(user_config: dict[str, Any]) -> tuple[TenancyConfig, TrafficConfig]:
+    """What Gateway.reconfigure does with it: `traffic` apart, the rest is tenancy."""
+    data = copy.deepcopy(user_config)
+    traffic = TrafficConfig.model_validate(data.pop("traffic", {}))
+    return TenancyConfig.model_validate(data), traffic
+
+
+def test_canary_yaml_is_valid_for_serve_and_for_rayfleet() -> None:
+    config = load("canary.yaml")
+    schema = validate_serve_config(config, "canary.yaml")
+    apps = {app.name: app for app in schema.applications}
+    assert set(apps) == {"rayfleet", "rayfleet-sim"}
+    args, user_config = gateway_user_config("canary.yaml")
+    specs = AppConfig.from_args(args).load_specs()
+    assert [s.key for s in specs] == ["support@v1", "support@v2", "support@v3"]
+    tenancy, traffic = split_user_config(user_config)
+    assert {t.id for t in tenancy.tenants} == {"default", "acme"}
+    versions: dict[str, list[str]] = {}
+    for spec in specs:
+        versions.setdefault(spec.name, []).append(spec.version)
+    traffic.check_against(versions)  # every version it names is deployed
+    support = traffic.agents["support"]
+    assert support.weights == {"v1": 90, "v2": 10}
+    assert (support.stable_version, support.canary) == ("v1", "v2")
+    assert [(r.version, r.sample, r.primary) for r in support.shadows] == [("v3", 0.2, "v1")]
+    # The example's v3 must keep a dry-run answer for its side-effecting tool: it is shadowed.
+    v3 = next(s for s in specs if s.version == "v3")
+    assert all(t.dry_run_result is not None for t in v3.tools if t.side_effects)
+
+
+def test_canary_yaml_traffic_naming_an_undeployed_version_fails() -> None:
+    args, user_config = gateway_user_config("canary.yaml")
+    versions = {"support": [s.version for s in AppConfig.from_args(args).load_specs()]}
+    broken = copy.deepcopy(user_config)
+    broken["traffic"]["agents"]["support"]["shadows"][0]["version"] = "v9"
+    _, traffic = split_user_config(broken)
+    with pytest.raises(ValueError, match="v9"):
+        traffic.check_against(versions)
+    broken = copy.deepcopy(user_config)
+    broken["traffic"]["agents"]["support"]["gate"]["min_run"] = 5
+    with pytest.raises(ValidationError, match="min_run"):
+        split_user_config(broken)
 
 
 def test_serve_yaml_points_the_providers_at_the_simulator_app() -> None:
