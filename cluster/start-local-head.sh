@@ -21,6 +21,13 @@ fi
 # Serve reads this when its controller and proxies start, i.e. from `ray start`'s environment:
 # the proxy then costs ~0.3-0.6 ms of CPU per request instead of ~4 ms (DESIGN.md).
 export RAY_SERVE_THROUGHPUT_OPTIMIZED=1
+# A head on 127.0.0.1 only: with Ray's cluster mode off, Ray keeps loopback addresses as
+# they are instead of resolving them to this machine's outward IP (which the head does not
+# listen on). Drivers joining with address="auto" need the same (examples/ sets it).
+export RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0
+# Ray 2.60 starts heads with token authentication; say so explicitly, so that `serve deploy`
+# and `serve status` below also send the token (~/.ray/auth_token, made by `ray start`).
+export RAY_AUTH_MODE="${RAY_AUTH_MODE:-token}"
 
 if [[ ! -f "$config" ]]; then
   echo "no serve config at $config" >&2
@@ -65,6 +72,6 @@ rayfleet is deployed on the local Ray head:
   HTTP        http://127.0.0.1:8000  (simulator at http://127.0.0.1:8000/sim)
   status      serve status --address http://127.0.0.1:$dashboard_port
   redeploy    serve deploy --address http://127.0.0.1:$dashboard_port $config
-  join        ray.init(address="auto") from another Ray job on this machine
+  join        RAY_AUTH_MODE=token python examples/stream_from_ray_job.py  (ray.init(address="auto"))
   stop        ray stop     (stops this machine's Ray head and everything on it)
 DONE

@@ -13,8 +13,15 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 
-import ray
+# A local head (`make serve`, cluster/start-local-head.sh) listens on 127.0.0.1 only, and
+# Ray would resolve a loopback address to this machine's outward IP unless its cluster mode
+# is off. Joining a head on another machine (RAY_ADDRESS=<its ip>:6379) is unaffected.
+if os.environ.get("RAY_ADDRESS", "auto").split(":")[0] in ("auto", "127.0.0.1", "localhost"):
+    os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
+
+import ray  # imported after the environment above, which Ray reads at import
 from ray import serve
 
 from agents.events import is_terminal
