@@ -194,3 +194,31 @@ def parse_arguments(provider: str, name: str, raw: str) -> dict[str, Any]:
     if not isinstance(value, dict):
         raise ModelOutputUnusable(f"{provider}: tool call {name!r} arguments are not an object")
     return value
+
+
+class ClientBase:
+    """What every provider client shares: a name, an endpoint, a default key (a tenant's own
+    key may replace it per call) and the process's pooled HTTP client."""
+
+    _fixed_headers: dict[str, str] = {}
+
+    def __init__(
+        self, name: str, base_url: str, api_key: str | None, http: httpx2.AsyncClient
+    ) -> None:
+        self.name = name
+        self.base_url = base_url.rstrip("/")
+        self._api_key = api_key
+        self._http = http
+
+    def __repr__(self) -> str:  # never the key
+        return f"{type(self).__name__}(name={self.name!r}, base_url={self.base_url!r})"
+
+    def _auth(self, key: str) -> dict[str, str]:
+        raise NotImplementedError
+
+    def _headers(self, api_key: str | None = None) -> dict[str, str]:
+        key = api_key or self._api_key
+        headers = {"accept": "text/event-stream", **self._fixed_headers}
+        if key:
+            headers.update(self._auth(key))
+        return headers

@@ -14,9 +14,13 @@ from contextlib import aclosing
 from dataclasses import dataclass, field
 from typing import Any
 
-import httpx2
-
-from actors.providers._http import decode_data, parse_arguments, redact, stream_events
+from actors.providers._http import (
+    ClientBase,
+    decode_data,
+    parse_arguments,
+    redact,
+    stream_events,
+)
 from agents.errors import ProviderUnavailable
 from agents.messages import (
     Message,
@@ -125,26 +129,13 @@ class _Block:
     parts: list[str] = field(default_factory=list)
 
 
-class AnthropicClient:
+class AnthropicClient(ClientBase):
     """Streams Anthropic messages over one shared httpx2 client."""
 
-    def __init__(
-        self, name: str, base_url: str, api_key: str | None, http: httpx2.AsyncClient
-    ) -> None:
-        self.name = name
-        self.base_url = base_url.rstrip("/")
-        self._api_key = api_key
-        self._http = http
+    _fixed_headers = {"anthropic-version": ANTHROPIC_VERSION}
 
-    def __repr__(self) -> str:
-        return f"AnthropicClient(name={self.name!r}, base_url={self.base_url!r})"
-
-    def _headers(self, api_key: str | None = None) -> dict[str, str]:
-        key = api_key or self._api_key
-        headers = {"accept": "text/event-stream", "anthropic-version": ANTHROPIC_VERSION}
-        if key:
-            headers["x-api-key"] = key
-        return headers
+    def _auth(self, key: str) -> dict[str, str]:
+        return {"x-api-key": key}
 
     async def stream(
         self, request: ModelRequest, *, timeout_s: float, api_key: str | None = None

@@ -14,9 +14,8 @@ from contextlib import aclosing
 from dataclasses import dataclass, field
 from typing import Any
 
-import httpx2
-
 from actors.providers._http import (
+    ClientBase,
     decode_data,
     parse_arguments,
     post_json,
@@ -109,26 +108,11 @@ class _PendingCall:
     arguments: list[str] = field(default_factory=list)
 
 
-class OpenAIClient:
+class OpenAIClient(ClientBase):
     """Streams chat completions and fetches embeddings over one shared httpx2 client."""
 
-    def __init__(
-        self, name: str, base_url: str, api_key: str | None, http: httpx2.AsyncClient
-    ) -> None:
-        self.name = name
-        self.base_url = base_url.rstrip("/")
-        self._api_key = api_key
-        self._http = http
-
-    def __repr__(self) -> str:
-        return f"OpenAIClient(name={self.name!r}, base_url={self.base_url!r})"
-
-    def _headers(self, api_key: str | None = None) -> dict[str, str]:
-        key = api_key or self._api_key
-        headers = {"accept": "text/event-stream"}
-        if key:
-            headers["authorization"] = f"Bearer {key}"
-        return headers
+    def _auth(self, key: str) -> dict[str, str]:
+        return {"authorization": f"Bearer {key}"}
 
     async def stream(
         self, request: ModelRequest, *, timeout_s: float, api_key: str | None = None
