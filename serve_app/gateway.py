@@ -11,6 +11,7 @@ import itertools
 import json
 import logging
 import re
+import time
 import uuid
 from collections.abc import AsyncIterator, Coroutine
 from typing import Any, Literal, TypeVar
@@ -120,6 +121,8 @@ class Gateway:
         self._store: ActorHandle[Any] | None = None
         self._outcomes: ActorHandle[Any] | None = None
         self._background: set[asyncio.Task[None]] = set()
+        self._over_rate: dict[str, tuple[float, Admission]] = {}
+        """Tenants the limiter refused for their request rate: when, and its answer."""
 
     async def reconfigure(self, user_config: dict[str, Any]) -> None:
         """Live changes from the deploy config (no restart): tenants, keys and limits, and
@@ -127,6 +130,7 @@ class Gateway:
         data = dict(user_config)
         traffic = TrafficConfig.model_validate(data.pop("traffic", {}))
         self._auth = Authenticator(TenancyConfig.model_validate(data))
+        self._over_rate.clear()  # limits may have changed
         self._delivery.configure(traffic)
         await self._client()
         await self._push_limits()
@@ -258,8 +262,13 @@ class Gateway:
             raise Killed(killed)
         key = f"{agent}@{choice.version}"
         assert self._limiter is not None
+        self._refuse_if_known_over_rate(tenant.id)
         admission: Admission = await self._limiter.admit_run.remote(tenant.id)
         if not admission.ok:
+            if admission.limit == "requests_per_min":
+                # No request of this tenant can be admitted before then: refuse those here,
+                # without a limiter hop (a tenant over its rate then costs others little).
+                self._over_rate[tenant.id] = (time.monotonic(), admission)
             raise TenantLimited(
                 f"tenant {tenant.id!r} is over its {admission.limit} limit",
                 admission.retry_after_s,
@@ -301,6 +310,23 @@ class Gateway:
             await self._agents[key].start.remote(text, None, context, tenant.namespace, "shadow")
         except Exception as exc:  # a shadow is a sample: losing one costs nothing visible
             logger.warning("shadow run of %s on %s not started: %r", primary, key, exc)
+
+    def _refuse_if_known_over_rate(self, tenant: str) -> None:
+        known = self._over_rate.get(tenant)
+        if known is None:
+            return
+        refused_at, admission = known
+        waited = time.monotonic() - refused_at
+        if waited >= admission.retry_after_s:
+            del self._over_rate[tenant]
+            return
+        raise TenantLimited(
+            f"tenant {tenant!r} is over its {admission.limit} limit",
+            admission.retry_after_s - waited,
+            admission.quota,
+            0,
+            max(0.0, admission.reset_s - waited),
+        )
 
     async def _owned(self, tenant: TenantConfig, run_id: str) -> RunSummary:
         """The run's summary, if it is the tenant's; another tenant's run does not exist."""
