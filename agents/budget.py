@@ -5,7 +5,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 
-from agents.errors import BudgetExceeded, BudgetLimit
+from agents.errors import BudgetLimit
 from agents.messages import Usage
 from agents.spec import BudgetSpec
 
@@ -71,13 +71,6 @@ class RunBudget:
         if self.remaining_s <= reserve_s:
             return "time", self.elapsed_s, spec.run_timeout_s
         return None
-
-    def check_before_step(self) -> None:
-        """Raise BudgetExceeded if no further step is allowed."""
-        hit = self.exceeded()
-        if hit is not None:
-            limit, used, cap = hit
-            raise BudgetExceeded(f"{limit} budget exhausted: used {used:g} of {cap:g}", limit)
 
     def record(self, usage: Usage, cost_usd: float) -> None:
         self.usage = self.usage + usage

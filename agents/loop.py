@@ -170,12 +170,12 @@ def _fail(log: EventLog, budget: RunBudget, error: RayfleetError) -> None:
 async def _prepare(run: _Run, resumed: bool) -> None:
     """Build the prompt (recalling the thread), then fold in what the run already did."""
     spec, request = run.spec, run.request
-    degraded_before = any(isinstance(e, MemoryDegraded) for e in run.log.events())
-    history = await _recall(request, run.ports.memory, run.log, quiet=degraded_before)
+    # A resumed run that already said memory was degraded does not say it again.
+    history = await _recall(request, run.ports.memory, run.log, quiet=_degraded(run.log))
     prompt = [Message(role="system", content=spec.system_prompt), *history]
     prompt.append(Message(role="user", content=request.input))
     state = replay(prompt, run.log.events()) if resumed else RunState(messages=prompt)
-    state.degraded = state.degraded or degraded_before or _degraded_now(run.log)
+    state.degraded = state.degraded or _degraded(run.log)
     run.budget.steps, run.budget.usage, run.budget.cost_usd = (
         state.step,
         state.usage,
@@ -187,7 +187,7 @@ async def _prepare(run: _Run, resumed: bool) -> None:
         run.log.emit(ModelDiscarded, step=state.step, reason="resumed after the run host stopped")
 
 
-def _degraded_now(log: EventLog) -> bool:
+def _degraded(log: EventLog) -> bool:
     return any(isinstance(e, MemoryDegraded) for e in log.events())
 
 

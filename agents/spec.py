@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import re
 from pathlib import Path
 from typing import Any, Self
 
@@ -173,7 +172,3 @@ def _describe(exc: ValidationError, source: str) -> str:
         path = ".".join(str(part) for part in error["loc"]) or "(top level)"
         lines.append(f"{source}: {path}: {error['msg']}")
     return "\n".join(lines)
-
-
-def is_valid_name(name: str) -> bool:
-    return re.fullmatch(_NAME, name) is not None

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Iterable, Iterator
+from collections.abc import Iterable, Iterator
 
 from agents.events import Event, parse_event
 
@@ -42,14 +42,6 @@ class SSEDecoder:
 def decode_lines(lines: Iterable[str]) -> Iterator[Event]:
     decoder = SSEDecoder()
     for line in lines:
-        event = decoder.feed(line)
-        if event is not None:
-            yield event
-
-
-async def adecode_lines(lines: AsyncIterator[str]) -> AsyncIterator[Event]:
-    decoder = SSEDecoder()
-    async for line in lines:
         event = decoder.feed(line)
         if event is not None:
             yield event
