@@ -10,6 +10,7 @@ import json
 import logging
 import re
 import secrets
+import time
 from collections import OrderedDict
 from collections.abc import AsyncIterator, Callable, Coroutine
 from dataclasses import dataclass
@@ -183,6 +184,7 @@ class RunHost:
         self.host_id = host_id
         self._settings = settings
         self._switches = KillSwitches()
+        self._switches_read_at = float("-inf")  # when the last good read was asked
         self._switch_watch: asyncio.Task[None] | None = None
         self._tools = _GuardedTools(tools, lambda: self._switches)
         self._memory = memory
@@ -252,6 +254,7 @@ class RunHost:
     ) -> EventLog:
         durable = self._store is not None
         log = EventLog(request.run_id, events, durable=durable, on_append=self._mark_dirty)
+        started = time.monotonic()
         self._watch_switches()
         model = TenantModel(
             self._model(), context, self._prices, self._limiter, lambda: self._switches
@@ -263,7 +266,7 @@ class RunHost:
             model=model,
             tools=tools,
             memory=self._memory,
-            guard=lambda: self._switches.run_killed(spec.name, spec.version, context.tenant),
+            guard=lambda: self._run_killed(spec, context.tenant, started),
         )
         task = asyncio.create_task(
             execute_run(spec, request, ports, log, coalescing=self._coalescing),
@@ -273,6 +276,14 @@ class RunHost:
         task.add_done_callback(lambda _: self._finish(request.run_id, context.tenant))
         return log
 
+    def _run_killed(self, spec: AgentSpec, tenant: str, started: float) -> str | None:
+        """Why a running run must stop, judged only by switches read after it started here:
+        the gateway admitted it under switches at least that new, so an older copy (one that
+        still holds a switch since cleared) must not cancel it."""
+        if self._switches_read_at < started:
+            return None
+        return self._switches.run_killed(spec.name, spec.version, tenant)
+
     def _watch_switches(self) -> None:
         if self._store is not None and self._switch_watch is None:
             self._switch_watch = asyncio.create_task(self._poll_switches(self._store))
@@ -281,11 +292,13 @@ class RunHost:
         """Kill switches live in the store; a running run sees a new one within a poll."""
         while True:
             try:
+                asked_at = time.monotonic()
                 found = await store.settings("kill/")
                 merged = KillSwitches()
                 for _, value in sorted(found.items()):
                     merged = merged.merged(KillSwitches.model_validate_json(value))
                 self._switches = merged
+                self._switches_read_at = asked_at
             except Exception as exc:  # keep the last known switches; try again
                 logger.warning("reading kill switches failed: %r", exc)
             await asyncio.sleep(self._settings.switches_poll_s)

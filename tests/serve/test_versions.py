@@ -412,6 +412,19 @@ def test_killing_an_agent_stops_its_running_run_at_the_next_step(
     assert len(sim.requests()) == 1  # stopped before step 2 called the model
 
 
+def test_a_run_started_just_after_a_switch_is_cleared_is_not_cancelled(
+    versions: Versions,
+) -> None:
+    try:
+        versions.kill("agents", "support", "briefly off")
+        time.sleep(1.5)  # every run host has read the switch (they poll each second)
+    finally:
+        _clear_admin_switches(versions)
+    # The hosts still hold the old switch for up to a second; the run must not pay for it.
+    run_id = versions.run_id("hi", version="v1")
+    assert versions.finished(run_id)["status"] == "completed"
+
+
 def _until_run_host_sees(versions: Versions, check: Any, text: str, **body: Any) -> list[Event]:
     """Run until `check(events)` holds: run hosts read switches every `switches_poll_s`."""
     for _ in range(10):
