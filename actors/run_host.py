@@ -77,13 +77,19 @@ class _GuardedTools:
         self._switches = switches
 
     async def call(
-        self, tool: ToolSpec, call: ToolCall, *, idempotency_key: str, timeout_s: float
+        self,
+        tool: ToolSpec,
+        call: ToolCall,
+        *,
+        idempotency_key: str,
+        timeout_s: float,
+        tenant: str = "default",
     ) -> ToolOutcome:
         reason = self._switches().tool_killed(tool.name)
         if reason is not None:
             return ToolOutcome(ok=False, output="", error=f"unavailable: {reason}")
         return await self._tools.call(
-            tool, call, idempotency_key=idempotency_key, timeout_s=timeout_s
+            tool, call, idempotency_key=idempotency_key, timeout_s=timeout_s, tenant=tenant
         )
 
 
@@ -111,11 +117,17 @@ class _ShadowTools:
         return self._recorded
 
     async def call(
-        self, tool: ToolSpec, call: ToolCall, *, idempotency_key: str, timeout_s: float
+        self,
+        tool: ToolSpec,
+        call: ToolCall,
+        *,
+        idempotency_key: str,
+        timeout_s: float,
+        tenant: str = "default",
     ) -> ToolOutcome:
         if not tool.side_effects:
             return await self._tools.call(
-                tool, call, idempotency_key=idempotency_key, timeout_s=timeout_s
+                tool, call, idempotency_key=idempotency_key, timeout_s=timeout_s, tenant=tenant
             )
         recorded = (await self._primary_results()).get((tool.name, _canonical(call.arguments)))
         if recorded is not None:

@@ -75,11 +75,17 @@ class RemoteTools:
         self._actor = actor
 
     async def call(
-        self, tool: ToolSpec, call: ToolCall, *, idempotency_key: str, timeout_s: float
+        self,
+        tool: ToolSpec,
+        call: ToolCall,
+        *,
+        idempotency_key: str,
+        timeout_s: float,
+        tenant: str = "default",
     ) -> ToolOutcome:
         try:
             outcome: ToolOutcome = await self._actor.call.remote(
-                tool, call, idempotency_key=idempotency_key, timeout_s=timeout_s
+                tool, call, idempotency_key=idempotency_key, timeout_s=timeout_s, tenant=tenant
             )
         except ray.exceptions.RayError as exc:
             return ToolOutcome(

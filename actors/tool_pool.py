@@ -43,6 +43,7 @@ from agents.spec import ToolSpec
 logger = logging.getLogger("rayfleet")
 
 _IDEMPOTENCY_ARG = "idempotency_key"
+_TENANT_ARG = "tenant"
 
 Sleep = Callable[[float], Awaitable[None]]
 
@@ -118,17 +119,23 @@ class ToolPool:
         self._recording: set[asyncio.Future[None]] = set()  # strong refs while shielded
 
     async def call(
-        self, tool: ToolSpec, call: ToolCall, *, idempotency_key: str, timeout_s: float
+        self,
+        tool: ToolSpec,
+        call: ToolCall,
+        *,
+        idempotency_key: str,
+        timeout_s: float,
+        tenant: str = "default",
     ) -> ToolOutcome:
         """Run one tool call. Never raises except CancelledError."""
         # One deadline for everything the caller waits on: a slot, the ledger, every attempt.
         deadline_at = asyncio.get_running_loop().time() + timeout_s
         if tool.side_effects and self._ledger is not None:
             return await self._call_once(
-                self._ledger, tool, call, idempotency_key, timeout_s, deadline_at
+                self._ledger, tool, call, idempotency_key, timeout_s, deadline_at, tenant
             )
         try:
-            kwargs, function = self._prepare(tool, call, idempotency_key)
+            kwargs, function = self._prepare(tool, call, idempotency_key, tenant)
         except _Unusable as exc:
             return _failure(str(exc))
         return await self._attempt(tool, function, kwargs, timeout_s, deadline_at)
@@ -141,6 +148,7 @@ class ToolPool:
         key: str,
         timeout_s: float,
         deadline_at: float,
+        tenant: str,
     ) -> ToolOutcome:
         """A side-effecting call: answered from the ledger if its key is recorded, else run
         and recorded. Calls with one key in this pool run one after the other, so the second
@@ -167,7 +175,7 @@ class ToolPool:
             # Checked after the recall: a resumed run gets what happened even if the tool's
             # definition has changed since.
             try:
-                kwargs, function = self._prepare(tool, call, key)
+                kwargs, function = self._prepare(tool, call, key, tenant)
             except _Unusable as exc:
                 return _failure(str(exc))  # never ran: nothing to record
             outcome = await self._attempt(tool, function, kwargs, timeout_s, deadline_at)
@@ -281,10 +289,10 @@ class ToolPool:
         return value
 
     def _prepare(
-        self, tool: ToolSpec, call: ToolCall, idempotency_key: str
+        self, tool: ToolSpec, call: ToolCall, idempotency_key: str, tenant: str
     ) -> tuple[dict[str, Any], Callable[..., Any]]:
         resolved = self._resolve(tool.function)
-        return _arguments(tool, call, resolved, idempotency_key), resolved.function
+        return _arguments(tool, call, resolved, idempotency_key, tenant), resolved.function
 
     def _resolve(self, path: str) -> _Resolved:
         cached = self._resolved.get(path)
@@ -314,7 +322,7 @@ class ToolPool:
 
 
 def _arguments(
-    tool: ToolSpec, call: ToolCall, resolved: _Resolved, idempotency_key: str
+    tool: ToolSpec, call: ToolCall, resolved: _Resolved, idempotency_key: str, tenant: str
 ) -> dict[str, Any]:
     """The keyword arguments for the call, checked against the function's signature."""
     kwargs: dict[str, Any] = dict(call.arguments)
@@ -322,6 +330,8 @@ def _arguments(
         # Ours, never the model's: a retried or resumed call must reuse the same key.
         kwargs[_IDEMPOTENCY_ARG] = idempotency_key
     signature = resolved.signature
+    if signature is not None and _TENANT_ARG in signature.parameters:
+        kwargs[_TENANT_ARG] = tenant  # ours too: a model cannot act as another tenant
     if signature is None:
         return kwargs
     if tool.side_effects and not _accepts(signature, _IDEMPOTENCY_ARG):

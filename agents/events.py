@@ -72,6 +72,8 @@ class ModelCompleted(_Event):
     latency_ms: float
     tried: tuple[str, ...] = ()
     """'provider/model' for every attempt before the one that answered."""
+    cached: bool = False
+    """Answered from rayfleet's response cache: no provider call, cost 0."""
 
 
 class ToolCalled(_Event):
@@ -91,6 +93,10 @@ class ToolResulted(_Event):
     output: str
     error: str | None = None
     latency_ms: float = 0.0
+    cached: bool = False
+    """Answered from the tool-result cache: the tool was not called."""
+    cost_usd: float = 0.0
+    """Model spend inside the call (a sub-agent); part of the run's cost."""
 
 
 class MemoryDegraded(_Event):

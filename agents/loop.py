@@ -31,7 +31,7 @@ from agents.events import (
     ToolCalled,
     ToolResulted,
 )
-from agents.messages import Message, TextDelta, ToolCall, ToolSchema
+from agents.messages import Message, TextDelta, ToolCall, ToolSchema, Usage
 from agents.ports import Discard, MemoryPort, ModelPort, ModelResult, ToolOutcome, ToolPort
 from agents.replay import RunState, replay, tool_message, wrap_up_message
 from agents.spec import AgentSpec, TierSpec
@@ -224,6 +224,7 @@ async def _loop(run: _Run) -> str:
                 cost_usd=result.cost_usd,
                 latency_ms=result.latency_ms,
                 tried=result.tried,
+                cached=result.cached,
             )
             if not reply.tool_calls or wrapping_up:
                 state.phase, state.answer = "answered", reply.content
@@ -309,6 +310,7 @@ async def _tool_turn(run: _Run, call: ToolCall) -> Message:
             call,
             idempotency_key=f"{log.run_id}:{step}:{call.id}",
             timeout_s=run.budget.call_timeout_s(own),
+            tenant=run.request.tenant,
         )
     event = log.emit(
         ToolResulted,
@@ -319,7 +321,10 @@ async def _tool_turn(run: _Run, call: ToolCall) -> Message:
         output=outcome.output,
         error=outcome.error,
         latency_ms=(run.clock() - started) * 1000,
+        cached=outcome.cached,
+        cost_usd=outcome.cost_usd,
     )
+    run.budget.record(Usage(), outcome.cost_usd)
     return tool_message(event)
 
 

@@ -22,6 +22,8 @@ class ModelResult(BaseModel):
     cost_usd: float
     latency_ms: float
     tried: tuple[str, ...] = ()
+    cached: bool = False
+    """Answered from rayfleet's response cache: no provider call, no cost."""
 
 
 class Discard(BaseModel):
@@ -58,11 +60,24 @@ class ToolOutcome(BaseModel):
     ok: bool
     output: str
     error: str | None = None
+    cached: bool = False
+    """Answered from the tool-result cache: the tool was not called."""
+    cost_usd: float = 0.0
+    """What the call spent on models (a sub-agent used as a tool); booked to the run."""
 
 
 class ToolPort(Protocol):
+    """Runs one tool call for a run of `tenant`; a tool function that takes a `tenant`
+    argument receives it (per-tenant accounting, e.g. embeddings)."""
+
     async def call(
-        self, tool: ToolSpec, call: ToolCall, *, idempotency_key: str, timeout_s: float
+        self,
+        tool: ToolSpec,
+        call: ToolCall,
+        *,
+        idempotency_key: str,
+        timeout_s: float,
+        tenant: str = "default",
     ) -> ToolOutcome: ...
 
 

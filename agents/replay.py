@@ -88,6 +88,7 @@ def replay(prompt: list[Message], events: list[Event]) -> RunState:
             )
         elif isinstance(event, ToolResulted):
             results[event.call_id] = tool_message(event)
+            state.cost_usd += event.cost_usd
         elif isinstance(event, MemoryDegraded):
             state.degraded = True
         elif isinstance(event, BudgetExceededEvent):

@@ -65,6 +65,18 @@ class ToolSpec(_Config):
     timeout_s: float | None = Field(
         None, gt=0, description="Per-call timeout; default is the agent's tool_call_timeout_s."
     )
+    cache_ttl_s: float | None = Field(
+        None,
+        gt=0,
+        description="Cache results for this long, per tenant and arguments (off if unset). "
+        "Not allowed on side-effecting tools.",
+    )
+
+    @model_validator(mode="after")
+    def _no_cached_side_effects(self) -> Self:
+        if self.side_effects and self.cache_ttl_s is not None:
+            raise ValueError(f"tool {self.name!r} has side_effects: true and cannot be cached")
+        return self
 
     def schema_for_model(self) -> ToolSchema:
         return ToolSchema(name=self.name, description=self.description, parameters=self.parameters)
@@ -84,6 +96,31 @@ class BudgetSpec(_Config):
     )
     wrap_up_reserve_s: float = Field(
         10.0, ge=0, description="Seconds of run_timeout_s kept for the wrap-up call."
+    )
+
+
+class ContextSpec(_Config):
+    """How much conversation a model call may carry. Tokens are estimated as
+    ceil(characters / 4) per message part (agents.tokens), the simulator's own count."""
+
+    max_tokens: int | None = Field(
+        None,
+        gt=0,
+        description="Token budget of one model call's input; beyond it old turns are "
+        "summarised on the cheap tier, then history outside the window is dropped. "
+        "Unset: no limit.",
+    )
+    tool_output_max_tokens: int | None = Field(
+        2000,
+        gt=0,
+        description="A tool output longer than this is sent truncated (head and tail kept, "
+        "marked); the run log keeps it whole. Unset: never truncated.",
+    )
+    keep_recent_messages: int = Field(
+        6, ge=1, description="Latest messages never summarised or dropped (plus the request)."
+    )
+    summarize: bool = Field(
+        True, description="Summarise old turns on the cheap tier; false: drop them."
     )
 
 
@@ -110,6 +147,15 @@ class AgentSpec(_Config):
     )
     tools: tuple[ToolSpec, ...] = Field((), description="Tools the model may call.")
     budgets: BudgetSpec = Field(default_factory=BudgetSpec, description="Per-run limits.")
+    context: ContextSpec = Field(
+        default_factory=ContextSpec, description="Context pruning: how much a model call carries."
+    )
+    response_cache_ttl_s: float | None = Field(
+        None,
+        gt=0,
+        description="Serve repeated deterministic model calls (temperature 0, same tier, "
+        "messages and tools) from a per-tenant cache for this long. Unset: off.",
+    )
     timeouts: TimeoutSpec = Field(default_factory=TimeoutSpec, description="Per-call timeouts.")
 
     @field_validator("loop_tier", "wrap_up_tier")
@@ -140,6 +186,11 @@ class AgentSpec(_Config):
     def wrap_up_tier_name(self) -> str:
         if self.wrap_up_tier is not None:
             return self.wrap_up_tier
+        return self.cheap_tier_name
+
+    @property
+    def cheap_tier_name(self) -> str:
+        """The tier for summaries (and, by default, the wrap-up): 'fast' if declared."""
         return "fast" if "fast" in self.tiers else self.loop_tier
 
     def tool(self, name: str) -> ToolSpec | None:
