@@ -15,6 +15,7 @@ from agents.messages import Message, TextDelta, ToolSchema, Usage
 from agents.ports import Discard, ModelResult
 from agents.pricing import PriceTable
 from agents.spec import TierSpec
+from agents.tokens import estimate_tokens
 
 
 class LimiterPort(Protocol):
@@ -25,13 +26,6 @@ class LimiterPort(Protocol):
     async def settle(self, reservation: str, tokens: int, cost_usd: float) -> None: ...
 
     async def end_run(self, tenant: str) -> None: ...
-
-
-def estimate_tokens(messages: tuple[Message, ...], tools: tuple[ToolSchema, ...]) -> int:
-    """Input tokens, estimated at 4 characters a token (the simulator counts the same way)."""
-    chars = sum(len(m.content) + sum(len(str(c.arguments)) for c in m.tool_calls) for m in messages)
-    chars += sum(len(t.description) + len(str(t.parameters)) for t in tools)
-    return chars // 4 + 1
 
 
 class TenantModel:

@@ -291,6 +291,8 @@ class ToolPool:
     def _prepare(
         self, tool: ToolSpec, call: ToolCall, idempotency_key: str, tenant: str
     ) -> tuple[dict[str, Any], Callable[..., Any]]:
+        if tool.function is None:
+            raise _Unusable(f"tool {tool.name} is a sub-agent: the run loop calls it, not a pool")
         resolved = self._resolve(tool.function)
         return _arguments(tool, call, resolved, idempotency_key, tenant), resolved.function
 

@@ -99,6 +99,59 @@ class ToolResulted(_Event):
     """Model spend inside the call (a sub-agent); part of the run's cost."""
 
 
+class ContextPruned(_Event):
+    """A model call carries less than the whole conversation (C7); the run log keeps all
+    of it. Emitted when the pruning decision changes, before the call it applies to."""
+
+    kind: Literal["context.pruned"] = "context.pruned"
+    step: int
+    tokens_before: int
+    """Estimated input tokens of the call unpruned (agents.tokens)."""
+    tokens_after: int
+    max_tokens: int | None
+    truncated: tuple[str, ...] = ()
+    """Tool call ids whose outputs were sent cut to head and tail."""
+    summarized: int = 0
+    """Messages the summary stands for."""
+    dropped: int = 0
+    """Messages left out of the call entirely."""
+    summary: str | None = None
+    """A new summary, made for this call by the cheap tier."""
+    summary_upto: int | None = None
+    """The summary covers the conversation's messages before this index (not the request)."""
+    provider: str = ""
+    model: str = ""
+    usage: Usage = Usage()
+    cost_usd: float = 0.0
+    """What the summary call cost; part of the run's cost."""
+
+
+class BudgetProgress(_Event):
+    """Where the run stands against its budgets, after each step."""
+
+    kind: Literal["budget.progress"] = "budget.progress"
+    step: int
+    max_steps: int
+    tokens: int
+    max_tokens: int
+    cost_usd: float
+    max_cost_usd: float
+    elapsed_s: float
+    time_left_s: float
+
+
+class SubagentEvent(_Event):
+    """An event of a sub-agent run (an agent used as a tool), nested in its caller's stream.
+    `event` is the sub-agent's own event as JSON; its `run_id` is the tool call's
+    idempotency key ('run:step:call')."""
+
+    kind: Literal["subagent.event"] = "subagent.event"
+    step: int
+    call_id: str
+    agent: str
+    event: dict[str, JsonValue]
+
+
 class MemoryDegraded(_Event):
     """An optional dependency was unavailable; the run goes on without it."""
 
@@ -150,6 +203,9 @@ Event = Annotated[
     | ModelCompleted
     | ToolCalled
     | ToolResulted
+    | ContextPruned
+    | BudgetProgress
+    | SubagentEvent
     | MemoryDegraded
     | BudgetExceededEvent
     | RunCompleted

@@ -8,6 +8,7 @@ starts a new run and resumes one whose host died, from its last durable event.
 from __future__ import annotations
 
 import asyncio
+import json
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -19,6 +20,8 @@ from agents.errors import BudgetExceeded, Killed, RayfleetError, RunTimeout
 from agents.eventlog import EventLog
 from agents.events import (
     BudgetExceededEvent,
+    BudgetProgress,
+    ContextPruned,
     MemoryDegraded,
     ModelCompleted,
     ModelDelta,
@@ -28,13 +31,20 @@ from agents.events import (
     RunCreated,
     RunFailed,
     StepStarted,
+    SubagentEvent,
     ToolCalled,
     ToolResulted,
+    parse_event,
 )
 from agents.messages import Message, TextDelta, ToolCall, ToolSchema, Usage
 from agents.ports import Discard, MemoryPort, ModelPort, ModelResult, ToolOutcome, ToolPort
+from agents.pricing import PriceTable
+from agents.pruning import Summary, View, build_view, summary_prompt, to_summarize, window_start
 from agents.replay import RunState, replay, tool_message, wrap_up_message
 from agents.spec import AgentSpec, TierSpec
+from agents.tokens import estimate_tokens
+
+Tools = tuple[ToolSchema, ...]
 
 
 @dataclass(frozen=True)
@@ -70,6 +80,9 @@ class Ports:
     memory: MemoryPort | None = None
     guard: Callable[[], str | None] | None = None
     """Checked at every step boundary: a reason (a kill switch) ends the run there."""
+    prices: PriceTable | None = None
+    """Prices each model call's worst case before it starts (the dollar budget); None: the
+    dollar budget is only checked between steps."""
 
 
 @dataclass
@@ -84,6 +97,8 @@ class _Run:
     state: RunState
     coalescing: Coalescing
     clock: Callable[[], float]
+    request_index: int = 0
+    """Where the request is in `state.messages` (after the recalled thread)."""
 
 
 async def execute_run(
@@ -174,6 +189,7 @@ async def _prepare(run: _Run, resumed: bool) -> None:
     history = await _recall(request, run.ports.memory, run.log, quiet=_degraded(run.log))
     prompt = [Message(role="system", content=spec.system_prompt), *history]
     prompt.append(Message(role="user", content=request.input))
+    run.request_index = len(prompt) - 1
     state = replay(prompt, run.log.events()) if resumed else RunState(messages=prompt)
     state.degraded = state.degraded or _degraded(run.log)
     run.budget.steps, run.budget.usage, run.budget.cost_usd = (
@@ -196,6 +212,7 @@ async def _loop(run: _Run) -> str:
     tools = tuple(tool.schema_for_model() for tool in spec.tools)
     while True:
         if state.phase == "answered":
+            _progress(run)
             await _remember(run, state.answer)
             return state.answer
         if state.phase == "next":
@@ -209,7 +226,12 @@ async def _loop(run: _Run) -> str:
         if state.phase == "model":
             wrapping_up = state.wrap_up is not None
             tier_name = spec.wrap_up_tier_name if wrapping_up else spec.loop_tier
-            result = await _model_turn(run, spec.tiers[tier_name], () if wrapping_up else tools)
+            tier, offered = spec.tiers[tier_name], () if wrapping_up else tools
+            view = await _context(run, offered)
+            if not _affordable(run, tier, view.messages, offered):
+                _out_of_dollars(run, tier, view.messages, offered)
+                continue  # now wrapping up: the call is rebuilt for the wrap-up tier
+            result = await _model_turn(run, tier, view.messages, offered)
             budget.record(result.response.usage, result.cost_usd)
             reply = result.response.message
             log.emit(
@@ -246,6 +268,120 @@ async def _loop(run: _Run) -> str:
                 state.messages.append(await _tool_turn(run, state.pending[0]))
                 state.pending.pop(0)
             state.phase = "next"
+            _progress(run)
+
+
+def _progress(run: _Run) -> None:
+    """The budget.progress event closing a step."""
+    budget, spec = run.budget, run.spec.budgets
+    run.log.emit(
+        BudgetProgress,
+        step=run.state.step,
+        max_steps=spec.max_steps,
+        tokens=budget.usage.total_tokens,
+        max_tokens=spec.max_tokens,
+        cost_usd=budget.cost_usd,
+        max_cost_usd=spec.max_cost_usd,
+        elapsed_s=round(budget.elapsed_s, 3),
+        time_left_s=round(budget.remaining_s, 3),
+    )
+
+
+def _worst_cost(run: _Run, tier: TierSpec, messages: tuple[Message, ...], tools: Tools) -> float:
+    """What a call could cost at most: its estimated input, uncached, and a full output, at
+    the price of the first model of the tier."""
+    if run.ports.prices is None:
+        return 0.0
+    worst = Usage(
+        input_tokens=estimate_tokens(messages, tools), output_tokens=tier.max_output_tokens
+    )
+    return run.ports.prices.cost_usd(tier.chain[0].model, worst)
+
+
+def _affordable(run: _Run, tier: TierSpec, messages: tuple[Message, ...], tools: Tools) -> bool:
+    """Whether the dollar budget still covers the call's worst case."""
+    worst = _worst_cost(run, tier, messages, tools)
+    return run.budget.cost_usd + worst <= run.spec.budgets.max_cost_usd
+
+
+def _out_of_dollars(run: _Run, tier: TierSpec, messages: tuple[Message, ...], tools: Tools) -> None:
+    """The next call could break the dollar cap: wrap up instead if the run may and has not
+    yet, else stop here, before spending."""
+    budget, spec, state = run.budget, run.spec, run.state
+    cap = spec.budgets.max_cost_usd
+    if spec.budgets.wrap_up and state.wrap_up is None:
+        state.wrap_up = run.log.emit(
+            BudgetExceededEvent, limit="cost", used=budget.cost_usd, cap=cap
+        )
+        state.messages.append(wrap_up_message(state.wrap_up))
+        return
+    if state.wrap_up is None:
+        run.log.emit(BudgetExceededEvent, limit="cost", used=budget.cost_usd, cap=cap)
+    worst = _worst_cost(run, tier, messages, tools)
+    raise BudgetExceeded(
+        f"cost budget exhausted: spent {budget.cost_usd:g} of {cap:g}, and the next model "
+        f"call could cost up to {worst:g}",
+        "cost",
+    )
+
+
+async def _context(run: _Run, tools: Tools) -> View:
+    """The conversation as the next call carries it (agents.pruning), summarising older
+    turns on the cheap tier when they do not fit. A changed decision is announced."""
+    spec, state = run.spec.context, run.state
+    before = build_view(state.messages, run.request_index, tools, spec, state.summary, drop=False)
+    made: tuple[Summary, ModelResult] | None = None
+    if spec.max_tokens is not None and spec.summarize and before.tokens > spec.max_tokens:
+        made = await _summarize(run)
+    view = build_view(state.messages, run.request_index, tools, spec, state.summary)
+    decision = (view.truncated, view.summarized, view.dropped)
+    if made is None and decision == state.pruning:
+        return view
+    state.pruning = decision
+    summary, result = made if made is not None else (None, None)
+    run.log.emit(
+        ContextPruned,
+        step=state.step,
+        tokens_before=view.full_tokens,
+        tokens_after=view.tokens,
+        max_tokens=spec.max_tokens,
+        truncated=view.truncated,
+        summarized=view.summarized,
+        dropped=view.dropped,
+        summary=summary.text if summary is not None else None,
+        summary_upto=summary.upto if summary is not None else None,
+        provider=result.provider if result is not None else "",
+        model=result.response.model if result is not None else "",
+        usage=result.response.usage if result is not None else Usage(),
+        cost_usd=result.cost_usd if result is not None else 0.0,
+    )
+    return view
+
+
+async def _summarize(run: _Run) -> tuple[Summary, ModelResult] | None:
+    """Fold the turns before the recent window into the summary, on the cheap tier. None
+    when there is nothing to fold or the dollar budget cannot cover the call (the loop then
+    drops old turns instead)."""
+    spec, state = run.spec, run.state
+    old = to_summarize(state.messages, run.request_index, spec.context, state.summary)
+    if not old:
+        return None
+    tier = spec.tiers[spec.cheap_tier_name]
+    prompt = summary_prompt(state.summary, old)
+    if not _affordable(run, tier, prompt, ()):
+        return None
+    timeout_s = run.budget.call_timeout_s(spec.timeouts.model_call_timeout_s)
+    result: ModelResult | None = None
+    async for item in run.ports.model.stream(tier, prompt, (), timeout_s=timeout_s):
+        if isinstance(item, ModelResult):  # the summary's text is not the answer: no deltas
+            result = item
+    if result is None:
+        raise RayfleetError("summary stream ended without a result")
+    run.budget.record(result.response.usage, result.cost_usd)
+    state.summary = Summary(
+        window_start(state.messages, spec.context), result.response.message.content
+    )
+    return state.summary, result
 
 
 def _check_budget(run: _Run) -> None:
@@ -264,14 +400,16 @@ def _check_budget(run: _Run) -> None:
         state.messages.append(wrap_up_message(state.wrap_up))
 
 
-async def _model_turn(run: _Run, tier: TierSpec, tools: tuple[ToolSchema, ...]) -> ModelResult:
+async def _model_turn(
+    run: _Run, tier: TierSpec, messages: tuple[Message, ...], tools: Tools
+) -> ModelResult:
     log, step, coalescing, clock = run.log, run.state.step, run.coalescing, run.clock
     timeout_s = run.budget.call_timeout_s(run.spec.timeouts.model_call_timeout_s)
     pending: list[str] = []
     pending_chars = 0
     last_flush = clock()
     result: ModelResult | None = None
-    stream = run.ports.model.stream(tier, tuple(run.state.messages), tools, timeout_s=timeout_s)
+    stream = run.ports.model.stream(tier, messages, tools, timeout_s=timeout_s)
     async for item in stream:
         if isinstance(item, TextDelta):
             pending.append(item.text)
@@ -303,6 +441,8 @@ async def _tool_turn(run: _Run, call: ToolCall) -> Message:
         known = ", ".join(t.name for t in spec.tools) or "none"
         error = f"unknown tool {call.name!r} (known: {known})"
         outcome = ToolOutcome(ok=False, output="", error=error)
+    elif tool.agent is not None:
+        outcome = await _subagent(run, tool.agent, call)
     else:
         own = tool.timeout_s or spec.timeouts.tool_call_timeout_s
         outcome = await run.ports.tools.call(
@@ -326,6 +466,69 @@ async def _tool_turn(run: _Run, call: ToolCall) -> Message:
     )
     run.budget.record(Usage(), outcome.cost_usd)
     return tool_message(event)
+
+
+async def _subagent(run: _Run, spec: AgentSpec, call: ToolCall) -> ToolOutcome:
+    """Run a sub-agent on the task the model handed it, in this run's task, with this run's
+    ports (tenant, limits, kill switches, tools as the caller has them). Its events are
+    nested in the caller's stream as they happen; they are also its checkpoint: a resumed
+    caller resumes the sub-agent from them. Its cost is the caller's too."""
+    key = f"{run.log.run_id}:{run.state.step}:{call.id}"
+    earlier = [
+        parse_event(json.dumps(e.event))
+        for e in run.log.events()
+        if isinstance(e, SubagentEvent) and e.event.get("run_id") == key
+    ]
+
+    def nest(log: EventLog) -> None:
+        for event in log.take_unsent():
+            run.log.emit(
+                SubagentEvent,
+                step=run.state.step,
+                call_id=call.id,
+                agent=spec.name,
+                event=event.model_dump(mode="json"),
+            )
+        log.publish(log.last_seq)
+
+    left_usd = max(0.0, run.spec.budgets.max_cost_usd - run.budget.cost_usd)
+    limits = spec.budgets.model_copy(
+        update={
+            "max_cost_usd": min(spec.budgets.max_cost_usd, left_usd) or 1e-9,
+            "run_timeout_s": min(spec.budgets.run_timeout_s, run.budget.remaining_s) or 1e-3,
+        }
+    )
+    arguments = call.arguments
+    task = arguments.get("task")
+    request = RunInput(
+        run_id=key,
+        input=task if isinstance(task, str) else json.dumps(arguments),
+        namespace=run.request.namespace,
+        tenant=run.request.tenant,
+        assignment=run.request.assignment,
+    )
+    log = EventLog(key, earlier, durable=True, on_append=nest)
+    await execute_run(
+        spec.model_copy(update={"budgets": limits}),
+        request,
+        run.ports,
+        log,
+        coalescing=run.coalescing,
+        clock=run.clock,
+    )
+    end = log.events()[-1]
+    if isinstance(end, RunCancelled) and end.reason == "cancelled":
+        raise asyncio.CancelledError  # the caller was cancelled (or timed out) meanwhile
+    if isinstance(end, RunCompleted):
+        return ToolOutcome(ok=True, output=end.output, cost_usd=end.cost_usd)
+    assert isinstance(end, RunFailed | RunCancelled)
+    why = end.message if isinstance(end, RunFailed) else end.reason
+    return ToolOutcome(
+        ok=False,
+        output="",
+        error=f"sub-agent {spec.name} did not finish: {why}",
+        cost_usd=end.cost_usd,
+    )
 
 
 async def _recall(

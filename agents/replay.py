@@ -17,6 +17,7 @@ from typing import Literal
 
 from agents.events import (
     BudgetExceededEvent,
+    ContextPruned,
     Event,
     MemoryDegraded,
     ModelCompleted,
@@ -27,6 +28,7 @@ from agents.events import (
     ToolResulted,
 )
 from agents.messages import Message, ToolCall, Usage
+from agents.pruning import Summary
 
 Phase = Literal["next", "model", "tools", "answered"]
 
@@ -47,6 +49,10 @@ class RunState:
     streamed_partial: bool = False
     """Deltas of an unfinished model call reached readers: they must be discarded."""
     answer: str = ""
+    summary: Summary | None = None
+    """The cheap tier's summary of older turns, once context pruning made one."""
+    pruning: tuple[object, ...] = ((), 0, 0)
+    """The last pruning decision announced (a context.pruned event is sent on a change)."""
 
 
 def wrap_up_message(event: BudgetExceededEvent) -> Message:
@@ -89,6 +95,11 @@ def replay(prompt: list[Message], events: list[Event]) -> RunState:
         elif isinstance(event, ToolResulted):
             results[event.call_id] = tool_message(event)
             state.cost_usd += event.cost_usd
+        elif isinstance(event, ContextPruned):
+            state.usage += event.usage
+            state.cost_usd += event.cost_usd
+            if event.summary is not None and event.summary_upto is not None:
+                state.summary = Summary(event.summary_upto, event.summary)
         elif isinstance(event, MemoryDegraded):
             state.degraded = True
         elif isinstance(event, BudgetExceededEvent):

@@ -47,7 +47,9 @@ class TierSpec(_Config):
 
 
 class ToolSpec(_Config):
-    """A Python function tool: `function` is 'module:attribute' of an async or sync callable."""
+    """A tool: a Python function ('module:attribute' of an async or sync callable), or a
+    sub-agent (`agent`) that runs on the task the model hands it and answers with its output.
+    """
 
     name: str = Field(pattern=_NAME, description="The name the model calls the tool by.")
     description: str = Field(min_length=1, description="What the model is told the tool does.")
@@ -55,7 +57,15 @@ class ToolSpec(_Config):
         default_factory=_empty_object_schema,
         description="JSON schema of the arguments.",
     )
-    function: str = Field(pattern=r"^[\w.]+:[\w.]+$", description="Import path 'module:attr'.")
+    function: str | None = Field(
+        None, pattern=r"^[\w.]+:[\w.]+$", description="Import path 'module:attr'."
+    )
+    agent: AgentSpec | None = Field(
+        None,
+        description="A sub-agent used as this tool (in YAML: a path to its spec file, relative "
+        "to this one). It gets the `task` argument as its input, runs with its own tiers and "
+        "budgets (its dollars capped by what the caller has left) and streams nested events.",
+    )
     side_effects: bool = Field(False, description="True if calling it changes the world.")
     dry_run_result: JsonValue | None = Field(
         None,
@@ -71,6 +81,12 @@ class ToolSpec(_Config):
         description="Cache results for this long, per tenant and arguments (off if unset). "
         "Not allowed on side-effecting tools.",
     )
+
+    @model_validator(mode="after")
+    def _function_or_agent(self) -> Self:
+        if (self.function is None) == (self.agent is None):
+            raise ValueError(f"tool {self.name!r} needs exactly one of 'function' and 'agent'")
+        return self
 
     @model_validator(mode="after")
     def _no_cached_side_effects(self) -> Self:
@@ -117,7 +133,10 @@ class ContextSpec(_Config):
         "marked); the run log keeps it whole. Unset: never truncated.",
     )
     keep_recent_messages: int = Field(
-        6, ge=1, description="Latest messages never summarised or dropped (plus the request)."
+        6,
+        ge=1,
+        description="Latest messages kept out of the summary; dropped (oldest first, never "
+        "the latest turn or the request) only if the call still does not fit.",
     )
     summarize: bool = Field(
         True, description="Summarise old turns on the cheap tier; false: drop them."
@@ -205,8 +224,8 @@ class AgentSpec(_Config):
             raise AgentSpecError(_describe(exc, source), source) from None
 
     @classmethod
-    def from_yaml(cls, path: str | Path) -> AgentSpec:
-        """Load one agent spec from a YAML file."""
+    def from_yaml(cls, path: str | Path, _loading: tuple[Path, ...] = ()) -> AgentSpec:
+        """Load one agent spec from a YAML file, and the sub-agents it names by path."""
         source = str(path)
         try:
             data = yaml.safe_load(Path(path).read_text(encoding="utf-8"))
@@ -214,6 +233,13 @@ class AgentSpec(_Config):
             raise AgentSpecError(f"{source}: cannot read: {exc.strerror}", source) from None
         except yaml.YAMLError as exc:
             raise AgentSpecError(f"{source}: not valid YAML: {exc}", source) from None
+        here = Path(path).resolve()
+        if here in _loading:
+            raise AgentSpecError(f"{source}: sub-agents refer to each other in a cycle", source)
+        tools = data.get("tools") if isinstance(data, dict) else None
+        for tool in tools if isinstance(tools, list) else []:
+            if isinstance(tool, dict) and isinstance(tool.get("agent"), str):
+                tool["agent"] = cls.from_yaml(here.parent / tool["agent"], (*_loading, here))
         return cls.from_mapping(data, source)
 
 
@@ -223,3 +249,6 @@ def _describe(exc: ValidationError, source: str) -> str:
         path = ".".join(str(part) for part in error["loc"]) or "(top level)"
         lines.append(f"{source}: {path}: {error['msg']}")
     return "\n".join(lines)
+
+
+ToolSpec.model_rebuild()  # `agent` refers to AgentSpec, defined after it

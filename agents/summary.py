@@ -7,6 +7,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict
 
 from agents.events import (
+    ContextPruned,
     Event,
     ModelCompleted,
     RunCancelled,
@@ -14,6 +15,7 @@ from agents.events import (
     RunCreated,
     RunFailed,
     StepStarted,
+    ToolResulted,
 )
 from agents.messages import Usage
 
@@ -50,8 +52,10 @@ def summarize(events: list[Event]) -> RunSummary:
     for event in events:
         if isinstance(event, StepStarted):
             steps = event.step
-        elif isinstance(event, ModelCompleted):
+        elif isinstance(event, ModelCompleted | ContextPruned):
             usage, cost = usage + event.usage, cost + event.cost_usd
+        elif isinstance(event, ToolResulted):  # a sub-agent's spend
+            cost += event.cost_usd
     last = events[-1]
     base = {
         "run_id": first.run_id,

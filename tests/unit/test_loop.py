@@ -118,9 +118,11 @@ async def test_tool_call_round_trip(scripted: list[ScriptedModel]) -> None:
         "model.completed",
         "tool.call",
         "tool.result",
+        "budget.progress",
         "step.started",
         "model.delta",
         "model.completed",
+        "budget.progress",
         "run.completed",
     ]
     result = next(e for e in events if e.kind == "tool.result")

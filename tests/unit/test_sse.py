@@ -9,6 +9,8 @@ import pytest
 
 from agents.events import (
     BudgetExceededEvent,
+    BudgetProgress,
+    ContextPruned,
     Event,
     MemoryDegraded,
     ModelCompleted,
@@ -59,6 +61,29 @@ SAMPLES: list[Event] = [
         run_id=RUN, seq=6, step=1, call_id="call_1", tool="lookup_order", ok=True, output="{}"
     ),
     MemoryDegraded(run_id=RUN, seq=7, reason="memory store unavailable"),
+    ContextPruned(
+        run_id=RUN,
+        seq=7,
+        step=2,
+        tokens_before=900,
+        tokens_after=400,
+        max_tokens=500,
+        truncated=("call_1",),
+        summary="line one\nline two",
+        summary_upto=3,
+    ),
+    BudgetProgress(
+        run_id=RUN,
+        seq=7,
+        step=2,
+        max_steps=8,
+        tokens=10,
+        max_tokens=100,
+        cost_usd=0.0,
+        max_cost_usd=0.5,
+        elapsed_s=0.1,
+        time_left_s=9.9,
+    ),
     BudgetExceededEvent(run_id=RUN, seq=8, limit="cost", used=0.51, cap=0.5),
     RunCompleted(run_id=RUN, seq=9, output="done", steps=2, usage=USAGE, cost_usd=0.001),
     RunFailed(
