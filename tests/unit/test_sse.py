@@ -21,6 +21,7 @@ from agents.events import (
     RunCreated,
     RunFailed,
     StepStarted,
+    SubagentEvent,
     ToolCalled,
     ToolResulted,
 )
@@ -71,6 +72,14 @@ SAMPLES: list[Event] = [
         truncated=("call_1",),
         summary="line one\nline two",
         summary_upto=3,
+    ),
+    SubagentEvent(
+        run_id=RUN,
+        seq=7,
+        step=2,
+        call_id="d1",
+        agent="concierge-orders",
+        event={"kind": "step.started", "run_id": "x:2:d1", "seq": 2, "step": 1},
     ),
     BudgetProgress(
         run_id=RUN,
