@@ -40,10 +40,11 @@ from actors.breaker import Breakers, Permit
 from actors.providers.anthropic import AnthropicClient
 from actors.providers.openai import OpenAIClient
 from agents.errors import AllProvidersFailed, ConfigError, ProviderRejected, ProviderUnavailable
-from agents.messages import Message, ModelRequest, StreamItem, TextDelta, ToolSchema
+from agents.messages import Message, ModelRequest, StreamItem, TextDelta, ToolSchema, Usage
 from agents.ports import Discard, ModelResult
 from agents.pricing import PriceTable
 from agents.spec import ModelRef, TierSpec
+from agents.tokens import estimate_tokens, message_tokens
 
 if TYPE_CHECKING:  # at run time settings.py may import this module (RouterSettings)
     from actors.settings import ProviderConfig
@@ -115,6 +116,8 @@ class _Call:
     last_provider: str = ""
     out_of_time: bool = False
     credentials: Credentials | None = None
+    retry_cost_usd: float = 0.0
+    """Estimated cost of attempts that failed after streaming: the provider bills those."""
 
     def key_for(self, provider: str) -> str | None:
         return None if self.credentials is None else self.credentials.keys.get(provider)
@@ -285,7 +288,7 @@ class ModelRouter:
         items = self._client(ref.provider).stream(
             request, timeout_s=max(0.0, call.deadline - started), api_key=call.key_for(ref.provider)
         )
-        streamed = False
+        streamed: list[str] = []
         try:
             while True:
                 try:
@@ -305,16 +308,21 @@ class ModelRouter:
                         ref.provider,
                     ) from None
                 if isinstance(item, TextDelta):
-                    streamed = True
+                    streamed.append(item.text)
                     yield item
                     continue
                 breaker.succeeded(permit)
+                estimated = item.usage == Usage()  # no usage reported: estimate, and say so
+                if estimated:
+                    item = item.model_copy(update={"usage": _estimate(request, item.message)})
                 yield ModelResult(
                     response=item,
                     provider=ref.provider,
                     cost_usd=self._prices.cost_usd(item.model, item.usage),
                     latency_ms=(self._clock() - started) * 1000,
                     tried=tuple(call.tried),
+                    usage_estimated=estimated,
+                    retry_cost_usd=call.retry_cost_usd,
                 )
                 return
         except ProviderRejected:
@@ -330,6 +338,8 @@ class ModelRouter:
             call.failures.append(f"{ref.provider}/{ref.model}: {exc}")
             call.last_provider = ref.provider
             if streamed:
+                cut = Message(role="assistant", content="".join(streamed))
+                call.retry_cost_usd += self._prices.cost_usd(ref.model, _estimate(request, cut))
                 yield Discard(reason=str(exc), provider=ref.provider)
             yield _Attempt(exc, timed_out and not streamed)
         except BaseException:
@@ -374,6 +384,14 @@ class ModelRouter:
         if skipped:
             message += f"; skipped, circuit breaker open: {skipped}"
         return AllProvidersFailed(message, call.last_provider)
+
+
+def _estimate(request: ModelRequest, reply: Message) -> Usage:
+    """Usage by the documented estimate (agents.tokens), for a reply without a usage report."""
+    return Usage(
+        input_tokens=estimate_tokens(request.messages, request.tools),
+        output_tokens=message_tokens(reply),
+    )
 
 
 async def _aclose(items: AsyncIterator[StreamItem]) -> None:

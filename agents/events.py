@@ -74,6 +74,12 @@ class ModelCompleted(_Event):
     """'provider/model' for every attempt before the one that answered."""
     cached: bool = False
     """Answered from rayfleet's response cache: no provider call, cost 0."""
+    usage_estimated: bool = False
+    """The provider reported no usage (e.g. a stream cut before it): usage and cost_usd
+    are estimates (agents.tokens)."""
+    retry_cost_usd: float = 0.0
+    """Estimated cost of failed attempts that streamed before failing, booked apart from
+    cost_usd; part of the run's cost."""
 
 
 class ToolCalled(_Event):

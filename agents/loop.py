@@ -232,7 +232,7 @@ async def _loop(run: _Run) -> str:
                 _out_of_dollars(run, tier, view.messages, offered)
                 continue  # now wrapping up: the call is rebuilt for the wrap-up tier
             result = await _model_turn(run, tier, view.messages, offered)
-            budget.record(result.response.usage, result.cost_usd)
+            budget.record(result.response.usage, result.cost_usd + result.retry_cost_usd)
             reply = result.response.message
             log.emit(
                 ModelCompleted,
@@ -247,6 +247,8 @@ async def _loop(run: _Run) -> str:
                 latency_ms=result.latency_ms,
                 tried=result.tried,
                 cached=result.cached,
+                usage_estimated=result.usage_estimated,
+                retry_cost_usd=result.retry_cost_usd,
             )
             if not reply.tool_calls or wrapping_up:
                 state.phase, state.answer = "answered", reply.content

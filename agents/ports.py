@@ -24,6 +24,10 @@ class ModelResult(BaseModel):
     tried: tuple[str, ...] = ()
     cached: bool = False
     """Answered from rayfleet's response cache: no provider call, no cost."""
+    usage_estimated: bool = False
+    """The provider reported no usage: usage and cost are estimates (agents.tokens)."""
+    retry_cost_usd: float = 0.0
+    """Estimated cost of this call's attempts that failed after streaming (billed too)."""
 
 
 class Discard(BaseModel):

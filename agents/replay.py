@@ -81,7 +81,7 @@ def replay(prompt: list[Message], events: list[Event]) -> RunState:
             state.streamed_partial = False
         elif isinstance(event, ModelCompleted):
             state.usage += event.usage
-            state.cost_usd += event.cost_usd
+            state.cost_usd += event.cost_usd + event.retry_cost_usd
             state.streamed_partial = False
             reply_text = event.text
             announced = event.tool_calls

@@ -52,7 +52,9 @@ def summarize(events: list[Event]) -> RunSummary:
     for event in events:
         if isinstance(event, StepStarted):
             steps = event.step
-        elif isinstance(event, ModelCompleted | ContextPruned):
+        elif isinstance(event, ModelCompleted):
+            usage, cost = usage + event.usage, cost + event.cost_usd + event.retry_cost_usd
+        elif isinstance(event, ContextPruned):
             usage, cost = usage + event.usage, cost + event.cost_usd
         elif isinstance(event, ToolResulted):  # a sub-agent's spend
             cost += event.cost_usd

@@ -448,3 +448,32 @@ def test_router_settings_are_validated() -> None:
         RouterSettings(retry_after_cap=3)  # type: ignore[call-arg]
     with pytest.raises(ValidationError, match="backoff_max_s"):
         RouterSettings(backoff_initial_s=2, backoff_max_s=1)
+
+
+async def test_a_cut_stream_is_booked_apart_as_an_estimated_retry_cost(
+    sim: Sim, http: httpx2.AsyncClient
+) -> None:
+    sim.script(
+        {"type": "drop", "after_chunks": 3, "model": A},
+        {"type": "text", "text": "the fallback's answer", "model": B},
+    )
+    result = _result(await _call(_router(sim, http, attempts_per_provider=1)))
+    assert result.retry_cost_usd > 0  # the provider billed the cut attempt's tokens
+    assert result.cost_usd == PriceTable(dict(DEFAULT_PRICES)).cost_usd(
+        B, result.response.usage
+    )  # the answer's own cost is apart
+    assert not result.usage_estimated
+
+
+async def test_a_reply_without_usage_gets_an_estimated_flagged_cost(
+    sim: Sim, http: httpx2.AsyncClient
+) -> None:
+    zero = {"input_tokens": 0, "cached_tokens": 0, "cache_write_tokens": 0, "output_tokens": 0}
+    sim.script({"type": "text", "text": "twelve chars", "model": "sim-strong", "usage": zero})
+    tier = TierSpec(chain=(ModelRef(provider="oa", model="sim-strong"),))
+    result = _result(await _call(_router(sim, http), tier=tier))
+    assert result.usage_estimated
+    usage = result.response.usage
+    assert usage.output_tokens == 3  # ceil(12 / 4)
+    assert usage.input_tokens == 5  # ceil(9 / 4) for "You help." + ceil(5 / 4) for "hello"
+    assert result.cost_usd > 0
