@@ -95,6 +95,8 @@ def request_body(request: ModelRequest) -> dict[str, Any]:
             {"name": t.name, "description": t.description, "input_schema": t.parameters}
             for t in request.tools
         ]
+        if not system:  # the prefix is tools, then system: without a system, end it here
+            body["tools"][-1]["cache_control"] = {"type": "ephemeral"}
     return body
 
 

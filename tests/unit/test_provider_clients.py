@@ -305,3 +305,20 @@ def test_sse_parser() -> None:
     events = [e for line in lines if (e := parser.feed(line)) is not None]
     assert events == [SSEEvent("message_start", '{"a":\n1}'), SSEEvent("message", "x")]
     assert parser.feed("data: cut off") is None  # never dispatched without a blank line
+
+
+def test_anthropic_without_a_system_prompt_marks_the_tools_as_the_cached_prefix() -> None:
+    from actors.providers.anthropic import request_body
+
+    request = ModelRequest(
+        model="claude-sim", messages=(Message(role="user", content="hi"),), tools=TOOLS
+    )
+    body = request_body(request)
+    assert body["tools"][-1]["cache_control"] == {"type": "ephemeral"}
+    assert "system" not in body
+    with_system = request.model_copy(
+        update={"messages": (Message(role="system", content="s"), *request.messages)}
+    )
+    body = request_body(with_system)  # the system block closes the prefix: tools unmarked
+    assert "cache_control" not in body["tools"][-1]
+    assert body["system"][-1]["cache_control"] == {"type": "ephemeral"}
