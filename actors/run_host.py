@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 import httpx2
 
+from actors.caches import CachedModel, CachedTools, CacheStore
 from actors.credentials import TenantContext
 from actors.outcomes import RunOutcome
 from actors.router import ModelRouter
@@ -28,10 +29,10 @@ from agents.errors import Overloaded, RequestInvalid, UnknownRun
 from agents.eventlog import EventLog
 from agents.events import Event, RunCreated, ToolCalled, ToolResulted
 from agents.loop import Coalescing, Ports, RunInput, execute_run
-from agents.messages import ToolCall
-from agents.ports import MemoryPort, ToolOutcome, ToolPort
+from agents.messages import Message, TextDelta, ToolCall, ToolSchema
+from agents.ports import Discard, MemoryPort, ModelPort, ModelResult, ToolOutcome, ToolPort
 from agents.pricing import PriceTable
-from agents.spec import AgentSpec, ToolSpec
+from agents.spec import AgentSpec, TierSpec, ToolSpec
 from agents.summary import RunSummary, summarize
 
 if TYPE_CHECKING:
@@ -91,6 +92,25 @@ class _GuardedTools:
         return await self._tools.call(
             tool, call, idempotency_key=idempotency_key, timeout_s=timeout_s, tenant=tenant
         )
+
+
+class _UnkilledFirst:
+    """Drops killed models from a tier before the response cache sees it (the cache's key
+    names the chain), so a killed model's cached answers are never served."""
+
+    def __init__(self, inner: ModelPort, unkilled: Callable[[TierSpec], TierSpec]) -> None:
+        self._inner = inner
+        self._unkilled = unkilled
+
+    def stream(
+        self,
+        tier: TierSpec,
+        messages: tuple[Message, ...],
+        tools: tuple[ToolSchema, ...],
+        *,
+        timeout_s: float,
+    ) -> AsyncIterator[TextDelta | Discard | ModelResult]:
+        return self._inner.stream(self._unkilled(tier), messages, tools, timeout_s=timeout_s)
 
 
 class _ShadowTools:
@@ -198,7 +218,8 @@ class RunHost:
         self._switches = KillSwitches()
         self._switches_read_at = float("-inf")  # when the last good read was asked
         self._switch_watch: asyncio.Task[None] | None = None
-        self._tools = _GuardedTools(tools, lambda: self._switches)
+        self._cache = CacheStore.from_settings(settings.cache)
+        self._tools = _GuardedTools(CachedTools(tools, self._cache), lambda: self._switches)
         self._memory = memory
         self._store = store
         self._limiter = limiter
@@ -268,9 +289,13 @@ class RunHost:
         log = EventLog(request.run_id, events, durable=durable, on_append=self._mark_dirty)
         started = time.monotonic()
         self._watch_switches()
-        model = TenantModel(
+        tenant_model = TenantModel(
             self._model(), context, self._prices, self._limiter, lambda: self._switches
         )
+        model: ModelPort = tenant_model
+        if spec.response_cache_ttl_s is not None:
+            cached = CachedModel(model, self._cache, context.tenant, spec.response_cache_ttl_s)
+            model = _UnkilledFirst(cached, tenant_model.unkilled)
         tools: ToolPort = self._tools
         if context.shadow_of is not None and self._store is not None:
             tools = _ShadowTools(self._tools, self._store, context.shadow_of)
@@ -279,6 +304,7 @@ class RunHost:
             tools=tools,
             memory=self._memory,
             guard=lambda: self._run_killed(spec, context.tenant, started),
+            prices=self._prices,
         )
         task = asyncio.create_task(
             execute_run(spec, request, ports, log, coalescing=self._coalescing),

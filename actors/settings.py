@@ -9,6 +9,8 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from actors.caches import CacheSettings
+from actors.embeddings import EmbeddingSettings
 from actors.router import RouterSettings
 from actors.tool_pool import ToolRetrySettings
 from agents.pricing import DEFAULT_PRICES, ModelPrice
@@ -87,6 +89,14 @@ class RuntimeSettings(BaseModel):
     outcomes_path: str = Field(
         "/tmp/rayfleet/outcomes.sqlite",
         description="SQLite file of run outcomes (per-version stats, canary gates).",
+    )
+    cache: CacheSettings = Field(
+        default_factory=CacheSettings,
+        description="The tool-result, model-response and embedding caches (diskcache).",
+    )
+    embeddings: EmbeddingSettings = Field(
+        default_factory=EmbeddingSettings,
+        description="The shared embedding batcher: model, batch size and wait.",
     )
     switches_poll_s: float = Field(
         1.0, gt=0, description="How often run hosts re-read the kill switches."

@@ -55,7 +55,7 @@ class TenantModel:
             self._credentials = Credentials(keys, allow_default=context.use_default_credentials)
         return self._credentials
 
-    def _unkilled(self, tier: TierSpec) -> TierSpec:
+    def unkilled(self, tier: TierSpec) -> TierSpec:
         """The tier without the models a kill switch covers; none left ends the run."""
         if self._switches is None:
             return tier
@@ -76,7 +76,7 @@ class TenantModel:
         *,
         timeout_s: float,
     ) -> AsyncIterator[TextDelta | Discard | ModelResult]:
-        tier = self._unkilled(tier)
+        tier = self.unkilled(tier)
         credentials = self._resolve()
         if self._limiter is None:
             async for item in self._router.stream(

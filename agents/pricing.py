@@ -40,6 +40,12 @@ DEFAULT_PRICES: dict[str, ModelPrice] = {
         cache_write_per_mtok=3.75,
         output_per_mtok=15.0,
     ),
+    "sim-embed": ModelPrice(  # embeddings: input only, like text-embedding-3-small
+        input_per_mtok=0.02,
+        cached_input_per_mtok=0.0,
+        cache_write_per_mtok=0.0,
+        output_per_mtok=0.0,
+    ),
     "sim-local": ModelPrice(
         input_per_mtok=0.0,
         cached_input_per_mtok=0.0,

@@ -9,6 +9,7 @@ from dataclasses import dataclass
 import httpx2
 import pytest
 
+from actors.caches import CacheSettings
 from actors.router import RouterSettings
 from actors.settings import RuntimeSettings, simulator_providers
 from serve_app.config import AppConfig
@@ -49,6 +50,7 @@ def service(
         memory_path=str(data / "memory.sqlite"),
         ledger_path=str(data / "effects.sqlite"),
         outcomes_path=str(data / "outcomes.sqlite"),
+        cache=CacheSettings(directory=str(data / "cache")),
         # Breakers are per process and this app lives all session: keep an opened one short
         # so one test's scripted failures do not skip a provider in the next test.
         router=RouterSettings(breaker_open_s=1.0),

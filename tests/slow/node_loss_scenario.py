@@ -14,6 +14,7 @@ from pathlib import Path
 import ray
 from ray.cluster_utils import Cluster
 
+from actors.caches import CacheSettings
 from actors.run_host import host_of
 from actors.runtime import HOST_PREFIX, Runs, ensure_runtime
 from actors.settings import RuntimeSettings, simulator_providers
@@ -42,6 +43,7 @@ async def scenario(cluster: Cluster, sim: SimServer, data: Path) -> None:
         memory_path=str(data / "memory.sqlite"),
         ledger_path=str(data / "effects.sqlite"),
         outcomes_path=str(data / "outcomes.sqlite"),
+        cache=CacheSettings(directory=str(data / "cache")),
         runs_per_actor=2,
         warm_run_hosts=1,
         run_host_resources={"runs": 1},
