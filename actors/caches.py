@@ -191,7 +191,7 @@ class CachedTools:
         hit = _parse(ToolOutcome, self._cache.get(key))
         if hit is not None:
             # Nothing was spent this time, whatever the first call cost.
-            return hit.model_copy(update={"cached": True, "cost_usd": 0.0})
+            return hit.model_copy(update={"cached": True, "cost_usd": 0.0, "usage": Usage()})
         outcome = await self._inner.call(
             tool, call, idempotency_key=idempotency_key, timeout_s=timeout_s, tenant=tenant
         )

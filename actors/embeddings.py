@@ -499,6 +499,12 @@ _handles: dict[str, ActorHandle[Any]] = {}
 def _find_actor(namespace: str | None) -> ActorHandle[Any]:
     """The batcher's actor: in `namespace` if given, else the one $RAYFLEET_NAMESPACE
     names, else the current job's namespace, else RuntimeSettings' default."""
+    if not ray.is_initialized():
+        raise ProviderUnavailable(
+            f"the embedding service ({EMBEDDINGS_ACTOR}) needs Ray: this process is not "
+            "connected to a Ray cluster",
+            EMBEDDINGS_ACTOR,
+        )
     if namespace is not None:
         candidates = [namespace]
     elif os.environ.get(NAMESPACE_ENV):

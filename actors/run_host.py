@@ -292,10 +292,17 @@ class RunHost:
         tenant_model = TenantModel(
             self._model(), context, self._prices, self._limiter, lambda: self._switches
         )
-        model: ModelPort = tenant_model
-        if spec.response_cache_ttl_s is not None:
-            cached = CachedModel(model, self._cache, context.tenant, spec.response_cache_ttl_s)
-            model = _UnkilledFirst(cached, tenant_model.unkilled)
+
+        def model_for(agent: AgentSpec) -> ModelPort:
+            """The tenant's model for `agent` (this run's, or a sub-agent's): through the
+            response cache if the agent asks for one."""
+            if agent.response_cache_ttl_s is None:
+                return tenant_model
+            ttl_s = agent.response_cache_ttl_s
+            cached = CachedModel(tenant_model, self._cache, context.tenant, ttl_s)
+            return _UnkilledFirst(cached, tenant_model.unkilled)
+
+        model = model_for(spec)
         tools: ToolPort = self._tools
         if context.shadow_of is not None and self._store is not None:
             tools = _ShadowTools(self._tools, self._store, context.shadow_of)
@@ -305,6 +312,7 @@ class RunHost:
             memory=self._memory,
             guard=lambda: self._run_killed(spec, context.tenant, started),
             prices=self._prices,
+            model_for=model_for,
         )
         task = asyncio.create_task(
             execute_run(spec, request, ports, log, coalescing=self._coalescing),

@@ -103,6 +103,8 @@ class ToolResulted(_Event):
     """Answered from the tool-result cache: the tool was not called."""
     cost_usd: float = 0.0
     """Model spend inside the call (a sub-agent); part of the run's cost."""
+    usage: Usage = Usage()
+    """The tokens behind `cost_usd`; part of the run's usage."""
 
 
 class ContextPruned(_Event):

@@ -8,6 +8,7 @@ starts a new run and resumes one whose host died, from its last durable event.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import time
 from collections.abc import Callable
@@ -83,6 +84,8 @@ class Ports:
     prices: PriceTable | None = None
     """Prices each model call's worst case before it starts (the dollar budget); None: the
     dollar budget is only checked between steps."""
+    model_for: Callable[[AgentSpec], ModelPort] | None = None
+    """The model port for a sub-agent's spec (its own response cache); None: `model`."""
 
 
 @dataclass
@@ -465,8 +468,9 @@ async def _tool_turn(run: _Run, call: ToolCall) -> Message:
         latency_ms=(run.clock() - started) * 1000,
         cached=outcome.cached,
         cost_usd=outcome.cost_usd,
+        usage=outcome.usage,
     )
-    run.budget.record(Usage(), outcome.cost_usd)
+    run.budget.record(outcome.usage, outcome.cost_usd)
     return tool_message(event)
 
 
@@ -510,10 +514,13 @@ async def _subagent(run: _Run, spec: AgentSpec, call: ToolCall) -> ToolOutcome:
         assignment=run.request.assignment,
     )
     log = EventLog(key, earlier, durable=True, on_append=nest)
+    ports = run.ports
+    if ports.model_for is not None:  # the sub-agent's own model settings (its cache)
+        ports = dataclasses.replace(ports, model=ports.model_for(spec))
     await execute_run(
         spec.model_copy(update={"budgets": limits}),
         request,
-        run.ports,
+        ports,
         log,
         coalescing=run.coalescing,
         clock=run.clock,
@@ -522,7 +529,7 @@ async def _subagent(run: _Run, spec: AgentSpec, call: ToolCall) -> ToolOutcome:
     if isinstance(end, RunCancelled) and end.reason == "cancelled":
         raise asyncio.CancelledError  # the caller was cancelled (or timed out) meanwhile
     if isinstance(end, RunCompleted):
-        return ToolOutcome(ok=True, output=end.output, cost_usd=end.cost_usd)
+        return ToolOutcome(ok=True, output=end.output, cost_usd=end.cost_usd, usage=end.usage)
     assert isinstance(end, RunFailed | RunCancelled)
     why = end.message if isinstance(end, RunFailed) else end.reason
     return ToolOutcome(
@@ -530,6 +537,7 @@ async def _subagent(run: _Run, spec: AgentSpec, call: ToolCall) -> ToolOutcome:
         output="",
         error=f"sub-agent {spec.name} did not finish: {why}",
         cost_usd=end.cost_usd,
+        usage=end.usage,
     )
 
 

@@ -7,7 +7,7 @@ from typing import Protocol
 
 from pydantic import BaseModel, ConfigDict
 
-from agents.messages import Message, ModelResponse, TextDelta, ToolCall, ToolSchema
+from agents.messages import Message, ModelResponse, TextDelta, ToolCall, ToolSchema, Usage
 from agents.spec import TierSpec, ToolSpec
 
 
@@ -68,6 +68,8 @@ class ToolOutcome(BaseModel):
     """Answered from the tool-result cache: the tool was not called."""
     cost_usd: float = 0.0
     """What the call spent on models (a sub-agent used as a tool); booked to the run."""
+    usage: Usage = Usage()
+    """The tokens behind `cost_usd`; booked to the run too."""
 
 
 class ToolPort(Protocol):

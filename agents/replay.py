@@ -94,6 +94,7 @@ def replay(prompt: list[Message], events: list[Event]) -> RunState:
             )
         elif isinstance(event, ToolResulted):
             results[event.call_id] = tool_message(event)
+            state.usage += event.usage
             state.cost_usd += event.cost_usd
         elif isinstance(event, ContextPruned):
             state.usage += event.usage

@@ -57,7 +57,7 @@ def summarize(events: list[Event]) -> RunSummary:
         elif isinstance(event, ContextPruned):
             usage, cost = usage + event.usage, cost + event.cost_usd
         elif isinstance(event, ToolResulted):  # a sub-agent's spend
-            cost += event.cost_usd
+            usage, cost = usage + event.usage, cost + event.cost_usd
     last = events[-1]
     base = {
         "run_id": first.run_id,

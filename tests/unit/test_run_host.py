@@ -3,15 +3,17 @@
 from __future__ import annotations
 
 import asyncio
+import tempfile
 from collections.abc import AsyncIterator
 
 import pytest
 
+from actors.caches import CacheSettings
 from actors.run_host import RunHost, host_of, new_run_id
 from actors.settings import RuntimeSettings, simulator_providers
 from actors.tool_pool import ToolPool
 from agents.errors import RequestInvalid, UnknownRun
-from agents.events import TERMINAL_KINDS, Event
+from agents.events import TERMINAL_KINDS, Event, ModelCompleted, SubagentEvent
 from agents.examples import example_specs
 from agents.loop import RunInput
 from agents.spec import AgentSpec
@@ -32,7 +34,9 @@ ended: list[str] = []
 
 def make_host(sim: Sim, finished_runs_kept: int = 10_000) -> RunHost:
     runtime = RuntimeSettings(
-        providers=simulator_providers(sim.base_url), finished_runs_kept=finished_runs_kept
+        providers=simulator_providers(sim.base_url),
+        finished_runs_kept=finished_runs_kept,
+        cache=CacheSettings(directory=tempfile.mkdtemp(prefix="rayfleet-test-cache-")),
     )
     return RunHost(HOST, runtime, ToolPool(), on_run_end=ended.append)
 
@@ -165,3 +169,29 @@ async def test_a_run_id_for_another_host_or_a_reused_id_is_refused(
     await follow(host, run_id)
     with pytest.raises(RequestInvalid, match="already exists"):
         await host.start_run(support, RunInput(run_id=run_id, input="again"))
+
+
+async def test_a_sub_agent_uses_its_own_response_cache(host: RunHost, sim: Sim) -> None:
+    concierge = next(spec for spec in example_specs() if spec.name == "concierge")
+    desk = concierge.tools[0]
+    assert desk.agent is not None
+    orders = desk.agent.model_copy(update={"response_cache_ttl_s": 600.0})
+    spec = concierge.model_copy(
+        update={
+            "response_cache_ttl_s": None,  # the supervisor does not cache; its sub-agent does
+            "tools": (desk.model_copy(update={"agent": orders}), *concierge.tools[1:]),
+        }
+    )
+
+    async def calls(question: str) -> list[tuple[str, bool]]:
+        events = await follow(host, await start(host, spec, question))
+        assert events[-1].kind == "run.completed"
+        nested = [e.event for e in events if isinstance(e, SubagentEvent)]
+        inner = [("sub", bool(e["cached"])) for e in nested if e["kind"] == "model.completed"]
+        own = [("own", e.cached) for e in events if isinstance(e, ModelCompleted)]
+        return inner + own
+
+    first = await calls("Where is order 1003?")
+    again = await calls("Where is order 1003?")
+    assert first == [("sub", False), ("sub", False), ("own", False), ("own", False)]
+    assert again == [("sub", True), ("sub", True), ("own", False), ("own", False)]

@@ -59,11 +59,12 @@ async def test_the_supervisor_hands_the_task_to_a_sub_agent_on_its_own_tier() ->
     spec = concierge()
     orders = spec.tools[0].agent
     assert orders is not None
+    assert orders.tiers[orders.loop_tier] != spec.tiers[spec.loop_tier]
     assert model.tiers == [
-        spec.tiers["fast"],
-        orders.tiers["strong"],
-        orders.tiers["strong"],
-        spec.tiers["fast"],
+        spec.tiers[spec.loop_tier],
+        orders.tiers[orders.loop_tier],
+        orders.tiers[orders.loop_tier],
+        spec.tiers[spec.loop_tier],
     ]
     inner = nested(events)
     assert [e.kind for e in inner if e.kind != "model.delta"] == [
@@ -85,6 +86,9 @@ async def test_the_supervisor_hands_the_task_to_a_sub_agent_on_its_own_tier() ->
     every_call = sum(e.cost_usd for e in events + inner if isinstance(e, ModelCompleted))
     assert result.cost_usd == pytest.approx(inner[-1].cost_usd)  # type: ignore[union-attr]
     assert events[-1].cost_usd == pytest.approx(every_call)  # type: ignore[union-attr]
+    tokens = sum(e.usage.total_tokens for e in events + inner if isinstance(e, ModelCompleted))
+    assert result.usage == inner[-1].usage  # type: ignore[union-attr]
+    assert events[-1].usage.total_tokens == tokens  # type: ignore[union-attr]
 
 
 async def test_a_resumed_supervisor_resumes_its_sub_agent_from_the_nested_events() -> None:
