@@ -205,7 +205,8 @@ class CachedModel:
     CacheStore (exact match).
 
     Only calls on a tier with temperature 0 are cached: at any other temperature a repeat is
-    supposed to differ. Key: tenant, the tier's chain, max_output_tokens, the messages and
+    supposed to differ. Key: tenant, `scope` (the agent version: a canary or a shadow must
+    not be served stable's answers), the tier's chain, max_output_tokens, the messages and
     the tools. A miss streams from `inner` unchanged and stores the final result; a hit
     yields the whole text as one delta, then the stored result marked `cached`, with no cost
     and no usage (no provider tokens were spent)."""
@@ -217,12 +218,15 @@ class CachedModel:
         tenant: str,
         ttl_s: float,
         clock: Callable[[], float] = time.perf_counter,
+        *,
+        scope: str = "",
     ) -> None:
         self._inner = inner
         self._cache = cache
         self._tenant = tenant
         self._ttl_s = ttl_s
         self._clock = clock
+        self._scope = scope
 
     def key(
         self, tier: TierSpec, messages: tuple[Message, ...], tools: tuple[ToolSchema, ...]
@@ -230,6 +234,7 @@ class CachedModel:
         return cache_key(
             "model",
             self._tenant,
+            self._scope,
             [ref.model_dump(mode="json") for ref in tier.chain],
             tier.max_output_tokens,
             [m.model_dump(mode="json") for m in messages],
@@ -264,6 +269,7 @@ class CachedModel:
                     "latency_ms": (self._clock() - started) * 1000,
                     "tried": (),
                     "cached": True,
+                    "usage_estimated": False,
                 }
             )
             return

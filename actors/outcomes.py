@@ -6,9 +6,10 @@ record of a run stands (a resumed run may report its end twice). `outcomes` hold
 explicit outcome a caller posts (`POST /v1/runs/{id}/outcome`), before or after the run ends.
 
 Success: an explicit outcome, when there is one, decides; otherwise a completed run is a
-success and a failed or cancelled run is not. "Completed = success unless the caller says
-otherwise": most callers never post an outcome, and a run that reached its final answer is
-the best signal we have without one.
+success and a failed or cancelled run is not, nor is one that ran over a budget (it wrapped
+up with what it had: an automatic unsuccessful outcome, which a caller's own replaces).
+"Completed = success unless the caller says otherwise": most callers never post an outcome,
+and a run that reached its final answer is the best signal we have without one.
 
 Cost per successful run = the cost of ALL the runs of a selection / its successes: failed
 and cancelled runs were paid for too, and a version that fails often must look expensive.
@@ -16,11 +17,18 @@ and cancelled runs were paid for too, and a version that fails often must look e
 Shadow runs (mirrored traffic, side effects not executed) never count in a version's
 normal statistics; they are asked for with `assignment="shadow"` or compared with their
 primary runs by `shadow_pairs`.
+
+Per tenant (C11): `version_stats(..., tenant=)`, `stats_by_tenant` and `cost_report` (every
+tenant's figures per agent version, per agent and overall). The same figures go out as
+Ray metrics through an `OutcomeMetrics` sink (the actor shell's is `RayOutcomeMetrics`):
+counters as runs are recorded, gauges recomputed from the store every few seconds for the
+(agent, version, tenant) groups that changed, so explicit outcomes count there too.
 """
 
 from __future__ import annotations
 
 import asyncio
+import logging
 import math
 import sqlite3
 import threading
@@ -28,7 +36,7 @@ import time
 from collections import defaultdict
 from collections.abc import Callable, Iterable
 from pathlib import Path
-from typing import Any, Literal, get_args
+from typing import Any, Literal, Protocol, get_args
 
 import ray
 from pydantic import BaseModel, ConfigDict, Field, model_validator
@@ -37,6 +45,7 @@ Assignment = Literal["stable", "canary", "shadow", "pinned"]
 RunStatus = Literal["completed", "failed", "cancelled"]
 
 _ASSIGNMENTS: tuple[str, ...] = get_args(Assignment)
+logger = logging.getLogger("rayfleet")
 
 _SCHEMA = (
     """CREATE TABLE IF NOT EXISTS runs (
@@ -56,6 +65,7 @@ _SCHEMA = (
     )""",
     "CREATE INDEX IF NOT EXISTS runs_by_version ON runs (agent, version, ended_at)",
     "CREATE INDEX IF NOT EXISTS runs_by_agent ON runs (agent, assignment, ended_at)",
+    "CREATE INDEX IF NOT EXISTS runs_by_tenant ON runs (tenant, ended_at)",
     """CREATE TABLE IF NOT EXISTS outcomes (
         run_id TEXT PRIMARY KEY,
         success INTEGER NOT NULL,
@@ -69,7 +79,25 @@ _STATS_SELECT = (
     "SELECT r.tenant, r.status, o.success, o.score, r.cost_usd, r.run_s "
     "FROM runs r LEFT JOIN outcomes o ON o.run_id = r.run_id "
 )
+# The same with the group columns in front: cost_report folds `row[2:]` per group.
+_REPORT_SELECT = (
+    "SELECT r.agent, r.version, r.tenant, r.status, o.success, o.score, r.cost_usd, r.run_s "
+    "FROM runs r LEFT JOIN outcomes o ON o.run_id = r.run_id "
+)
+# Runs, successes (explicit outcome first) and cost per (agent, version, tenant), in SQL:
+# what the metric gauges need, cheap enough to run every few seconds.
+_GROUP_TOTALS = (
+    "SELECT r.agent, r.version, r.tenant, COUNT(*), "
+    "SUM(CASE WHEN COALESCE(o.success, r.status = 'completed') THEN 1 ELSE 0 END), "
+    "SUM(r.cost_usd) "
+    "FROM runs r LEFT JOIN outcomes o ON o.run_id = r.run_id "
+    "WHERE r.assignment != 'shadow'"
+)
+_GROUP_KEYS_PER_QUERY = 300
+"""(agent, version, tenant) triples per IN list: 900 parameters, under SQLite's 999."""
 _Row = tuple[Any, ...]
+Group = tuple[str, str, str]
+"""(agent, version, tenant)."""
 
 
 class RunOutcome(BaseModel):
@@ -97,6 +125,9 @@ class RunOutcome(BaseModel):
     """The final output, if the run produced one; shadow comparisons test it for equality."""
     steps: int = Field(default=0, ge=0)
     """Steps the run took."""
+    over_budget: bool = False
+    """A budget ran out (the run failed on it, or wrapped up with what it had): the run is
+    unsuccessful unless the caller posts an outcome saying otherwise."""
 
     @model_validator(mode="after")
     def _shadow_has_a_primary(self) -> RunOutcome:
@@ -133,6 +164,50 @@ class VersionStats(BaseModel):
     mean_score: float | None
     """Mean of the explicit scores given; None if no run has one."""
 
+    @classmethod
+    def empty(cls) -> VersionStats:
+        """The statistics of no runs at all."""
+        return _fold(())
+
+
+class TenantCost(BaseModel):
+    """One tenant's outcomes of a selection: an agent version, an agent (all its versions),
+    or everything the tenant ran."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid", use_attribute_docstrings=True)
+
+    tenant: str
+    agent: str | None = None
+    """None: every agent."""
+    version: str | None = None
+    """None: every version of `agent` (or of every agent)."""
+    stats: VersionStats
+
+
+class CostReport(BaseModel):
+    """Cost per successful run per tenant, at three levels (shadow runs excluded)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid", use_attribute_docstrings=True)
+
+    since: float | None
+    """Runs that ended at or after this (unix seconds); None: every recorded run."""
+    versions: list[TenantCost]
+    """Per (agent, version, tenant), ordered by those."""
+    agents: list[TenantCost]
+    """Per (agent, tenant) across the agent's versions."""
+    tenants: list[TenantCost]
+    """Per tenant across every agent."""
+
+
+class OutcomeMetrics(Protocol):
+    """Where outcome metrics go (Ray metrics in the actor; a fake in tests)."""
+
+    def run_recorded(self, outcome: RunOutcome) -> None:
+        """A run's end was recorded for the first time (never for a shadow run)."""
+
+    def group_totals(self, group: Group, runs: int, successes: int, cost_usd: float) -> None:
+        """The current totals of one (agent, version, tenant), explicit outcomes applied."""
+
 
 class ShadowComparison(BaseModel):
     """Shadow runs of `shadow_version` against the primary runs they mirrored."""
@@ -166,7 +241,12 @@ class OutcomeStore:
     """Run outcomes and explicit outcomes. SQLite calls run in a worker thread, one at a
     time. No Ray in here. `clock` (unix seconds) stamps when rows were written."""
 
-    def __init__(self, path: str, clock: Callable[[], float] = time.time) -> None:
+    def __init__(
+        self,
+        path: str,
+        clock: Callable[[], float] = time.time,
+        metrics: OutcomeMetrics | None = None,
+    ) -> None:
         Path(path).parent.mkdir(parents=True, exist_ok=True)
         self._db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
         # Statistics, not a ledger: losing the last commits in a power cut is acceptable.
@@ -176,6 +256,9 @@ class OutcomeStore:
             self._db.execute(statement)
         self._lock = threading.Lock()
         self._clock = clock
+        self._metrics = metrics
+        self._dirty: set[Group] | None = None
+        """Groups whose gauges are stale; None: all of them (nothing published yet)."""
 
     async def record_run(self, outcome: RunOutcome) -> None:
         """Record how a run ended. The first record of a run stands; later ones are ignored
@@ -196,11 +279,22 @@ class OutcomeStore:
             o.steps,
             self._clock(),
         )
-        await asyncio.to_thread(
+        inserted = await asyncio.to_thread(
             self._write,
             "INSERT OR IGNORE INTO runs VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
             row,
         )
+        if inserted and o.over_budget:  # the automatic outcome; a caller's own one wins
+            await asyncio.to_thread(
+                self._write,
+                "INSERT OR IGNORE INTO outcomes (run_id, success, score, set_at) "
+                "VALUES (?, 0, NULL, ?)",
+                (o.run_id, self._clock()),
+            )
+        if inserted and o.assignment != "shadow":
+            self._mark_dirty((o.agent, o.version, o.tenant))
+            if self._metrics is not None:
+                self._metrics.run_recorded(o)
 
     async def set_outcome(self, run_id: str, success: bool, score: float | None = None) -> bool:
         """Store the caller's explicit outcome of a run; it wins over the automatic one. The
@@ -217,6 +311,15 @@ class OutcomeStore:
             "INSERT OR REPLACE INTO outcomes (run_id, success, score, set_at) VALUES (?, ?, ?, ?)",
             (run_id, int(success), score, self._clock()),
         )
+        if self._metrics is not None:  # the run's group changes only if it is recorded
+            found = await asyncio.to_thread(
+                self._read,
+                "SELECT agent, version, tenant FROM runs "
+                "WHERE run_id = ? AND assignment != 'shadow'",
+                (run_id,),
+            )
+            for agent, version, tenant in found:
+                self._mark_dirty((agent, version, tenant))
         return True
 
     async def version_stats(
@@ -253,6 +356,86 @@ class OutcomeStore:
             by_tenant[row[0]].append(row)
         return {tenant: _fold(by_tenant[tenant]) for tenant in sorted(by_tenant)}
 
+    async def cost_report(
+        self, since: float | None = None, tenant: str | None = None
+    ) -> CostReport:
+        """Cost per successful run per tenant: per agent version, per agent and overall, of
+        the runs that ended at or after `since`; of one `tenant` only if given (what a
+        tenant may see of itself). Shadow runs are excluded."""
+        where = "WHERE r.assignment != 'shadow'"
+        args: list[object] = []
+        if since is not None:
+            where += " AND r.ended_at >= ?"
+            args.append(since)
+        if tenant is not None:
+            where += " AND r.tenant = ?"
+            args.append(tenant)
+        rows = await asyncio.to_thread(self._read, _REPORT_SELECT + where, tuple(args))
+        versions: dict[tuple[str, str, str], list[_Row]] = defaultdict(list)
+        agents: dict[tuple[str, str], list[_Row]] = defaultdict(list)
+        tenants: dict[str, list[_Row]] = defaultdict(list)
+        for row in rows:
+            agent, version, who = str(row[0]), str(row[1]), str(row[2])
+            versions[(agent, version, who)].append(row[2:])
+            agents[(agent, who)].append(row[2:])
+            tenants[who].append(row[2:])
+        return CostReport(
+            since=since,
+            versions=[
+                TenantCost(tenant=t, agent=a, version=v, stats=_fold(versions[(a, v, t)]))
+                for a, v, t in sorted(versions)
+            ],
+            agents=[
+                TenantCost(tenant=t, agent=a, stats=_fold(agents[(a, t)]))
+                for a, t in sorted(agents)
+            ],
+            tenants=[TenantCost(tenant=t, stats=_fold(tenants[t])) for t in sorted(tenants)],
+        )
+
+    async def publish_metrics(self) -> int:
+        """Send the current totals of every group that changed since the last call (all of
+        them on the first call) to the metrics sink; returns how many groups were sent."""
+        if self._metrics is None:
+            return 0
+        dirty, self._dirty = self._dirty, set()
+        try:
+            totals = await asyncio.to_thread(self._group_totals, dirty)
+        except BaseException:
+            self._dirty = None if dirty is None else self._dirty | dirty  # try again later
+            raise
+        for agent, version, tenant, runs, successes, cost in totals:
+            group = (str(agent), str(version), str(tenant))
+            self._metrics.group_totals(group, int(runs), int(successes or 0), float(cost or 0.0))
+        return len(totals)
+
+    async def publish_metrics_every(self, interval_s: float) -> None:
+        """Publish the gauges every `interval_s` seconds, for ever (the actor runs this)."""
+        while True:
+            try:
+                await self.publish_metrics()
+            except Exception as exc:
+                logger.warning("publishing outcome metrics failed: %r", exc)
+            await asyncio.sleep(interval_s)
+
+    def _mark_dirty(self, group: Group) -> None:
+        if self._dirty is not None:
+            self._dirty.add(group)
+
+    def _group_totals(self, groups: set[Group] | None) -> list[_Row]:
+        if groups is None:
+            return self._read(_GROUP_TOTALS + " GROUP BY r.agent, r.version, r.tenant", ())
+        found: list[_Row] = []
+        ordered = sorted(groups)
+        for start in range(0, len(ordered), _GROUP_KEYS_PER_QUERY):
+            chunk = ordered[start : start + _GROUP_KEYS_PER_QUERY]
+            values = ", ".join(["(?, ?, ?)"] * len(chunk))
+            sql = (
+                f"{_GROUP_TOTALS} AND (r.agent, r.version, r.tenant) IN (VALUES {values}) "
+                "GROUP BY r.agent, r.version, r.tenant"
+            )
+            found += self._read(sql, tuple(part for group in chunk for part in group))
+        return found
+
     async def shadow_pairs(self, agent: str, since: float | None = None) -> list[ShadowComparison]:
         """Each (primary version, shadow version) of an agent, comparing the shadow runs that
         ended at or after `since` with their primary runs; ordered by the two versions. A
@@ -277,9 +460,10 @@ class OutcomeStore:
         with self._lock:
             self._db.close()
 
-    def _write(self, sql: str, row: tuple[object, ...]) -> None:
+    def _write(self, sql: str, row: tuple[object, ...]) -> int:
+        """Run one statement; returns how many rows it changed."""
         with self._lock:
-            self._db.execute(sql, row)
+            return self._db.execute(sql, row).rowcount
 
     def _read(self, sql: str, args: tuple[object, ...]) -> list[_Row]:
         with self._lock:
@@ -368,5 +552,68 @@ def _percentile(values: list[float], percent: int) -> float:
     return ordered[max(rank, 1) - 1]
 
 
+_TAGS = ("agent", "version", "tenant")
+METRICS_INTERVAL_S = 5.0
+"""How often the actor recomputes the gauges of the groups that changed."""
+
+
+class RayOutcomeMetrics:
+    """Outcome metrics as Ray metrics (Prometheus through Ray's metrics agent, where Ray
+    prefixes them with `ray_`). Tags: agent, version, tenant (+ status on runs)."""
+
+    def __init__(self) -> None:
+        from ray.util.metrics import Counter, Gauge
+
+        self._runs = Counter(
+            "rayfleet_runs_total",
+            "Finished runs recorded, by how they ended (shadow runs excluded).",
+            tag_keys=(*_TAGS, "status"),
+        )
+        self._cost = Counter(
+            "rayfleet_run_cost_usd_total",
+            "Dollars spent by finished runs, successful or not (shadow runs excluded).",
+            tag_keys=_TAGS,
+        )
+        self._successes = Gauge(
+            "rayfleet_successful_runs",
+            "Successful runs so far (explicit outcomes applied; completed = success otherwise).",
+            tag_keys=_TAGS,
+        )
+        self._recorded = Gauge(
+            "rayfleet_recorded_runs",
+            "Finished runs so far (from the outcome store; shadow runs excluded).",
+            tag_keys=_TAGS,
+        )
+        self._per_success = Gauge(
+            "rayfleet_cost_per_successful_run_usd",
+            "Cost of all runs / successful runs, per agent version and tenant.",
+            tag_keys=_TAGS,
+        )
+
+    def run_recorded(self, outcome: RunOutcome) -> None:
+        tags = {"agent": outcome.agent, "version": outcome.version, "tenant": outcome.tenant}
+        self._runs.inc(1.0, tags={**tags, "status": outcome.status})
+        if outcome.cost_usd > 0:  # a Ray counter only takes positive steps
+            self._cost.inc(outcome.cost_usd, tags=tags)
+
+    def group_totals(self, group: Group, runs: int, successes: int, cost_usd: float) -> None:
+        tags = dict(zip(_TAGS, group, strict=True))
+        self._recorded.set(runs, tags=tags)
+        self._successes.set(successes, tags=tags)
+        # NaN (Prometheus' "undefined") while the group has no success, not a stale figure.
+        self._per_success.set(cost_usd / successes if successes else math.nan, tags=tags)
+
+
+class _OutcomeStoreShell(OutcomeStore):
+    """The store in its actor, publishing Ray metrics."""
+
+    def __init__(self, path: str) -> None:
+        super().__init__(path, metrics=RayOutcomeMetrics())
+        # An async actor builds itself inside its event loop: the publisher lives there.
+        self._publisher = asyncio.get_running_loop().create_task(
+            self.publish_metrics_every(METRICS_INTERVAL_S)
+        )
+
+
 # Ray's stubs lack actor options (max_concurrency) in the keyword overload of `remote`.
-OutcomeStoreActor = ray.remote(num_cpus=0, max_concurrency=64)(OutcomeStore)  # type: ignore[call-overload]
+OutcomeStoreActor = ray.remote(num_cpus=0, max_concurrency=64)(_OutcomeStoreShell)  # type: ignore[call-overload]

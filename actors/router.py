@@ -116,8 +116,6 @@ class _Call:
     last_provider: str = ""
     out_of_time: bool = False
     credentials: Credentials | None = None
-    retry_cost_usd: float = 0.0
-    """Estimated cost of attempts that failed after streaming: the provider bills those."""
 
     def key_for(self, provider: str) -> str | None:
         return None if self.credentials is None else self.credentials.keys.get(provider)
@@ -322,7 +320,6 @@ class ModelRouter:
                     latency_ms=(self._clock() - started) * 1000,
                     tried=tuple(call.tried),
                     usage_estimated=estimated,
-                    retry_cost_usd=call.retry_cost_usd,
                 )
                 return
         except ProviderRejected:
@@ -338,9 +335,10 @@ class ModelRouter:
             call.failures.append(f"{ref.provider}/{ref.model}: {exc}")
             call.last_provider = ref.provider
             if streamed:
+                # The provider bills what it generated: book an estimate with the discard.
                 cut = Message(role="assistant", content="".join(streamed))
-                call.retry_cost_usd += self._prices.cost_usd(ref.model, _estimate(request, cut))
-                yield Discard(reason=str(exc), provider=ref.provider)
+                spent = self._prices.cost_usd(ref.model, _estimate(request, cut))
+                yield Discard(reason=str(exc), provider=ref.provider, cost_usd=spent)
             yield _Attempt(exc, timed_out and not streamed)
         except BaseException:
             breaker.released(permit)  # cancelled, or unusable output: no verdict on health

@@ -27,7 +27,7 @@ from actors.switches import KillSwitches
 from actors.tenant_model import LimiterPort, TenantModel
 from agents.errors import Overloaded, RequestInvalid, UnknownRun
 from agents.eventlog import EventLog
-from agents.events import Event, RunCreated, ToolCalled, ToolResulted
+from agents.events import BudgetExceededEvent, Event, RunCreated, ToolCalled, ToolResulted
 from agents.loop import Coalescing, Ports, RunInput, execute_run
 from agents.messages import Message, TextDelta, ToolCall, ToolSchema
 from agents.ports import Discard, MemoryPort, ModelPort, ModelResult, ToolOutcome, ToolPort
@@ -189,6 +189,7 @@ def outcome_of(events: list[Event]) -> RunOutcome | None:
         primary_run_id=created.primary_run_id,
         output=summary.output,
         steps=summary.steps,
+        over_budget=any(isinstance(e, BudgetExceededEvent) for e in events),
     )
 
 
@@ -299,7 +300,7 @@ class RunHost:
             if agent.response_cache_ttl_s is None:
                 return tenant_model
             ttl_s = agent.response_cache_ttl_s
-            cached = CachedModel(tenant_model, self._cache, context.tenant, ttl_s)
+            cached = CachedModel(tenant_model, self._cache, context.tenant, ttl_s, scope=agent.key)
             return _UnkilledFirst(cached, tenant_model.unkilled)
 
         model = model_for(spec)

@@ -8,6 +8,8 @@ and any replica can find it by id:
     rayfleet-memory            MemoryStore   conversation threads
     rayfleet-limiter           TenantLimiter tenant limits, exact across replicas
     rayfleet-outcomes          OutcomeStore  runs' outcomes, per-version stats
+    rayfleet-embeddings        EmbeddingBatcher  embedding micro-batches for all runs (+ cache)
+    rayfleet-batches           BatchRunner   bulk runs with bounded concurrency
     rayfleet-runhost-<host>    RunHost       the runs themselves
 The singletons live on the head node; run hosts go wherever `run_host_resources` allow.
 """
@@ -23,7 +25,9 @@ import ray
 from ray.actor import ActorHandle
 from ray.exceptions import RayActorError
 
+from actors.batches import BatchRunnerActor
 from actors.credentials import TenantContext
+from actors.embeddings import EMBEDDINGS_ACTOR, NAMESPACE_ENV, EmbeddingBatcherActor
 from actors.limiter import Admission, TenantLimiterActor
 from actors.memory import MemoryStoreActor
 from actors.outcomes import OutcomeStoreActor, RunOutcome
@@ -48,6 +52,7 @@ TOOLS_ACTOR = "rayfleet-tools"
 MEMORY_ACTOR = "rayfleet-memory"
 LIMITER_ACTOR = "rayfleet-limiter"
 OUTCOMES_ACTOR = "rayfleet-outcomes"
+BATCHES_ACTOR = "rayfleet-batches"
 HOST_PREFIX = "rayfleet-runhost-"
 # I/O-bound actors: a small reservation, many concurrent calls (every live stream is one).
 _ACTOR_OPTIONS: dict[str, Any] = {"num_cpus": 0.01, "lifetime": "detached"}
@@ -295,8 +300,17 @@ async def ensure_runtime(settings: RuntimeSettings) -> ActorHandle[Any]:
         settings.store_path
     )
     ToolPoolActor.options(
-        name=TOOLS_ACTOR, namespace=ns, get_if_exists=True, max_concurrency=10_000, **_ON_HEAD
+        name=TOOLS_ACTOR,
+        namespace=ns,
+        get_if_exists=True,
+        max_concurrency=10_000,
+        # Tools that use the shared actors (embeddings) find them in this namespace.
+        runtime_env={"env_vars": {NAMESPACE_ENV: ns}},
+        **_ON_HEAD,
     ).remote(retry=settings.tool_retry, ledger_path=settings.ledger_path)
+    EmbeddingBatcherActor.options(
+        name=EMBEDDINGS_ACTOR, namespace=ns, get_if_exists=True, **_ON_HEAD
+    ).remote(settings.embeddings, settings.providers, settings.prices, settings.cache)
     MemoryStoreActor.options(
         name=MEMORY_ACTOR, namespace=ns, get_if_exists=True, **_ON_HEAD
     ).remote(settings.memory_path)
@@ -308,6 +322,9 @@ async def ensure_runtime(settings: RuntimeSettings) -> ActorHandle[Any]:
     ).remote({})
     pool: ActorHandle[Any] = RunPoolActor.options(  # type: ignore[attr-defined]
         name=POOL_ACTOR, namespace=ns, get_if_exists=True, max_concurrency=10_000, **_ON_HEAD
+    ).remote(settings)
+    BatchRunnerActor.options(  # type: ignore[attr-defined]
+        name=BATCHES_ACTOR, namespace=ns, get_if_exists=True, max_restarts=-1, **_ON_HEAD
     ).remote(settings)
     await pool.warm_up.remote()
     return pool

@@ -132,9 +132,14 @@ class RunStore:
             )
 
     async def settings(self, prefix: str) -> dict[str, str]:
-        rows = await asyncio.to_thread(
-            self._read, "SELECT key, value FROM settings WHERE key LIKE ?", (prefix + "%",)
-        )
+        """Every setting whose key starts with `prefix` (a key range: uses the primary key,
+        and '_' or '%' in a prefix are plain characters)."""
+        sql = "SELECT key, value FROM settings"
+        args: tuple[str, ...] = ()
+        if prefix:
+            sql += " WHERE key >= ? AND key < ?"
+            args = (prefix, prefix[:-1] + chr(ord(prefix[-1]) + 1))
+        rows = await asyncio.to_thread(self._read, sql, args)
         return {str(k): str(v) for k, v in rows}
 
     def _write(self, sql: str, rows: list[tuple[object, ...]]) -> None:

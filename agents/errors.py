@@ -92,6 +92,14 @@ class UnknownRun(NotFound):
         self.run_id = run_id
 
 
+class UnknownBatch(NotFound):
+    code = "unknown_batch"
+
+    def __init__(self, message: str, batch_id: str = "") -> None:
+        super().__init__(message, batch_id)
+        self.batch_id = batch_id
+
+
 class RequestInvalid(RayfleetError):
     """A caller sent input we cannot accept; `field` names the offending field."""
 

@@ -57,6 +57,9 @@ class ModelDiscarded(_Event):
     step: int
     reason: str
     provider: str = ""
+    cost_usd: float = 0.0
+    """The failed attempt's estimated cost: providers bill what they generated, so it is
+    booked (apart from the answer's) and counts in the run's cost."""
 
 
 class ModelCompleted(_Event):
@@ -77,9 +80,6 @@ class ModelCompleted(_Event):
     usage_estimated: bool = False
     """The provider reported no usage (e.g. a stream cut before it): usage and cost_usd
     are estimates (agents.tokens)."""
-    retry_cost_usd: float = 0.0
-    """Estimated cost of failed attempts that streamed before failing, booked apart from
-    cost_usd; part of the run's cost."""
 
 
 class ToolCalled(_Event):
@@ -126,7 +126,8 @@ class ContextPruned(_Event):
     summary: str | None = None
     """A new summary, made for this call by the cheap tier."""
     summary_upto: int | None = None
-    """The summary covers the conversation's messages before this index (not the request)."""
+    """The summary covers the conversation's messages before this position, counted from
+    the request's (negative: within the recalled thread); never the request itself."""
     provider: str = ""
     model: str = ""
     usage: Usage = Usage()

@@ -235,7 +235,7 @@ async def _loop(run: _Run) -> str:
                 _out_of_dollars(run, tier, view.messages, offered)
                 continue  # now wrapping up: the call is rebuilt for the wrap-up tier
             result = await _model_turn(run, tier, view.messages, offered)
-            budget.record(result.response.usage, result.cost_usd + result.retry_cost_usd)
+            budget.record(result.response.usage, result.cost_usd)
             reply = result.response.message
             log.emit(
                 ModelCompleted,
@@ -251,7 +251,6 @@ async def _loop(run: _Run) -> str:
                 tried=result.tried,
                 cached=result.cached,
                 usage_estimated=result.usage_estimated,
-                retry_cost_usd=result.retry_cost_usd,
             )
             if not reply.tool_calls or wrapping_up:
                 state.phase, state.answer = "answered", reply.content
@@ -294,13 +293,14 @@ def _progress(run: _Run) -> None:
 
 def _worst_cost(run: _Run, tier: TierSpec, messages: tuple[Message, ...], tools: Tools) -> float:
     """What a call could cost at most: its estimated input, uncached, and a full output, at
-    the price of the first model of the tier."""
-    if run.ports.prices is None:
+    the price of the dearest model of the tier (any of them may answer)."""
+    prices = run.ports.prices
+    if prices is None:
         return 0.0
     worst = Usage(
         input_tokens=estimate_tokens(messages, tools), output_tokens=tier.max_output_tokens
     )
-    return run.ports.prices.cost_usd(tier.chain[0].model, worst)
+    return max(prices.cost_usd(ref.model, worst) for ref in tier.chain)
 
 
 def _affordable(run: _Run, tier: TierSpec, messages: tuple[Message, ...], tools: Tools) -> bool:
@@ -354,7 +354,7 @@ async def _context(run: _Run, tools: Tools) -> View:
         summarized=view.summarized,
         dropped=view.dropped,
         summary=summary.text if summary is not None else None,
-        summary_upto=summary.upto if summary is not None else None,
+        summary_upto=summary.upto - run.request_index if summary is not None else None,
         provider=result.provider if result is not None else "",
         model=result.response.model if result is not None else "",
         usage=result.response.usage if result is not None else Usage(),
@@ -377,11 +377,16 @@ async def _summarize(run: _Run) -> tuple[Summary, ModelResult] | None:
         return None
     timeout_s = run.budget.call_timeout_s(spec.timeouts.model_call_timeout_s)
     result: ModelResult | None = None
-    async for item in run.ports.model.stream(tier, prompt, (), timeout_s=timeout_s):
-        if isinstance(item, ModelResult):  # the summary's text is not the answer: no deltas
-            result = item
+    try:
+        async for item in run.ports.model.stream(tier, prompt, (), timeout_s=timeout_s):
+            if isinstance(item, ModelResult):  # the summary's text is not the answer: no deltas
+                result = item
+            elif isinstance(item, Discard):
+                run.budget.record(Usage(), item.cost_usd)
+    except RayfleetError:  # a summary only saves money: without one, old turns are dropped
+        return None
     if result is None:
-        raise RayfleetError("summary stream ended without a result")
+        return None
     run.budget.record(result.response.usage, result.cost_usd)
     state.summary = Summary(
         window_start(state.messages, spec.context), result.response.message.content
@@ -428,7 +433,14 @@ async def _model_turn(
                 pending, pending_chars, last_flush = [], 0, now
         elif isinstance(item, Discard):
             pending, pending_chars = [], 0
-            log.emit(ModelDiscarded, step=step, reason=item.reason, provider=item.provider)
+            log.emit(
+                ModelDiscarded,
+                step=step,
+                reason=item.reason,
+                provider=item.provider,
+                cost_usd=item.cost_usd,
+            )
+            run.budget.record(Usage(), item.cost_usd)
         else:
             result = item
     if pending:
@@ -497,11 +509,21 @@ async def _subagent(run: _Run, spec: AgentSpec, call: ToolCall) -> ToolOutcome:
             )
         log.publish(log.last_seq)
 
-    left_usd = max(0.0, run.spec.budgets.max_cost_usd - run.budget.cost_usd)
+    # Its limits are its own, within what the caller has left: the caller keeps enough
+    # dollars for the call that will use the sub-agent's answer (on the wrap-up tier, the
+    # cheapest it could fall back to).
+    parent, budget = run.spec, run.budget
+    keep_usd = _worst_cost(
+        run, parent.tiers[parent.wrap_up_tier_name], tuple(run.state.messages), ()
+    )
+    left_usd = parent.budgets.max_cost_usd - budget.cost_usd - keep_usd
+    left_tokens = parent.budgets.max_tokens - budget.usage.total_tokens
+    ran_s = max(0.0, time.time() - earlier[0].ts) if earlier else 0.0  # before a resume
     limits = spec.budgets.model_copy(
         update={
-            "max_cost_usd": min(spec.budgets.max_cost_usd, left_usd) or 1e-9,
-            "run_timeout_s": min(spec.budgets.run_timeout_s, run.budget.remaining_s) or 1e-3,
+            "max_cost_usd": max(1e-9, min(spec.budgets.max_cost_usd, left_usd)),
+            "max_tokens": max(1, min(spec.budgets.max_tokens, left_tokens)),
+            "run_timeout_s": max(1e-3, min(spec.budgets.run_timeout_s, budget.remaining_s + ran_s)),
         }
     )
     arguments = call.arguments
@@ -527,7 +549,10 @@ async def _subagent(run: _Run, spec: AgentSpec, call: ToolCall) -> ToolOutcome:
     )
     end = log.events()[-1]
     if isinstance(end, RunCancelled) and end.reason == "cancelled":
-        raise asyncio.CancelledError  # the caller was cancelled (or timed out) meanwhile
+        # The caller was cancelled (or timed out) meanwhile: what the sub-agent spent is the
+        # caller's all the same (its terminal event reports it).
+        run.budget.record(end.usage, end.cost_usd)
+        raise asyncio.CancelledError
     if isinstance(end, RunCompleted):
         return ToolOutcome(ok=True, output=end.output, cost_usd=end.cost_usd, usage=end.usage)
     assert isinstance(end, RunFailed | RunCancelled)

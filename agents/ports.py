@@ -26,8 +26,6 @@ class ModelResult(BaseModel):
     """Answered from rayfleet's response cache: no provider call, no cost."""
     usage_estimated: bool = False
     """The provider reported no usage: usage and cost are estimates (agents.tokens)."""
-    retry_cost_usd: float = 0.0
-    """Estimated cost of this call's attempts that failed after streaming (billed too)."""
 
 
 class Discard(BaseModel):
@@ -39,6 +37,8 @@ class Discard(BaseModel):
     kind: str = "discard"
     reason: str
     provider: str
+    cost_usd: float = 0.0
+    """The failed attempt's estimated cost (providers bill what they generated)."""
 
 
 class ModelPort(Protocol):

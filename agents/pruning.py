@@ -127,6 +127,8 @@ def build_view(
     if summary is not None:
         head.append(Message(role="user", content=SUMMARY_HEADER + summary.text))
         rest_from = summary.upto
+        while rest_from < len(cut) and cut[rest_from].role == "tool":
+            rest_from += 1  # results of a summarised call (a resumed run's thread may differ)
         summarized = sum(1 for i in range(1, summary.upto) if i != request_index)
         if request_index < summary.upto:
             head.append(cut[request_index])

@@ -79,9 +79,10 @@ def replay(prompt: list[Message], events: list[Event]) -> RunState:
             state.streamed_partial = True
         elif isinstance(event, ModelDiscarded):
             state.streamed_partial = False
+            state.cost_usd += event.cost_usd
         elif isinstance(event, ModelCompleted):
             state.usage += event.usage
-            state.cost_usd += event.cost_usd + event.retry_cost_usd
+            state.cost_usd += event.cost_usd
             state.streamed_partial = False
             reply_text = event.text
             announced = event.tool_calls
@@ -100,7 +101,9 @@ def replay(prompt: list[Message], events: list[Event]) -> RunState:
             state.usage += event.usage
             state.cost_usd += event.cost_usd
             if event.summary is not None and event.summary_upto is not None:
-                state.summary = Summary(event.summary_upto, event.summary)
+                # Relative to the request: the recalled thread before it may differ now.
+                upto = max(1, len(prompt) - 1 + event.summary_upto)
+                state.summary = Summary(upto, event.summary)
         elif isinstance(event, MemoryDegraded):
             state.degraded = True
         elif isinstance(event, BudgetExceededEvent):

@@ -92,6 +92,11 @@ class ToolSpec(_Config):
     def _no_cached_side_effects(self) -> Self:
         if self.side_effects and self.cache_ttl_s is not None:
             raise ValueError(f"tool {self.name!r} has side_effects: true and cannot be cached")
+        if self.agent is not None and self.cache_ttl_s is not None:
+            raise ValueError(
+                f"tool {self.name!r} is a sub-agent: cache its calls with the sub-agent's own "
+                "response_cache_ttl_s and tool caches, not cache_ttl_s"
+            )
         return self
 
     def schema_for_model(self) -> ToolSchema:

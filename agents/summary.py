@@ -10,6 +10,7 @@ from agents.events import (
     ContextPruned,
     Event,
     ModelCompleted,
+    ModelDiscarded,
     RunCancelled,
     RunCompleted,
     RunCreated,
@@ -53,7 +54,9 @@ def summarize(events: list[Event]) -> RunSummary:
         if isinstance(event, StepStarted):
             steps = event.step
         elif isinstance(event, ModelCompleted):
-            usage, cost = usage + event.usage, cost + event.cost_usd + event.retry_cost_usd
+            usage, cost = usage + event.usage, cost + event.cost_usd
+        elif isinstance(event, ModelDiscarded):  # a failed attempt, billed all the same
+            cost += event.cost_usd
         elif isinstance(event, ContextPruned):
             usage, cost = usage + event.usage, cost + event.cost_usd
         elif isinstance(event, ToolResulted):  # a sub-agent's spend

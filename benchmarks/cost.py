@@ -429,7 +429,7 @@ def _result(spec: AgentSpec, tenant: str, turn: Turn, events: list[Event]) -> Ru
     result = RunResult(tenant, turn, status, output, cost, successful(turn, status, output))
     for agent, event in _walk(events, spec.name):
         if isinstance(event, ModelCompleted):
-            cost_usd = event.cost_usd + event.retry_cost_usd
+            cost_usd = event.cost_usd
             call = Call(agent, event.model, "step", event.cached, event.usage, cost_usd)
             result.calls.append(call)
         elif isinstance(event, ContextPruned):

@@ -10,6 +10,7 @@ import asyncio
 import itertools
 import json
 import logging
+import math
 import re
 import time
 import uuid
@@ -17,9 +18,10 @@ from collections.abc import AsyncIterator, Coroutine
 from typing import Any, Literal, TypeVar
 
 import ray
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 from ray import serve
 from ray.actor import ActorHandle
+from ray.exceptions import RayActorError
 from ray.serve.handle import DeploymentHandle
 from sse_starlette import EventSourceResponse
 from starlette.applications import Starlette
@@ -28,9 +30,21 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
+from actors.batches import (
+    DEFAULT_CONCURRENCY,
+    MAX_CONCURRENCY,
+    MAX_ITEMS,
+    BatchInput,
+    BatchJob,
+    BatchView,
+    is_batch_id,
+    new_batch_id,
+)
 from actors.credentials import TenantContext
 from actors.limiter import Admission
+from actors.outcomes import CostReport, VersionStats
 from actors.runtime import (
+    BATCHES_ACTOR,
     LIMITER_ACTOR,
     OUTCOMES_ACTOR,
     STORE_ACTOR,
@@ -41,19 +55,21 @@ from actors.runtime import (
 from actors.switches import KillSwitches
 from agents.errors import (
     Killed,
+    Overloaded,
     RayfleetError,
     RequestInvalid,
     RequestTooLarge,
     TenantLimited,
     Unauthorized,
     UnknownAgent,
+    UnknownBatch,
     UnknownRun,
 )
 from agents.events import Event
 from agents.spec import AgentSpec
 from agents.summary import RunSummary
 from serve_app.config import AppConfig
-from serve_app.delivery import KILL_ADMIN, Delivery
+from serve_app.delivery import KILL_ADMIN, ROLLBACK, Delivery
 from serve_app.http_errors import error_response, problem
 from serve_app.openapi import openapi_endpoint
 from serve_app.sse import to_sse
@@ -95,6 +111,47 @@ class RunRequest(BaseModel):
     version: str | None = Field(None, description="Pin an agent version (default: current).")
 
 
+def _texts_as_inputs(schema: dict[str, Any]) -> None:
+    # The validator below turns a plain string into {"input": ...}: document both forms.
+    text = {"type": "string", "minLength": 1, "maxLength": 100_000}
+    schema["items"] = {"anyOf": [schema["items"], text]}
+
+
+class BatchRequest(BaseModel):
+    """Body of `POST /v1/agents/{agent}/batches`."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    inputs: list[BatchInput] = Field(
+        min_length=1,
+        max_length=MAX_ITEMS,
+        description=f"1 to {MAX_ITEMS} inputs: objects like a run's body (without `version`) "
+        "or plain strings.",
+        json_schema_extra=_texts_as_inputs,
+    )
+    concurrency: int = Field(
+        DEFAULT_CONCURRENCY,
+        ge=1,
+        le=MAX_CONCURRENCY,
+        strict=True,
+        description="Runs of the batch in flight at once.",
+    )
+    version: str | None = Field(
+        None, description="Pin an agent version (default: one chosen for the whole batch)."
+    )
+
+    @field_validator("inputs", mode="before")
+    @classmethod
+    def _strings_are_inputs(cls, value: Any) -> Any:
+        if isinstance(value, list):
+            return [{"input": item} if isinstance(item, str) else item for item in value]
+        return value
+
+
+_DRIVER_ATTEMPTS = 5
+"""Calls to the batch driver while Ray restarts it (a second or two), over about 6 s."""
+
+
 @serve.deployment(
     name="gateway",
     max_ongoing_requests=2000,
@@ -120,6 +177,7 @@ class Gateway:
         self._limiter: ActorHandle[Any] | None = None
         self._store: ActorHandle[Any] | None = None
         self._outcomes: ActorHandle[Any] | None = None
+        self._batches: ActorHandle[Any] | None = None
         self._background: set[asyncio.Task[None]] = set()
         self._over_rate: dict[str, tuple[float, Admission]] = {}
         """Tenants the limiter refused for their request rate: when, and its answer."""
@@ -144,6 +202,7 @@ class Gateway:
             self._limiter = ray.get_actor(LIMITER_ACTOR, namespace=runtime.namespace)
             self._store = ray.get_actor(STORE_ACTOR, namespace=runtime.namespace)
             self._outcomes = ray.get_actor(OUTCOMES_ACTOR, namespace=runtime.namespace)
+            self._batches = ray.get_actor(BATCHES_ACTOR, namespace=runtime.namespace)
             await self._push_limits()
             await self._delivery.publish(self._store.put_setting.remote)
             self._spawn(self._watch())
@@ -159,12 +218,19 @@ class Gateway:
         assert self._store is not None
         for tick in itertools.count():
             try:
-                self._delivery.refresh(await self._store.settings.remote(""))
+                self._delivery.refresh(await self._delivery_settings())
                 if tick % 5 == 0:
                     await self._judge_canaries()
             except Exception as exc:
                 logger.warning("traffic refresh failed: %r", exc)
             await asyncio.sleep(1.0)
+
+    async def _delivery_settings(self) -> dict[str, str]:
+        """The store's settings the traffic state is derived from (not batches' state)."""
+        assert self._store is not None
+        kill: dict[str, str] = await self._store.settings.remote("kill/")
+        rollbacks: dict[str, str] = await self._store.settings.remote(ROLLBACK)
+        return {**kill, **rollbacks}
 
     async def _judge_canaries(self) -> None:
         assert self._store is not None and self._outcomes is not None
@@ -175,7 +241,7 @@ class Gateway:
             if reasons:
                 key, record = self._delivery.rollback_record(agent, "; ".join(reasons))
                 await self._store.put_setting.remote(key, record)
-                self._delivery.refresh(await self._store.settings.remote(""))
+                self._delivery.refresh(await self._delivery_settings())
                 logger.warning("canary %s@%s rolled back: %s", agent, canary, reasons)
 
     async def _push_limits(self) -> None:
@@ -276,13 +342,7 @@ class Gateway:
                 admission.remaining,
                 admission.reset_s,
             )
-        context = TenantContext(
-            tenant=tenant.id,
-            credentials=tenant.credentials,
-            use_default_credentials=tenant.use_default_credentials,
-            metered=tenant.limits.tokens_per_min is not None
-            or tenant.limits.daily_budget_usd is not None,
-        )
+        context = _context(tenant)
         try:
             run_id: str = await self._agents[key].start.remote(
                 request.input, request.thread_id, context, tenant.namespace, assignment
@@ -376,6 +436,86 @@ class Gateway:
         await runs.cancel(run_id)
         return await runs.summary(run_id)
 
+    # -- batches: many inputs to one agent version, driven by the batch actor ----------------
+
+    async def start_batch(
+        self,
+        agent: str,
+        inputs: list[str | dict[str, Any]],
+        concurrency: int = DEFAULT_CONCURRENCY,
+        version: str | None = None,
+        api_key: str | None = None,
+    ) -> BatchView:
+        """Start a batch of runs (items: strings or {"input", "thread_id"?}); returns its
+        state at once (`batch_id`). It goes on whatever happens to the caller."""
+        body = {"inputs": inputs, "concurrency": concurrency, "version": version}
+        return await self._start_batch(self._tenant(api_key), agent, _validate(BatchRequest, body))
+
+    async def get_batch(self, batch_id: str, api_key: str | None = None) -> BatchView:
+        """A batch's progress and per-item results (the caller's batches only)."""
+        return await self._owned_batch(self._tenant(api_key), batch_id, "get")
+
+    async def cancel_batch(self, batch_id: str, api_key: str | None = None) -> BatchView:
+        """Start no more of the batch's items and cancel those running."""
+        return await self._owned_batch(self._tenant(api_key), batch_id, "cancel")
+
+    async def _start_batch(
+        self, tenant: TenantConfig, agent: str, request: BatchRequest
+    ) -> BatchView:
+        self._choose(tenant, agent, request.version)  # 404 for what the tenant may not run
+        await self._client()
+        batch_id = new_batch_id()
+        # One version for the whole batch, chosen as for one run (so a 10% canary gets a
+        # tenth of the batches, each whole).
+        if request.version is not None:
+            version, assignment = request.version, "pinned"
+        else:
+            choice = self._delivery.choose(agent, tenant.id, None, batch_id)
+            version, assignment = choice.version, choice.assignment
+        killed = self._delivery.killed(agent, version, tenant.id)
+        if killed is not None:
+            raise Killed(killed)
+        job = BatchJob(
+            batch_id=batch_id,
+            agent=agent,
+            version=version,
+            assignment=assignment,
+            spec=self._specs[f"{agent}@{version}"],
+            context=_context(tenant),
+            namespace=tenant.namespace,
+            inputs=request.inputs,
+            concurrency=request.concurrency,
+            created_at=time.time(),
+        )
+        view: BatchView = await self._driver("submit", job)  # idempotent: safe to retry
+        return view
+
+    async def _owned_batch(self, tenant: TenantConfig, batch_id: str, method: str) -> BatchView:
+        """The batch if it is the tenant's; another tenant's batch does not exist."""
+        view: BatchView | None = None
+        if is_batch_id(batch_id):
+            view = await self._driver(method, batch_id, tenant.id)
+        if view is None:
+            raise UnknownBatch(f"unknown batch {batch_id[:80]!r}", batch_id[:80])
+        return view
+
+    async def _driver(self, method: str, *args: Any) -> Any:
+        """Call the batch driver; while Ray restarts it, ask again."""
+        await self._client()
+        for attempt in range(1, _DRIVER_ATTEMPTS + 1):
+            if self._batches is None:  # it was gone for good: make a new one
+                await ensure_runtime(self._config.runtime)
+                namespace = self._config.runtime.namespace
+                self._batches = ray.get_actor(BATCHES_ACTOR, namespace=namespace)
+            try:
+                return await getattr(self._batches, method).remote(*args)
+            except RayActorError as exc:
+                logger.warning("batch driver unavailable (%d): %r", attempt, exc)
+                if not isinstance(exc, ray.exceptions.ActorUnavailableError):
+                    self._batches = None
+                await asyncio.sleep(min(0.25 * 2 ** (attempt - 1), 2.0))
+        raise Overloaded("the batch driver is restarting", 2.0)
+
     # -- HTTP ---------------------------------------------------------------------------------
 
     def __serve_build_asgi_app__(self) -> Starlette:
@@ -384,11 +524,15 @@ class Gateway:
             Route("/openapi.json", openapi_endpoint, methods=["GET"]),
             Route("/v1/agents", self._http_list_agents, methods=["GET"]),
             Route("/v1/agents/{agent}/runs", self._http_create_run, methods=["POST"]),
+            Route("/v1/agents/{agent}/batches", self._http_create_batch, methods=["POST"]),
+            Route("/v1/batches/{batch_id}", self._http_get_batch, methods=["GET"]),
+            Route("/v1/batches/{batch_id}/cancel", self._http_cancel_batch, methods=["POST"]),
             Route("/v1/runs/{run_id}", self._http_get_run, methods=["GET"]),
             Route("/v1/runs/{run_id}/events", self._http_events, methods=["GET"]),
             Route("/v1/runs/{run_id}/cancel", self._http_cancel, methods=["POST"]),
             Route("/v1/runs/{run_id}/outcome", self._http_outcome, methods=["POST"]),
             Route("/v1/admin/tenants", self._http_admin_tenants, methods=["GET"]),
+            Route("/v1/admin/costs", self._http_admin_costs, methods=["GET"]),
             Route("/v1/admin/kill", self._http_admin_kill, methods=["POST"]),
             Route("/v1/admin/agents/{agent}/rollback", self._http_rollback, methods=["POST"]),
             Route("/v1/admin/agents/{agent}/shadows", self._http_shadows, methods=["GET"]),
@@ -408,14 +552,26 @@ class Gateway:
         return self._auth.authenticate(request.headers.get("authorization"))
 
     async def _http_list_agents(self, request: Request) -> Response:
-        agents = self._agents_for(self._caller(request))
+        tenant = self._caller(request)
+        agents = self._agents_for(tenant)
         await self._client()
         assert self._outcomes is not None
+        # The caller's own figures, and only the caller's: cost per successful run of its runs.
+        mine: CostReport = await self._outcomes.cost_report.remote(None, tenant.id)
+        by_version = {(c.agent, c.version): c.stats for c in mine.versions}
+        by_agent = {c.agent: c.stats for c in mine.agents}
+
+        def block(stats: VersionStats | None) -> dict[str, Any]:
+            found = stats or VersionStats.empty()
+            return {"tenant": tenant.id, "stats": found.model_dump(mode="json")}
+
         for agent in agents:
             agent["traffic"] = self._delivery.describe(agent["name"])
+            agent["tenant"] = block(by_agent.get(agent["name"]))
             for version in agent["versions"]:
                 stats = await self._outcomes.version_stats.remote(agent["name"], version["version"])
                 version["stats"] = stats.model_dump(mode="json")
+                version["tenant"] = block(by_version.get((agent["name"], version["version"])))
         return JSONResponse({"agents": agents})
 
     async def _http_outcome(self, request: Request) -> Response:
@@ -440,7 +596,7 @@ class Gateway:
         assert self._store is not None
         # Start from the stored switches, not this replica's copy (up to a second old), so a
         # switch set through another replica is not overwritten.
-        self._delivery.refresh(await self._store.settings.remote(""))
+        self._delivery.refresh(await self._delivery_settings())
         current = self._delivery.admin_kill().model_dump()
         if switch.scope == "global":
             current["global_reason"] = switch.reason
@@ -450,7 +606,7 @@ class Gateway:
             current[switch.scope][switch.name] = switch.reason
         updated = KillSwitches.model_validate(current)
         await self._store.put_setting.remote(KILL_ADMIN, updated.model_dump_json())
-        self._delivery.refresh(await self._store.settings.remote(""))
+        self._delivery.refresh(await self._delivery_settings())
         return JSONResponse({"kill": updated.model_dump(mode="json")})
 
     async def _http_rollback(self, request: Request) -> Response:
@@ -464,7 +620,7 @@ class Gateway:
         except ValueError as exc:
             raise RequestInvalid(str(exc), "agent") from None
         await self._store.put_setting.remote(key, record)
-        self._delivery.refresh(await self._store.settings.remote(""))
+        self._delivery.refresh(await self._delivery_settings())
         return JSONResponse({"agent": agent, "traffic": self._delivery.describe(agent)})
 
     async def _http_shadows(self, request: Request) -> Response:
@@ -514,6 +670,37 @@ class Gateway:
         await runs.cancel(run_id)
         return JSONResponse((await runs.summary(run_id)).model_dump(mode="json"))
 
+    async def _http_create_batch(self, request: Request) -> Response:
+        tenant = self._caller(request)
+        body = await _read_json(request, self._config.max_body_bytes)
+        batch = _validate(BatchRequest, body)
+        view = await self._start_batch(tenant, request.path_params["agent"], batch)
+        status_url = f"/v1/batches/{view.batch_id}"
+        return JSONResponse(
+            {"batch_id": view.batch_id, "status_url": status_url},
+            status_code=202,
+            headers={"Location": status_url},
+        )
+
+    async def _http_get_batch(self, request: Request) -> Response:
+        tenant = self._caller(request)
+        view = await self._owned_batch(tenant, request.path_params["batch_id"], "get")
+        return JSONResponse(view.model_dump(mode="json"))
+
+    async def _http_cancel_batch(self, request: Request) -> Response:
+        tenant = self._caller(request)
+        view = await self._owned_batch(tenant, request.path_params["batch_id"], "cancel")
+        return JSONResponse(view.model_dump(mode="json"))
+
+    async def _http_admin_costs(self, request: Request) -> Response:
+        """Cost per successful run of every tenant, per agent version, agent and overall."""
+        self._admin(request)
+        since = _since(request)
+        await self._client()
+        assert self._outcomes is not None
+        report: CostReport = await self._outcomes.cost_report.remote(since)
+        return JSONResponse(report.model_dump(mode="json"))
+
     async def _http_admin_tenants(self, request: Request) -> Response:
         """Every tenant with its limits and today's usage (admin key only)."""
         if not self._auth.is_admin(request.headers.get("authorization")):
@@ -547,6 +734,31 @@ class Gateway:
             headers=headers,
             send_timeout=30,
         )
+
+
+def _context(tenant: TenantConfig) -> TenantContext:
+    """How the tenant's runs reach providers and its limits (stored with each run)."""
+    return TenantContext(
+        tenant=tenant.id,
+        credentials=tenant.credentials,
+        use_default_credentials=tenant.use_default_credentials,
+        metered=tenant.limits.tokens_per_min is not None
+        or tenant.limits.daily_budget_usd is not None,
+    )
+
+
+def _since(request: Request) -> float | None:
+    """The `since` query parameter: unix seconds, or None when absent."""
+    raw = request.query_params.get("since")
+    if raw is None:
+        return None
+    try:
+        value = float(raw) if raw.isascii() and "_" not in raw else math.nan
+    except ValueError:
+        value = math.nan
+    if not (math.isfinite(value) and value >= 0):
+        raise RequestInvalid(f"since must be unix seconds (>= 0), not {raw[:40]!r}", "since")
+    return value
 
 
 def _wants_sse(request: Request) -> bool:

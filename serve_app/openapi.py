@@ -16,7 +16,8 @@ from pydantic import BaseModel, ConfigDict, Field
 from starlette.requests import Request
 from starlette.responses import JSONResponse
 
-from actors.outcomes import ShadowComparison, VersionStats
+from actors.batches import BATCH_ID_PATTERN, MAX_CONCURRENCY, MAX_ITEMS, BatchView
+from actors.outcomes import CostReport, ShadowComparison, VersionStats
 from actors.switches import KillSwitches
 from agents.events import event_adapter
 from agents.summary import RunSummary
@@ -60,6 +61,24 @@ class RunAccepted(BaseModel):
     events_url: str = Field(description="GET it for the run's events as SSE.")
 
 
+class BatchAccepted(BaseModel):
+    """`POST /v1/agents/{agent}/batches`."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    batch_id: str = Field(pattern=BATCH_ID_PATTERN)
+    status_url: str = Field(description="GET it for the batch's progress and results.")
+
+
+class TenantStats(BaseModel):
+    """The caller's own outcomes (never another tenant's)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    tenant: str = Field(description="The caller's tenant.")
+    stats: VersionStats
+
+
 class AgentVersion(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
@@ -68,6 +87,9 @@ class AgentVersion(BaseModel):
     tools: list[str]
     stats: VersionStats | None = Field(
         None, description="Outcomes of the version's finished runs (shadow runs excluded)."
+    )
+    tenant: TenantStats | None = Field(
+        None, description="The same, of the caller's runs only: its cost per successful run."
     )
 
 
@@ -101,6 +123,9 @@ class AgentInfo(BaseModel):
     current_version: str
     versions: list[AgentVersion]
     traffic: AgentTrafficState | None = None
+    tenant: TenantStats | None = Field(
+        None, description="The caller's outcomes across the agent's versions."
+    )
 
 
 class OutcomeRecorded(BaseModel):
@@ -173,7 +198,7 @@ _AUTH = (
 def _schemas() -> dict[str, Any]:
     """Every schema under one namespace: each model's `$defs` lifted into components."""
     # Imported here, not at the top, so the gateway can import this module to mount it.
-    from serve_app.gateway import KillRequest, OutcomeRequest, RunRequest
+    from serve_app.gateway import BatchRequest, KillRequest, OutcomeRequest, RunRequest
 
     found: dict[str, Any] = {}
 
@@ -184,10 +209,10 @@ def _schemas() -> dict[str, Any]:
                 raise ValueError(f"two different schemas are both called {key!r}")
             found[key] = value
 
-    for request in (RunRequest, OutcomeRequest, KillRequest):
+    for request in (RunRequest, OutcomeRequest, KillRequest, BatchRequest):
         add(request.__name__, request.model_json_schema(ref_template=REF, mode="validation"))
-    documented = (RunSummary, Problem, RunAccepted, AgentList, Health)
-    for model in (*documented, OutcomeRecorded, KillState, RollbackDone, ShadowReport):
+    documented = (RunSummary, Problem, RunAccepted, AgentList, Health, BatchAccepted, BatchView)
+    for model in (*documented, OutcomeRecorded, KillState, RollbackDone, ShadowReport, CostReport):
         add(model.__name__, model.model_json_schema(ref_template=REF, mode="serialization"))
     event = event_adapter.json_schema(ref_template=REF, mode="serialization")
     event["description"] = "One event of a run: the JSON in an SSE frame's `data:`."
@@ -254,6 +279,14 @@ _AGENT = {
     "description": "Agent name (see GET /v1/agents).",
     "schema": {"type": "string", "pattern": AGENT_PATTERN},
 }
+_BATCH_ID = {
+    "name": "batch_id",
+    "in": "path",
+    "required": True,
+    "description": "A batch id as returned when the batch was started.",
+    "schema": {"type": "string", "pattern": BATCH_ID_PATTERN},
+}
+_UNKNOWN_BATCH = _problem("Unknown batch, or another tenant's batch.")
 _LAST_EVENT_ID = {
     "name": "Last-Event-ID",
     "in": "header",
@@ -346,6 +379,76 @@ def _paths() -> dict[str, Any]:
                         "reason in `detail`).",
                         retry_after=True,
                     ),
+                },
+            }
+        },
+        "/v1/agents/{agent}/batches": {
+            "post": {
+                "operationId": "createBatch",
+                "summary": "Run many inputs through one agent version, a few at a time.",
+                "description": (
+                    f"Up to {MAX_ITEMS} inputs, each an ordinary run (it shows in "
+                    f"GET /v1/runs/{{run_id}} and counts against the tenant's limits), at most "
+                    f"`concurrency` (1-{MAX_CONCURRENCY}) in flight. One version serves the "
+                    "whole batch. Items of one `thread_id` run in order. An item refused by a "
+                    "tenant limit waits and retries (up to 5 minutes), then fails with code "
+                    "tenant_limited. The batch goes on whatever happens to the caller or the "
+                    "gateway."
+                ),
+                "parameters": [_AGENT],
+                "requestBody": {
+                    "required": True,
+                    "description": "At most 1 MiB (`max_body_bytes`); unknown fields are a 422.",
+                    "content": _json("BatchRequest"),
+                },
+                "responses": {
+                    "202": {
+                        "description": "Started.",
+                        "headers": {
+                            "Location": {
+                                "description": "The status_url.",
+                                "schema": {"type": "string"},
+                            }
+                        },
+                        "content": _json("BatchAccepted"),
+                    },
+                    "401": _UNAUTHORIZED,
+                    "404": _problem("Unknown agent, or no such version of it."),
+                    "413": _problem("Body over the size limit."),
+                    "422": _problem("Body is not JSON, or a field is invalid (`field` names it)."),
+                    "429": _problem("The tenant has too many batches running.", retry_after=True),
+                    "503": _problem(
+                        "No capacity, or a kill switch covers the batch (`code` killed, the "
+                        "reason in `detail`).",
+                        retry_after=True,
+                    ),
+                },
+            }
+        },
+        "/v1/batches/{batch_id}": {
+            "get": {
+                "operationId": "getBatch",
+                "summary": "A batch's progress and per-item results.",
+                "parameters": [_BATCH_ID],
+                "responses": {
+                    "200": {"description": "The batch.", "content": _json("BatchView")},
+                    "401": _UNAUTHORIZED,
+                    "404": _UNKNOWN_BATCH,
+                    "503": _OVERLOADED,
+                },
+            }
+        },
+        "/v1/batches/{batch_id}/cancel": {
+            "post": {
+                "operationId": "cancelBatch",
+                "summary": "Start no more items and cancel the running ones; returns the batch.",
+                "description": "A no-op on a batch that has ended.",
+                "parameters": [_BATCH_ID],
+                "responses": {
+                    "200": {"description": "The batch.", "content": _json("BatchView")},
+                    "401": _UNAUTHORIZED,
+                    "404": _UNKNOWN_BATCH,
+                    "503": _OVERLOADED,
                 },
             }
         },
@@ -460,6 +563,32 @@ def _paths() -> dict[str, Any]:
                 "responses": {
                     "200": {"description": "One entry per pair.", "content": _json("ShadowReport")},
                     "401": _problem("Not the admin key."),
+                },
+            }
+        },
+        "/v1/admin/costs": {
+            "get": {
+                "operationId": "tenantCosts",
+                "summary": "Cost per successful run of every tenant (admin key only).",
+                "description": (
+                    "Per (agent, version, tenant), per (agent, tenant) and per tenant: runs, "
+                    "successes, total cost and cost per successful run (the cost of all the "
+                    "runs over their successes). Shadow runs are excluded."
+                ),
+                "security": [{"bearer": []}],
+                "parameters": [
+                    {
+                        "name": "since",
+                        "in": "query",
+                        "required": False,
+                        "description": "Only runs that ended at or after this (unix seconds).",
+                        "schema": {"type": "number", "minimum": 0, "maximum": 1e12},
+                    }
+                ],
+                "responses": {
+                    "200": {"description": "The figures.", "content": _json("CostReport")},
+                    "401": _problem("Not the admin key."),
+                    "422": _problem("`since` is not a number of seconds."),
                 },
             }
         },

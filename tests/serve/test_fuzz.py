@@ -57,8 +57,16 @@ PARAMETERS = {
     "POST /v1/admin/kill": (),
     "POST /v1/admin/agents/{agent}/rollback": ("agent",),
     "GET /v1/admin/agents/{agent}/shadows": ("agent",),
+    "GET /v1/admin/costs": (),
 }
-"""Every operation but GET /openapi.json (nothing to fuzz), with its path parameters."""
+"""Every operation but GET /openapi.json (nothing to fuzz) and the batch routes, with its path
+parameters."""
+FUZZED_ELSEWHERE = {
+    # test_batches.py fuzzes these, waiting for the batches it starts to end.
+    "POST /v1/agents/{agent}/batches",
+    "GET /v1/batches/{batch_id}",
+    "POST /v1/batches/{batch_id}/cancel",
+}
 
 VARIANTS = [
     pytest.param(label, variant, id=f"{label}-{variant}")
@@ -82,7 +90,7 @@ def test_every_operation_is_fuzzed() -> None:
     results = list(SCHEMA.get_all_operations())
     assert all(isinstance(result, Ok) for result in results), results
     labels = {result.ok().label for result in results if isinstance(result, Ok)}
-    assert labels - set(PARAMETERS) == {"GET /openapi.json"}
+    assert labels - set(PARAMETERS) - FUZZED_ELSEWHERE == {"GET /openapi.json"}
 
 
 @pytest.fixture(scope="module")

@@ -103,6 +103,11 @@ class Versions:
         response = self.http.post("/v1/admin/kill", json=body, headers=ADMIN)
         assert response.status_code == 200, response.text
 
+    def drain(self, runs: list[dict[str, Any]]) -> None:
+        """Wait until `runs` have ended, so none uses a later test's scripted reply."""
+        for run in runs:
+            self.finished(run["run_id"], timeout_s=60)
+
     def version_of_runs(self, bodies: list[dict[str, Any]]) -> list[dict[str, Any]]:
         """Start runs concurrently (202) and return each one's summary at start."""
         return asyncio.run(_start_many(self.url, bodies))
@@ -200,6 +205,7 @@ def test_weights_split_new_runs_and_a_thread_sticks_to_its_version(versions: Ver
     for body, run in zip(threads * 4, sticky, strict=True):
         by_thread.setdefault(body, set()).add(run["version"])
     assert all(len(v) == 1 for v in by_thread.values()), by_thread
+    versions.drain(runs + sticky)
 
 
 # -- 2. live re-weighting ----------------------------------------------------------------------
@@ -223,6 +229,7 @@ def test_a_redeploy_with_new_weights_reroutes_without_restarting_replicas(
             + [{"input": "hi", "thread_id": thread}]
         )
         assert {r["version"] for r in after} == {"v2"}  # the thread moves with the weights
+        versions.drain(after)
         assert _replicas() == before, "a traffic change must not replace replicas"
         summary = versions.finished(slow)
         assert summary["version"] == "v1"

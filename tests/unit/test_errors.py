@@ -27,6 +27,7 @@ SAMPLE_ARGUMENTS: dict[str, object] = {
     "quota": 60,
     "remaining": 0,
     "reset_s": 12.0,
+    "batch_id": "batch-0123",
 }
 
 CLASSES = all_error_classes()

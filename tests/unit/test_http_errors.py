@@ -31,6 +31,7 @@ EXPECTED_STATUS = {
     "NotFound": 404,
     "UnknownAgent": 404,
     "UnknownRun": 404,
+    "UnknownBatch": 404,
     "RequestInvalid": 422,
     "RequestTooLarge": 413,
     "RunError": 500,

@@ -140,7 +140,8 @@ def test_path_parameter_formats_match_the_code() -> None:
     agent = doc["paths"]["/v1/agents/{agent}/runs"]["post"]["parameters"][0]["schema"]
     assert run_id["pattern"] == RUN_ID_PATTERN
     assert agent["pattern"] == AGENT_PATTERN
-    assert AgentSpec.model_json_schema()["properties"]["name"]["pattern"] == AGENT_PATTERN
+    spec_schema = AgentSpec.model_json_schema()  # recursive (sub-agents): under $defs
+    assert spec_schema["$defs"]["AgentSpec"]["properties"]["name"]["pattern"] == AGENT_PATTERN
     jsonschema.validate(new_run_id("h0"), run_id)
     jsonschema.validate(new_run_id("abcdefghij012345"), run_id)
     for bad in ("run-h0-xyz", "run-H0-" + "0" * 20, "../healthz", "run-h0-" + "0" * 21):

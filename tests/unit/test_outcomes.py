@@ -131,6 +131,20 @@ async def test_an_explicit_outcome_before_the_run_applies_when_it_is_recorded(
     assert (stats.runs, stats.successes, stats.failures) == (1, 0, 1)
 
 
+async def test_an_over_budget_run_is_unsuccessful_unless_the_caller_says_so(
+    store: OutcomeStore,
+) -> None:
+    await store.record_run(run("wrapped-up", over_budget=True))  # completed, with what it had
+    await store.record_run(run("judged-fine", over_budget=True))
+    assert await store.set_outcome("judged-fine", success=True)  # after: the caller wins
+    assert await store.set_outcome("judged-early", success=True)  # before: it stands too
+    await store.record_run(run("judged-early", over_budget=True))
+
+    stats = await store.version_stats("support", "v1")
+    assert (stats.runs, stats.successes) == (3, 2)
+    assert stats.cost_per_success_usd == pytest.approx(0.15)  # all three paid for
+
+
 async def test_the_latest_explicit_outcome_stands(store: OutcomeStore) -> None:
     await store.record_run(run("a"))
     await store.set_outcome("a", success=False, score=0.1)
@@ -310,3 +324,117 @@ async def test_outcomes_survive_a_reopen(tmp_path: Path) -> None:
     assert (stats.runs, stats.successes, stats.failures) == (3, 2, 1)
     assert stats.cost_per_success_usd == pytest.approx(0.3)
     assert stats.mean_score == 0.0
+
+
+# -- cost per successful run per tenant (C11): the report and the metrics --------------------
+
+
+async def test_cost_report_per_version_agent_and_tenant(store: OutcomeStore) -> None:
+    await store.record_run(run("a1", tenant="acme", cost_usd=0.10))
+    await store.record_run(run("a2", tenant="acme", cost_usd=0.30, status="failed"))
+    await store.record_run(run("a3", tenant="acme", cost_usd=0.20, version="v2"))
+    await store.record_run(run("a4", tenant="acme", cost_usd=0.50, agent="billing"))
+    await store.record_run(run("g1", tenant="globex", cost_usd=1.00, status="failed"))
+    await store.record_run(run("g2", tenant="globex", cost_usd=0.40))
+    await store.set_outcome("g2", success=False)  # the caller's word: not a success
+    await store.record_run(
+        run("s1", tenant="acme", version="v2", assignment="shadow", primary_run_id="a1")
+    )
+    await store.record_run(run("old", tenant="initech", ended_at=1.0))
+
+    report = await store.cost_report(since=10.0)
+
+    versions = {(c.agent, c.version, c.tenant): c.stats for c in report.versions}
+    assert list(versions) == [
+        ("billing", "v1", "acme"),
+        ("support", "v1", "acme"),
+        ("support", "v1", "globex"),
+        ("support", "v2", "acme"),
+    ]
+    assert versions[("support", "v1", "acme")].cost_per_success_usd == pytest.approx(0.40)
+    assert versions[("support", "v2", "acme")].runs == 1  # the shadow run is not counted
+    assert versions[("support", "v1", "globex")].successes == 0
+    assert versions[("support", "v1", "globex")].cost_per_success_usd is None
+    agents = {(c.agent, c.tenant): c.stats for c in report.agents}
+    assert all(c.version is None for c in report.agents)
+    assert agents[("support", "acme")].cost_per_success_usd == pytest.approx(0.60 / 2)
+    tenants = {c.tenant: c.stats for c in report.tenants}
+    assert list(tenants) == ["acme", "globex"]
+    assert tenants["acme"].cost_per_success_usd == pytest.approx(1.10 / 3)
+    assert tenants["globex"].cost_usd == pytest.approx(1.40)
+    assert report.since == 10.0
+
+
+async def test_cost_report_of_one_tenant_shows_nothing_of_another(store: OutcomeStore) -> None:
+    await store.record_run(run("a1", tenant="acme", cost_usd=0.10))
+    await store.record_run(run("g1", tenant="globex", cost_usd=7.0))
+
+    mine = await store.cost_report(tenant="acme")
+
+    assert {c.tenant for c in [*mine.versions, *mine.agents, *mine.tenants]} == {"acme"}
+    assert "globex" not in mine.model_dump_json()
+    assert mine.tenants[0].stats.cost_usd == pytest.approx(0.10)
+    assert (await store.cost_report(tenant="nobody")).versions == []
+
+
+def test_empty_stats_are_the_stats_of_no_runs() -> None:
+    empty = VersionStats.empty()
+    assert (empty.runs, empty.cost_usd, empty.cost_per_success_usd) == (0, 0.0, None)
+
+
+class FakeMetrics:
+    def __init__(self) -> None:
+        self.recorded: list[str] = []
+        self.totals: dict[tuple[str, str, str], tuple[int, int, float]] = {}
+
+    def run_recorded(self, outcome: RunOutcome) -> None:
+        self.recorded.append(outcome.run_id)
+
+    def group_totals(
+        self, group: tuple[str, str, str], runs: int, successes: int, cost_usd: float
+    ) -> None:
+        self.totals[group] = (runs, successes, cost_usd)
+
+
+async def test_metrics_count_runs_and_publish_cost_per_success_per_group(tmp_path: Path) -> None:
+    path = str(tmp_path / "outcomes.sqlite")
+    seed = OutcomeStore(path)
+    await seed.record_run(run("before", tenant="globex", cost_usd=0.5))
+    seed.close()
+    metrics = FakeMetrics()
+    store = OutcomeStore(path, metrics=metrics)
+    try:
+        await store.record_run(run("a1", tenant="acme", cost_usd=0.10))
+        await store.record_run(run("a1", tenant="acme", cost_usd=9.00))  # ignored: counted once
+        await store.record_run(run("s1", assignment="shadow", primary_run_id="a1", version="v2"))
+        assert metrics.recorded == ["a1"]
+
+        # The first publication covers every group in the store, also those of earlier runs.
+        assert await store.publish_metrics() == 2
+        assert metrics.totals[("support", "v1", "acme")] == pytest.approx((1, 1, 0.10))
+        assert metrics.totals[("support", "v1", "globex")] == pytest.approx((1, 1, 0.5))
+        assert ("support", "v2", "acme") not in metrics.totals  # shadow runs are not traffic
+
+        # Later ones only the groups that changed, explicit outcomes included.
+        assert await store.publish_metrics() == 0
+        await store.record_run(run("a2", tenant="acme", cost_usd=0.30, status="failed"))
+        await store.set_outcome("before", success=False)
+        assert await store.publish_metrics() == 2
+        assert metrics.totals[("support", "v1", "acme")] == pytest.approx((2, 1, 0.40))
+        assert metrics.totals[("support", "v1", "globex")] == pytest.approx((1, 0, 0.5))
+        await store.set_outcome("not-recorded-yet", success=True)
+        assert await store.publish_metrics() == 0
+    finally:
+        store.close()
+
+
+def test_ray_metrics_sink_takes_every_kind_of_group() -> None:
+    # Without a running Ray the metrics are recorded nowhere, but names, tags and values are
+    # still checked by Ray's classes.
+    from actors.outcomes import RayOutcomeMetrics
+
+    sink = RayOutcomeMetrics()
+    sink.run_recorded(run("a", cost_usd=0.0))
+    sink.run_recorded(run("b", status="failed", cost_usd=0.2))
+    sink.group_totals(("support", "v1", "acme"), 2, 1, 0.2)
+    sink.group_totals(("support", "v1", "globex"), 1, 0, 0.2)

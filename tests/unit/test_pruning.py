@@ -13,7 +13,8 @@ from agents.eventlog import EventLog
 from agents.events import BudgetProgress, ContextPruned, Event, ModelCompleted, ToolResulted
 from agents.examples import example_specs
 from agents.loop import Ports, RunInput, execute_run
-from agents.messages import Message, ToolCall, Usage
+from agents.messages import Message, TextDelta, ToolCall, Usage
+from agents.ports import Discard
 from agents.pruning import Summary, build_view, truncate_output
 from agents.replay import replay
 from agents.spec import AgentSpec, ContextSpec
@@ -158,10 +159,16 @@ async def test_a_resumed_run_keeps_its_summary() -> None:
         [Reply("Summary: orders."), Reply("", (lookup(),)), Reply("Shipped.")],
         memory=Thread(turns=6),
     )
-    prompt = [Message(role="system", content=spec.system_prompt)]
+    thread = Thread(turns=6).messages
+    request = Message(role="user", content="where is my order 1001?")
+    prompt = [Message(role="system", content=spec.system_prompt), *thread, request]
     state = replay(prompt, events[:-1])
     pruned = next(e for e in events if isinstance(e, ContextPruned))
-    assert state.summary == Summary(pruned.summary_upto or 0, "Summary: orders.")
+    assert pruned.summary_upto == -1  # all of the thread but its last message
+    assert state.summary == Summary(len(thread), "Summary: orders.")
+    # Resumed without the thread (memory down): the summary still ends before the request.
+    bare = replay([prompt[0], request], events[:-1])
+    assert bare.summary == Summary(1, "Summary: orders.")
 
 
 async def test_a_large_tool_output_is_truncated_in_the_call_and_whole_in_the_log() -> None:
@@ -219,3 +226,42 @@ async def test_a_budget_progress_event_closes_every_step() -> None:
     assert progress[-1].max_cost_usd == spec.budgets.max_cost_usd
     assert progress[0].cost_usd < progress[1].cost_usd == events[-1].cost_usd  # type: ignore[union-attr]
     assert 0 < progress[-1].time_left_s <= spec.budgets.run_timeout_s
+
+
+async def test_the_pre_call_check_prices_the_dearest_model_a_tier_may_fall_back_to() -> None:
+    base = support()
+    cheap_first = base.tiers["strong"].model_copy(
+        update={"chain": (base.tiers["fast"].chain[0], *base.tiers["strong"].chain)}
+    )
+    spec = base.model_copy(
+        update={
+            "tiers": {**base.tiers, "strong": cheap_first},
+            # Room for a full sim-fast call, not for a full sim-strong one.
+            "budgets": base.budgets.model_copy(update={"max_cost_usd": 0.005, "wrap_up": False}),
+        }
+    )
+    events, model = await run(spec, [])
+    assert model.requests == []  # stopped before spending anything
+    assert [e.kind for e in events][-2:] == ["budget.exceeded", "run.failed"]
+
+
+class DiscardingModel:
+    """A first attempt that streams, fails (billed 0.01) and is discarded; then an answer."""
+
+    async def stream(self, tier: Any, messages: Any, tools: Any, *, timeout_s: float) -> Any:
+        yield TextDelta(text="half an ans")
+        yield Discard(reason="stream cut", provider="sim-openai", cost_usd=0.01)
+        for item in Reply("A whole answer.").items():
+            yield item
+
+
+async def test_a_discarded_attempt_is_booked_apart_and_counts_in_the_run_cost() -> None:
+    log = EventLog("run-1")
+    ports = Ports(model=DiscardingModel(), tools=ToolPool(), prices=PRICES)
+    await execute_run(support(), RunInput(run_id="run-1", input="hello"), ports, log)
+    events = log.events()
+    discarded = next(e for e in events if e.kind == "model.discarded")
+    completed = next(e for e in events if isinstance(e, ModelCompleted))
+    assert discarded.cost_usd == 0.01  # type: ignore[union-attr]
+    assert events[-1].cost_usd == pytest.approx(0.01 + completed.cost_usd)  # type: ignore[union-attr]
+    assert replay([], events[:-1]).cost_usd == pytest.approx(events[-1].cost_usd)  # type: ignore[union-attr]

@@ -450,15 +450,17 @@ def test_router_settings_are_validated() -> None:
         RouterSettings(backoff_initial_s=2, backoff_max_s=1)
 
 
-async def test_a_cut_stream_is_booked_apart_as_an_estimated_retry_cost(
+async def test_a_cut_stream_is_booked_apart_at_an_estimated_cost(
     sim: Sim, http: httpx2.AsyncClient
 ) -> None:
     sim.script(
         {"type": "drop", "after_chunks": 3, "model": A},
         {"type": "text", "text": "the fallback's answer", "model": B},
     )
-    result = _result(await _call(_router(sim, http, attempts_per_provider=1)))
-    assert result.retry_cost_usd > 0  # the provider billed the cut attempt's tokens
+    items = await _call(_router(sim, http, attempts_per_provider=1))
+    discard = next(i for i in items if isinstance(i, Discard))
+    assert discard.cost_usd > 0  # the provider billed the cut attempt's tokens
+    result = _result(items)
     assert result.cost_usd == PriceTable(dict(DEFAULT_PRICES)).cost_usd(
         B, result.response.usage
     )  # the answer's own cost is apart

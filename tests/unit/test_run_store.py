@@ -36,7 +36,15 @@ async def test_runs_events_and_settings_round_trip(tmp_path: Path) -> None:
 
     await store.put_setting("kill/admin", '{"tools": {"issue_refund": "audit"}}')
     await store.put_setting("rollback/support", "{}")
+    await store.put_setting("kill_switch", "not under kill/")  # '_' is not a wildcard
+    await store.put_setting("kill0", "just past the range")
     assert set(await store.settings("kill/")) == {"kill/admin"}
+    assert set(await store.settings("")) == {
+        "kill/admin",
+        "rollback/support",
+        "kill_switch",
+        "kill0",
+    }
     await store.put_setting("kill/admin", None)
     assert await store.settings("kill/") == {}
     store.close()
