@@ -21,7 +21,6 @@ import ray
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 from ray import serve
 from ray.actor import ActorHandle
-from ray.exceptions import RayActorError
 from ray.serve.handle import DeploymentHandle
 from sse_starlette import EventSourceResponse
 from starlette.applications import Starlette
@@ -44,7 +43,6 @@ from actors.credentials import TenantContext
 from actors.limiter import Admission
 from actors.outcomes import CostReport, VersionStats
 from actors.runtime import (
-    BATCHES_ACTOR,
     LIMITER_ACTOR,
     OUTCOMES_ACTOR,
     STORE_ACTOR,
@@ -55,7 +53,6 @@ from actors.runtime import (
 from actors.switches import KillSwitches
 from agents.errors import (
     Killed,
-    Overloaded,
     RayfleetError,
     RequestInvalid,
     RequestTooLarge,
@@ -68,6 +65,7 @@ from agents.errors import (
 from agents.events import Event
 from agents.spec import AgentSpec
 from agents.summary import RunSummary
+from serve_app.batch_driver import BatchDriver
 from serve_app.config import AppConfig
 from serve_app.delivery import KILL_ADMIN, ROLLBACK, Delivery
 from serve_app.http_errors import error_response, problem
@@ -148,7 +146,6 @@ class BatchRequest(BaseModel):
         return value
 
 
-_DRIVER_ATTEMPTS = 5
 """Calls to the batch driver while Ray restarts it (a second or two), over about 6 s."""
 
 
@@ -177,7 +174,7 @@ class Gateway:
         self._limiter: ActorHandle[Any] | None = None
         self._store: ActorHandle[Any] | None = None
         self._outcomes: ActorHandle[Any] | None = None
-        self._batches: ActorHandle[Any] | None = None
+        self._batch_driver = BatchDriver(config.runtime)
         self._background: set[asyncio.Task[None]] = set()
         self._over_rate: dict[str, tuple[float, Admission]] = {}
         """Tenants the limiter refused for their request rate: when, and its answer."""
@@ -202,7 +199,6 @@ class Gateway:
             self._limiter = ray.get_actor(LIMITER_ACTOR, namespace=runtime.namespace)
             self._store = ray.get_actor(STORE_ACTOR, namespace=runtime.namespace)
             self._outcomes = ray.get_actor(OUTCOMES_ACTOR, namespace=runtime.namespace)
-            self._batches = ray.get_actor(BATCHES_ACTOR, namespace=runtime.namespace)
             await self._push_limits()
             await self._delivery.publish(self._store.put_setting.remote)
             self._spawn(self._watch())
@@ -487,34 +483,17 @@ class Gateway:
             concurrency=request.concurrency,
             created_at=time.time(),
         )
-        view: BatchView = await self._driver("submit", job)  # idempotent: safe to retry
+        view: BatchView = await self._batch_driver.call("submit", job)  # idempotent: safe to retry
         return view
 
     async def _owned_batch(self, tenant: TenantConfig, batch_id: str, method: str) -> BatchView:
         """The batch if it is the tenant's; another tenant's batch does not exist."""
         view: BatchView | None = None
         if is_batch_id(batch_id):
-            view = await self._driver(method, batch_id, tenant.id)
+            view = await self._batch_driver.call(method, batch_id, tenant.id)
         if view is None:
             raise UnknownBatch(f"unknown batch {batch_id[:80]!r}", batch_id[:80])
         return view
-
-    async def _driver(self, method: str, *args: Any) -> Any:
-        """Call the batch driver; while Ray restarts it, ask again."""
-        await self._client()
-        for attempt in range(1, _DRIVER_ATTEMPTS + 1):
-            if self._batches is None:  # it was gone for good: make a new one
-                await ensure_runtime(self._config.runtime)
-                namespace = self._config.runtime.namespace
-                self._batches = ray.get_actor(BATCHES_ACTOR, namespace=namespace)
-            try:
-                return await getattr(self._batches, method).remote(*args)
-            except RayActorError as exc:
-                logger.warning("batch driver unavailable (%d): %r", attempt, exc)
-                if not isinstance(exc, ray.exceptions.ActorUnavailableError):
-                    self._batches = None
-                await asyncio.sleep(min(0.25 * 2 ** (attempt - 1), 2.0))
-        raise Overloaded("the batch driver is restarting", 2.0)
 
     # -- HTTP ---------------------------------------------------------------------------------
 
