@@ -4,6 +4,7 @@ tool cache per tenant, budget progress, all over real HTTP/SSE on the session's 
 from __future__ import annotations
 
 import json
+import uuid
 
 import pytest
 
@@ -88,3 +89,19 @@ def test_every_step_ends_with_budget_progress(service: Service, sim: Sim) -> Non
     assert last.cost_usd == pytest.approx(events[-1].cost_usd)  # type: ignore[union-attr]
     assert last.max_cost_usd == 0.5 and last.max_steps == 8  # type: ignore[union-attr]
     assert 0 < last.time_left_s <= 300  # type: ignore[union-attr]
+
+
+def test_a_policy_question_searches_the_help_articles_through_the_embedding_batcher(
+    service: Service, sim: Sim
+) -> None:
+    # A query seen nowhere before: its embedding cannot come from the cache.
+    events = concierge(service, f"How long does shipping take to zone {uuid.uuid4().hex[:8]}?")
+    assert events[-1].kind == "run.completed", events[-1]
+    inner = nested(events)
+    assert inner[0]["agent"] == "concierge-help"
+    search = next(e for e in inner if e["kind"] == "tool.result")
+    assert search["tool"] == "search_help" and search["ok"] is True, search
+    articles = json.loads(str(search["output"]))
+    assert len(articles) == 3 and {"id", "title", "score"} <= set(articles[0])
+    embedded = [r for r in sim.requests() if r["path"].endswith("/embeddings")]
+    assert embedded  # the vectors came from the provider, through the shared batcher
