@@ -168,6 +168,10 @@ class _Header(BaseModel):
     ended_at: float | None = None
 
 
+ROLLBACK_PREFIX = "rollback/"
+"""Where canary rollbacks are stored (serve_app.delivery.ROLLBACK; actors cannot import it)."""
+
+
 # -- ports --------------------------------------------------------------------------------------
 
 
@@ -283,6 +287,8 @@ class BatchRunner:
         self._clock = clock
         self._batches: OrderedDict[str, _Batch] = OrderedDict()
         self._switches = KillSwitches()
+        self._rollbacks: dict[str, dict[str, Any]] = {}
+        """agent -> its canary rollback record (serve_app.delivery writes them)."""
         self._switches_at = float("-inf")
         self._restored = asyncio.Event()
         self._restoring = asyncio.Lock()
@@ -445,9 +451,9 @@ class BatchRunner:
         if item.status != "pending":
             return
         job = batch.job
-        killed = None if batch.stop.is_set() else await self._killed(job)
-        if killed is not None:
-            await self._halt(batch, f"killed: {killed}")
+        stopped = None if batch.stop.is_set() else await self._stopped_by(job)
+        if stopped is not None:
+            await self._halt(batch, stopped)
         if batch.stop.is_set():
             await self._end(batch, index, "cancelled", error=_stopped(batch))
             return
@@ -521,9 +527,9 @@ class BatchRunner:
             waited += pause
         return None
 
-    async def _killed(self, job: BatchJob) -> str | None:
-        """Why the batch's runs are switched off, from the store's switches (as run hosts
-        read them), re-read at most every `switches_ttl_s`."""
+    async def _stopped_by(self, job: BatchJob) -> str | None:
+        """Why the batch must stop: a kill switch over its runs (as run hosts read them), or
+        a rollback of its canary since it began. Re-read at most every `switches_ttl_s`."""
         now = time.monotonic()
         if now - self._switches_at >= self._switches_ttl_s:
             try:
@@ -531,10 +537,22 @@ class BatchRunner:
                 merged = KillSwitches()
                 for _, value in sorted(found.items()):
                     merged = merged.merged(KillSwitches.model_validate_json(value))
+                rollbacks = await self._store.settings(ROLLBACK_PREFIX)
+                self._rollbacks = {
+                    key.removeprefix(ROLLBACK_PREFIX): json.loads(value)
+                    for key, value in rollbacks.items()
+                }
                 self._switches, self._switches_at = merged, now
             except Exception as exc:  # keep the last known switches
                 logger.warning("reading kill switches failed: %r", exc)
-        return self._switches.run_killed(job.agent, job.version, job.context.tenant)
+        killed = self._switches.run_killed(job.agent, job.version, job.context.tenant)
+        if killed is not None:
+            return f"killed: {killed}"
+        rollback = self._rollbacks.get(job.agent) or {}
+        pulled = rollback.get("weights", {}).get(job.version) == 0
+        if job.assignment == "canary" and pulled and rollback.get("at", 0.0) >= job.created_at:
+            return f"rolled back: {rollback.get('reason')}"
+        return None
 
     async def _halt(self, batch: _Batch, reason: str) -> None:
         if batch.status != "running":

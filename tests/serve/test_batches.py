@@ -279,6 +279,24 @@ async def test_a_kill_switch_stops_the_batch_with_its_reason() -> None:
     assert runs.started == [] and view.cancelled == 3
 
 
+async def test_a_canary_batch_stops_when_its_canary_is_rolled_back() -> None:
+    runs, limiter, store = FakeRuns(), FakeLimiter(), FakeStore()
+    rollback = {"weights": {"v0": 100, "v1": 0}, "reason": "error rate 40% > 10%", "at": 2.0}
+    store.data["rollback/support"] = json.dumps(rollback)
+    batches = runner(runs, limiter, store)
+    canary = job(["a", "b"], concurrency=1).model_copy(update={"assignment": "canary"})
+    stable = job(["a", "b"], concurrency=1)  # stable, same version: not its business
+    earlier = canary.model_copy(update={"batch_id": new_batch_id(), "created_at": 3.0})
+    for submitted in (canary, stable, earlier):
+        await batches.submit(submitted)
+    stopped = await finished(batches, canary.batch_id)
+    assert stopped.status == "cancelled"
+    assert stopped.reason == "rolled back: error rate 40% > 10%"
+    assert (await finished(batches, stable.batch_id)).status == "completed"
+    # A rollback from before the batch began was already there when the gateway chose it.
+    assert (await finished(batches, earlier.batch_id)).status == "completed"
+
+
 async def test_a_batch_is_its_tenants_only_and_tenants_have_a_cap() -> None:
     runs, limiter, store = FakeRuns(auto_s=None), FakeLimiter(), FakeStore()
     batches = runner(runs, limiter, store, max_running_per_tenant=2)
