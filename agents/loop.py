@@ -231,8 +231,8 @@ async def _loop(run: _Run) -> str:
             tier_name = spec.wrap_up_tier_name if wrapping_up else spec.loop_tier
             tier, offered = spec.tiers[tier_name], () if wrapping_up else tools
             view = await _context(run, offered)
-            if not _affordable(run, tier, view.messages, offered):
-                _out_of_dollars(run, tier, view.messages, offered)
+            if not _affordable(run, tier, view.tokens):
+                _out_of_dollars(run, tier, view.tokens)
                 continue  # now wrapping up: the call is rebuilt for the wrap-up tier
             result = await _model_turn(run, tier, view.messages, offered)
             budget.record(result.response.usage, result.cost_usd)
@@ -291,25 +291,23 @@ def _progress(run: _Run) -> None:
     )
 
 
-def _worst_cost(run: _Run, tier: TierSpec, messages: tuple[Message, ...], tools: Tools) -> float:
+def _worst_cost(run: _Run, tier: TierSpec, input_tokens: int) -> float:
     """What a call could cost at most: its estimated input, uncached, and a full output, at
     the price of the dearest model of the tier (any of them may answer)."""
     prices = run.ports.prices
     if prices is None:
         return 0.0
-    worst = Usage(
-        input_tokens=estimate_tokens(messages, tools), output_tokens=tier.max_output_tokens
-    )
+    worst = Usage(input_tokens=input_tokens, output_tokens=tier.max_output_tokens)
     return max(prices.cost_usd(ref.model, worst) for ref in tier.chain)
 
 
-def _affordable(run: _Run, tier: TierSpec, messages: tuple[Message, ...], tools: Tools) -> bool:
+def _affordable(run: _Run, tier: TierSpec, input_tokens: int) -> bool:
     """Whether the dollar budget still covers the call's worst case."""
-    worst = _worst_cost(run, tier, messages, tools)
+    worst = _worst_cost(run, tier, input_tokens)
     return run.budget.cost_usd + worst <= run.spec.budgets.max_cost_usd
 
 
-def _out_of_dollars(run: _Run, tier: TierSpec, messages: tuple[Message, ...], tools: Tools) -> None:
+def _out_of_dollars(run: _Run, tier: TierSpec, input_tokens: int) -> None:
     """The next call could break the dollar cap: wrap up instead if the run may and has not
     yet, else stop here, before spending."""
     budget, spec, state = run.budget, run.spec, run.state
@@ -322,7 +320,7 @@ def _out_of_dollars(run: _Run, tier: TierSpec, messages: tuple[Message, ...], to
         return
     if state.wrap_up is None:
         run.log.emit(BudgetExceededEvent, limit="cost", used=budget.cost_usd, cap=cap)
-    worst = _worst_cost(run, tier, messages, tools)
+    worst = _worst_cost(run, tier, input_tokens)
     raise BudgetExceeded(
         f"cost budget exhausted: spent {budget.cost_usd:g} of {cap:g}, and the next model "
         f"call could cost up to {worst:g}",
@@ -334,10 +332,13 @@ async def _context(run: _Run, tools: Tools) -> View:
     """The conversation as the next call carries it (agents.pruning), summarising older
     turns on the cheap tier when they do not fit. A changed decision is announced."""
     spec, state = run.spec.context, run.state
-    before = build_view(state.messages, run.request_index, tools, spec, state.summary, drop=False)
     made: tuple[Summary, ModelResult] | None = None
-    if spec.max_tokens is not None and spec.summarize and before.tokens > spec.max_tokens:
-        made = await _summarize(run)
+    if spec.max_tokens is not None and spec.summarize:
+        before = build_view(
+            state.messages, run.request_index, tools, spec, state.summary, drop=False
+        )
+        if before.tokens > spec.max_tokens:
+            made = await _summarize(run)
     view = build_view(state.messages, run.request_index, tools, spec, state.summary)
     decision = (view.truncated, view.summarized, view.dropped)
     if made is None and decision == state.pruning:
@@ -373,7 +374,7 @@ async def _summarize(run: _Run) -> tuple[Summary, ModelResult] | None:
         return None
     tier = spec.tiers[spec.cheap_tier_name]
     prompt = summary_prompt(state.summary, old)
-    if not _affordable(run, tier, prompt, ()):
+    if not _affordable(run, tier, estimate_tokens(prompt)):
         return None
     timeout_s = run.budget.call_timeout_s(spec.timeouts.model_call_timeout_s)
     result: ModelResult | None = None
@@ -513,9 +514,8 @@ async def _subagent(run: _Run, spec: AgentSpec, call: ToolCall) -> ToolOutcome:
     # dollars for the call that will use the sub-agent's answer (on the wrap-up tier, the
     # cheapest it could fall back to).
     parent, budget = run.spec, run.budget
-    keep_usd = _worst_cost(
-        run, parent.tiers[parent.wrap_up_tier_name], tuple(run.state.messages), ()
-    )
+    wrap_up = parent.tiers[parent.wrap_up_tier_name]
+    keep_usd = _worst_cost(run, wrap_up, estimate_tokens(run.state.messages))
     left_usd = parent.budgets.max_cost_usd - budget.cost_usd - keep_usd
     left_tokens = parent.budgets.max_tokens - budget.usage.total_tokens
     ran_s = max(0.0, time.time() - earlier[0].ts) if earlier else 0.0  # before a resume

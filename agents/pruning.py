@@ -19,6 +19,7 @@ are kept or cut together: providers reject a tool result without its call.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import cached_property
 
 from agents.messages import Message, ToolSchema
 from agents.spec import ContextSpec
@@ -37,13 +38,13 @@ class Summary:
 
 @dataclass(frozen=True)
 class View:
-    """What one model call sends, and how it was cut."""
+    """What one model call sends, and how it was cut. Token counts are computed when asked
+    for: most steps prune nothing and need none of them."""
 
     messages: tuple[Message, ...]
-    tokens: int
-    """Estimated input tokens, tools included."""
-    full_tokens: int
-    """What the call would carry without pruning."""
+    tools: tuple[ToolSchema, ...]
+    full: tuple[Message, ...]
+    """The conversation before pruning."""
     truncated: tuple[str, ...] = ()
     """Tool call ids whose outputs were cut."""
     dropped: int = 0
@@ -54,6 +55,16 @@ class View:
     @property
     def pruned(self) -> bool:
         return bool(self.truncated or self.dropped or self.summarized)
+
+    @cached_property
+    def tokens(self) -> int:
+        """Estimated input tokens of the call, tools included."""
+        return estimate_tokens(self.messages, self.tools)
+
+    @cached_property
+    def full_tokens(self) -> int:
+        """What the call would carry without pruning."""
+        return estimate_tokens(self.full, self.tools)
 
 
 def truncate_output(text: str, max_tokens: int) -> str:
@@ -112,7 +123,6 @@ def build_view(
 ) -> View:
     """The messages one call sends (see the module docstring, steps 1 and 3; without
     `drop`, step 3 is skipped: the view shows what a summary would have to save)."""
-    full_tokens = estimate_tokens(messages, tools)
     cut = list(messages)
     truncated: list[str] = []
     if spec.tool_output_max_tokens is not None:
@@ -151,8 +161,8 @@ def build_view(
     sent = tuple(head + [cut[i] for turn in turns for i in turn])
     return View(
         messages=sent,
-        tokens=estimate_tokens(sent, tools),
-        full_tokens=full_tokens,
+        tools=tools,
+        full=tuple(messages),
         truncated=tuple(truncated),
         dropped=dropped,
         summarized=summarized,
