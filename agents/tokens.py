@@ -2,9 +2,10 @@
 
 A part is a message's text, one tool call (its name + compact JSON arguments), or one tool
 schema (as JSON). This is the count the provider simulator bills with, so against it the
-estimate is exact; against real providers' tokenizers it is usually within 20% for English
-and JSON. It is used where a count is needed before a call: context pruning, the dollar
-budget's pre-call check and the tenant limiter's reservation.
+estimate is exact; against a real provider's tokenizer it is an estimate (about 4
+characters a token is the usual rule of thumb for English). It is used where a count is
+needed before a call: context pruning, the dollar budget's pre-call check and the tenant
+limiter's reservation.
 """
 
 from __future__ import annotations
