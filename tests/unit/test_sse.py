@@ -7,105 +7,17 @@ import typing
 
 import pytest
 
-from agents.events import (
-    BudgetExceededEvent,
-    BudgetProgress,
-    ContextPruned,
-    Event,
-    MemoryDegraded,
-    ModelCompleted,
-    ModelDelta,
-    ModelDiscarded,
-    RunCancelled,
-    RunCompleted,
-    RunCreated,
-    RunFailed,
-    StepStarted,
-    SubagentEvent,
-    ToolCalled,
-    ToolResulted,
-)
-from agents.messages import Usage
+from agents.events import Event, ModelDelta, RunCreated
 from serve_app.sse import SSEDecoder, decode_lines, encode, to_sse
+from tests.unit.test_events import SAMPLES as EVERY_KIND
 
 RUN = "run-h1-0123456789abcdef0123"
-USAGE = Usage(input_tokens=120, cached_input_tokens=64, output_tokens=30)
 
+# Texts that SSE framing must survive, then one event of every kind (test_events' samples).
 SAMPLES: list[Event] = [
     RunCreated(run_id=RUN, seq=1, ts=1.5, agent="support", version="v1", input="hé\nllo"),
-    StepStarted(run_id=RUN, seq=2, step=1),
     ModelDelta(run_id=RUN, seq=3, step=1, text="line one\nline two\r\n: not a comment"),
-    ModelDiscarded(run_id=RUN, seq=3, step=1, reason="stream cut", provider="sim-openai"),
-    ModelCompleted(
-        run_id=RUN,
-        seq=4,
-        step=1,
-        tier="strong",
-        provider="sim-openai",
-        model="sim-strong",
-        text="",
-        tool_calls=1,
-        usage=USAGE,
-        cost_usd=0.00042,
-        latency_ms=12.5,
-        tried=("sim-anthropic/sim-strong",),
-    ),
-    ToolCalled(
-        run_id=RUN,
-        seq=5,
-        step=1,
-        call_id="call_1",
-        tool="lookup_order",
-        arguments={"order_id": 1234, "nested": {"a": [1, None, "x"]}},
-    ),
-    ToolResulted(
-        run_id=RUN, seq=6, step=1, call_id="call_1", tool="lookup_order", ok=True, output="{}"
-    ),
-    MemoryDegraded(run_id=RUN, seq=7, reason="memory store unavailable"),
-    ContextPruned(
-        run_id=RUN,
-        seq=7,
-        step=2,
-        tokens_before=900,
-        tokens_after=400,
-        max_tokens=500,
-        truncated=("call_1",),
-        summary="line one\nline two",
-        summary_upto=3,
-    ),
-    SubagentEvent(
-        run_id=RUN,
-        seq=7,
-        step=2,
-        call_id="d1",
-        agent="concierge-orders",
-        event={"kind": "step.started", "run_id": "x:2:d1", "seq": 2, "step": 1},
-    ),
-    BudgetProgress(
-        run_id=RUN,
-        seq=7,
-        step=2,
-        max_steps=8,
-        tokens=10,
-        max_tokens=100,
-        cost_usd=0.0,
-        max_cost_usd=0.5,
-        elapsed_s=0.1,
-        time_left_s=9.9,
-    ),
-    BudgetExceededEvent(run_id=RUN, seq=8, limit="cost", used=0.51, cap=0.5),
-    RunCompleted(run_id=RUN, seq=9, output="done", steps=2, usage=USAGE, cost_usd=0.001),
-    RunFailed(
-        run_id=RUN,
-        seq=9,
-        code="budget_exceeded",
-        message="over max_cost_usd=0.5",
-        retryable=False,
-        steps=2,
-        usage=USAGE,
-        cost_usd=0.51,
-    ),
-    RunCancelled(run_id=RUN, seq=9, reason="cancelled", steps=1, usage=USAGE, cost_usd=0.0),
+    *(event.model_copy(update={"run_id": RUN}) for event in EVERY_KIND),
 ]
 
 
