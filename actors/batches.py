@@ -54,7 +54,7 @@ from ray.actor import ActorHandle
 from actors.credentials import TenantContext
 from actors.limiter import Admission
 from actors.settings import RuntimeSettings
-from actors.switches import KillSwitches
+from actors.switches import KILL_PREFIX, ROLLBACK_PREFIX, KillSwitches
 from agents.errors import RayfleetError, RequestInvalid, TenantLimited
 from agents.events import Event, RunCancelled, RunCompleted, RunFailed
 from agents.spec import AgentSpec
@@ -166,10 +166,6 @@ class _Header(BaseModel):
     status: BatchStatus
     reason: str | None = None
     ended_at: float | None = None
-
-
-ROLLBACK_PREFIX = "rollback/"
-"""Where canary rollbacks are stored (serve_app.delivery.ROLLBACK; actors cannot import it)."""
 
 
 # -- ports --------------------------------------------------------------------------------------
@@ -533,10 +529,7 @@ class BatchRunner:
         now = time.monotonic()
         if now - self._switches_at >= self._switches_ttl_s:
             try:
-                found = await self._store.settings("kill/")
-                merged = KillSwitches()
-                for _, value in sorted(found.items()):
-                    merged = merged.merged(KillSwitches.model_validate_json(value))
+                merged = KillSwitches.from_settings(await self._store.settings(KILL_PREFIX))
                 rollbacks = await self._store.settings(ROLLBACK_PREFIX)
                 self._rollbacks = {
                     key.removeprefix(ROLLBACK_PREFIX): json.loads(value)

@@ -23,7 +23,7 @@ from actors.credentials import TenantContext
 from actors.outcomes import RunOutcome
 from actors.router import ModelRouter
 from actors.settings import RuntimeSettings
-from actors.switches import KillSwitches
+from actors.switches import KILL_PREFIX, KillSwitches
 from actors.tenant_model import LimiterPort, TenantModel
 from agents.errors import Overloaded, RequestInvalid, UnknownRun
 from agents.eventlog import EventLog
@@ -340,11 +340,7 @@ class RunHost:
         while True:
             try:
                 asked_at = time.monotonic()
-                found = await store.settings("kill/")
-                merged = KillSwitches()
-                for _, value in sorted(found.items()):
-                    merged = merged.merged(KillSwitches.model_validate_json(value))
-                self._switches = merged
+                self._switches = KillSwitches.from_settings(await store.settings(KILL_PREFIX))
                 self._switches_read_at = asked_at
             except Exception as exc:  # keep the last known switches; try again
                 logger.warning("reading kill switches failed: %r", exc)

@@ -4,9 +4,16 @@ killed models."""
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Self
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+KILL_PREFIX = "kill/"
+"""Run-store settings holding kill switches: `kill/config` (the deploy config's) and
+`kill/admin` (set by admin calls)."""
+ROLLBACK_PREFIX = "rollback/"
+"""Run-store settings holding canary rollbacks: `rollback/<agent>` (serve_app.delivery)."""
 
 
 class KillSwitches(BaseModel):
@@ -30,6 +37,14 @@ class KillSwitches(BaseModel):
             if not (agent and at and version):
                 raise ValueError(f"kill.versions key {key!r} is not 'agent@version'")
         return self
+
+    @classmethod
+    def from_settings(cls, found: Mapping[str, str]) -> KillSwitches:
+        """Every stored set of switches (the `kill/` settings), merged in key order."""
+        merged = cls()
+        for _, value in sorted(found.items()):
+            merged = merged.merged(cls.model_validate_json(value))
+        return merged
 
     def merged(self, other: KillSwitches) -> KillSwitches:
         """Both sets of switches (the config's and the admin's); `other` wins on a clash."""

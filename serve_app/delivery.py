@@ -19,7 +19,7 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from actors.outcomes import VersionStats as OutcomeStats
-from actors.switches import KillSwitches
+from actors.switches import KILL_PREFIX, ROLLBACK_PREFIX, KillSwitches
 from serve_app.traffic import (
     Choice,
     TrafficConfig,
@@ -30,9 +30,9 @@ from serve_app.traffic import (
 
 logger = logging.getLogger("rayfleet")
 
-KILL_CONFIG = "kill/config"
-KILL_ADMIN = "kill/admin"
-ROLLBACK = "rollback/"
+KILL_CONFIG = KILL_PREFIX + "config"
+KILL_ADMIN = KILL_PREFIX + "admin"
+ROLLBACK = ROLLBACK_PREFIX
 
 
 def _fingerprint(value: Any) -> str:

@@ -50,7 +50,7 @@ from actors.runtime import (
     check_agents_package,
     ensure_runtime,
 )
-from actors.switches import KillSwitches
+from actors.switches import KILL_PREFIX, KillSwitches
 from agents.errors import (
     Killed,
     RayfleetError,
@@ -224,7 +224,7 @@ class Gateway:
     async def _delivery_settings(self) -> dict[str, str]:
         """The store's settings the traffic state is derived from (not batches' state)."""
         assert self._store is not None
-        kill: dict[str, str] = await self._store.settings.remote("kill/")
+        kill: dict[str, str] = await self._store.settings.remote(KILL_PREFIX)
         rollbacks: dict[str, str] = await self._store.settings.remote(ROLLBACK)
         return {**kill, **rollbacks}
 
