@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import itertools
-import json
 import logging
 import math
 import re
@@ -66,6 +65,7 @@ from agents.events import Event
 from agents.spec import AgentSpec
 from agents.summary import RunSummary
 from serve_app.batch_driver import BatchDriver
+from serve_app.bodies import parse_json
 from serve_app.config import AppConfig
 from serve_app.delivery import KILL_ADMIN, ROLLBACK, Delivery
 from serve_app.http_errors import error_response, problem
@@ -761,10 +761,7 @@ async def _read_json(request: Request, limit: int) -> Any:
         body += chunk
         if len(body) > limit:
             raise RequestTooLarge(f"body is over the {limit}-byte limit", "body")
-    try:
-        return json.loads(body)
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise RequestInvalid(f"body is not valid JSON: {exc}", "body") from None
+    return parse_json(body)
 
 
 def _validate(model: type[_M], data: Any) -> _M:
