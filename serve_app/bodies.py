@@ -10,10 +10,25 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from agents.errors import RequestInvalid
+from starlette.requests import Request
+
+from agents.errors import RequestInvalid, RequestTooLarge
 
 MAX_JSON_DEPTH = 32
 """Arrays and objects inside one another in a request body, at most."""
+
+
+async def read_json(request: Request, limit: int) -> Any:
+    """The request's body as JSON: RequestTooLarge past `limit` bytes (declared or read)."""
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > limit:
+        raise RequestTooLarge(f"body of {declared} bytes is over the {limit}-byte limit", "body")
+    body = bytearray()
+    async for chunk in request.stream():
+        body += chunk
+        if len(body) > limit:
+            raise RequestTooLarge(f"body is over the {limit}-byte limit", "body")
+    return parse_json(body)
 
 
 def parse_json(raw: bytes | bytearray, max_depth: int = MAX_JSON_DEPTH) -> Any:
