@@ -1,5 +1,6 @@
 """Retention: runs that ended more than `retention_days` ago are deleted, with their events
-and outcomes, and expired idempotency keys are forgotten.
+and outcomes, effects recorded longer ago leave the effect ledger (a run that ended cannot
+resume, so its keys are never asked again), and expired idempotency keys are forgotten.
 
 The run pool (the one actor that outlives everything and already owns the store's handle)
 sweeps every `SWEEP_EVERY_S`. A sweep deletes in bounded batches, each one transaction, so
@@ -37,6 +38,12 @@ class ForgetOutcomes(Protocol):
     async def forget_runs(self, run_ids: list[str]) -> int: ...
 
 
+class PurgeEffects(Protocol):
+    """The effect ledger's deleting side (the tool pool's `purge_effects`)."""
+
+    async def purge_effects(self, before: float) -> int: ...
+
+
 async def sweep(
     store: RetentionStore,
     outcomes: ForgetOutcomes | None,
@@ -44,6 +51,7 @@ async def sweep(
     now: float,
     retention_days: float,
     key_ttl_s: float,
+    effects: PurgeEffects | None = None,
     batch_size: int = 500,
     max_batches: int = 200,
 ) -> int:
@@ -58,6 +66,8 @@ async def sweep(
         deleted += len(run_ids)
         if len(run_ids) < batch_size:
             break
+    if effects is not None:
+        await effects.purge_effects(before)
     await store.purge_keys(now - key_ttl_s)
     return deleted
 
@@ -68,6 +78,7 @@ async def sweep_forever(
     *,
     retention_days: float | None,
     key_ttl_s: float,
+    effects: PurgeEffects | None = None,
     interval_s: float = SWEEP_EVERY_S,
     clock: Callable[[], float] = time.time,
     sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
@@ -81,7 +92,12 @@ async def sweep_forever(
                 await store.purge_keys(clock() - key_ttl_s)
                 continue
             deleted = await sweep(
-                store, outcomes, now=clock(), retention_days=retention_days, key_ttl_s=key_ttl_s
+                store,
+                outcomes,
+                now=clock(),
+                retention_days=retention_days,
+                key_ttl_s=key_ttl_s,
+                effects=effects,
             )
             if deleted:
                 logger.info(
@@ -92,11 +108,13 @@ async def sweep_forever(
 
 
 class RemoteRetention:
-    """RetentionStore and ForgetOutcomes over the store's and the outcome store's actors."""
+    """RetentionStore, ForgetOutcomes and PurgeEffects over the run store's, the outcome
+    store's and the tool pool's actors."""
 
-    def __init__(self, store: Any, outcomes: Any) -> None:
+    def __init__(self, store: Any, outcomes: Any, tools: Any) -> None:
         self._store = store
         self._outcomes = outcomes
+        self._tools = tools
 
     async def purge_ended(self, before: float, limit: int = 500) -> list[str]:
         run_ids: list[str] = await self._store.purge_ended.remote(before, limit)
@@ -107,4 +125,8 @@ class RemoteRetention:
 
     async def forget_runs(self, run_ids: list[str]) -> int:
         gone: int = await self._outcomes.forget_runs.remote(run_ids)
+        return gone
+
+    async def purge_effects(self, before: float) -> int:
+        gone: int = await self._tools.purge_effects.remote(before)
         return gone

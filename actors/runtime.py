@@ -206,7 +206,9 @@ class RunPoolActor:
         self._moving: dict[str, asyncio.Lock] = {}
         # The pool outlives every replica: it deletes what is past retention.
         remote = RemoteRetention(
-            self._store, ray.get_actor(OUTCOMES_ACTOR, namespace=settings.namespace)
+            self._store,
+            ray.get_actor(OUTCOMES_ACTOR, namespace=settings.namespace),
+            ray.get_actor(TOOLS_ACTOR, namespace=settings.namespace),
         )
         self._retention = asyncio.get_running_loop().create_task(
             sweep_forever(
@@ -214,6 +216,7 @@ class RunPoolActor:
                 remote,
                 retention_days=settings.retention_days,
                 key_ttl_s=settings.idempotency_key_ttl_s,
+                effects=remote,
             )
         )
 

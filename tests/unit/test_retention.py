@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from actors.credentials import TenantContext
+from actors.ledger import SqliteEffectLedger
 from actors.outcomes import OutcomeStore, RunOutcome
 from actors.retention import DAY_S, sweep, sweep_forever
 from actors.store import RunStore
@@ -16,6 +17,7 @@ from agents.events import RunCompleted, RunCreated
 from agents.examples import example_specs
 from agents.loop import RunInput
 from agents.messages import Usage
+from agents.ports import ToolOutcome
 
 
 class Clock:
@@ -194,3 +196,22 @@ async def test_a_store_from_before_retention_gets_end_times(tmp_path: Path) -> N
     # Ended before the upgrade: counted from the upgrade, so kept a full retention period.
     assert await store.purge_ended(1.0) == []
     assert len(await store.purge_ended(10.0**12)) == 1
+
+
+async def test_a_sweep_forgets_effects_recorded_before_the_cutoff(
+    store: RunStore, clock: Clock, tmp_path: Path
+) -> None:
+    ledger = SqliteEffectLedger(str(tmp_path / "effects.sqlite"), clock=clock)
+    await ledger.record("run-old:1:0", ToolOutcome(ok=True, output="refunded"))
+    clock.now += 31 * DAY_S
+    await ledger.record("run-new:1:0", ToolOutcome(ok=True, output="refunded"))
+
+    class Effects:
+        """The tool pool's purge_effects, on the real ledger."""
+
+        async def purge_effects(self, before: float) -> int:
+            return await ledger.purge(before)
+
+    await sweep(store, None, now=clock.now, retention_days=30, key_ttl_s=60, effects=Effects())
+    assert await ledger.recall("run-old:1:0") is None
+    assert await ledger.recall("run-new:1:0") is not None
