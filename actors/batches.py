@@ -23,7 +23,9 @@ answers for every batch and resumes the running ones. Four keys per batch, whate
     batch/<id>                 header: status, reason, ended_at
     batch/<id>/job             what was submitted (tenant context, spec, inputs); written once
     batch/<id>/runs            journal: item index -> run id (null while starting), written
-                               before each run starts and once it has an id
+                               before each run starts and once it has an id; retried with
+                               bounded backoff, and an item whose entry cannot be stored
+                               fails `journal_unavailable` without starting
     batch/<id>/items           every item's state: every `flush_s` while it changes, at the end
     batches/running            ids of the batches to resume after a restart
 The journal is the truth for what started: a resumed driver follows every journalled run to
@@ -43,7 +45,7 @@ import re
 import secrets
 import time
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal, Protocol
 
@@ -80,6 +82,8 @@ BatchStatus = Literal["running", "completed", "cancelled"]
 
 _BATCH_ID = re.compile(BATCH_ID_PATTERN)
 _RUNNING_KEY = "batches/running"
+JOURNAL_FAILED = "journal_unavailable"
+"""The error code of an item not started because its journal entry could not be stored."""
 _ENDED: frozenset[str] = frozenset({"completed", "failed", "cancelled"})
 
 
@@ -268,7 +272,9 @@ class BatchRunner:
         flush_s: float = 2.0,
         keep_finished: int = 100,
         max_running_per_tenant: int = MAX_RUNNING_BATCHES,
+        journal_attempts: int = 6,
         clock: Callable[[], float] = time.time,
+        sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
     ) -> None:
         self._runs = runs
         self._limiter = limiter
@@ -280,7 +286,9 @@ class BatchRunner:
         self._flush_s = flush_s
         self._keep_finished = keep_finished
         self._max_running = max_running_per_tenant
+        self._journal_attempts = max(1, journal_attempts)
         self._clock = clock
+        self._sleep = sleep
         self._batches: OrderedDict[str, _Batch] = OrderedDict()
         self._switches = KillSwitches()
         self._rollbacks: dict[str, dict[str, Any]] = {}
@@ -461,7 +469,15 @@ class BatchRunner:
             await self._limiter.end_run(job.context.tenant)
             await self._end(batch, index, "cancelled", error=_stopped(batch))
             return
-        await self._set(batch, index, status="running")  # stored before the run exists
+        failure = await self._set(batch, index, status="running")
+        if failure is not None:  # not journalled: it must not start
+            await self._limiter.end_run(job.context.tenant)  # it never started: free the slot
+            batch.journal.pop(index, None)
+            message = f"{failure}; the item was not started"
+            await self._end(
+                batch, index, "failed", error={"code": JOURNAL_FAILED, "message": message}
+            )
+            return
         entry = job.inputs[index]
         try:
             run_id = await self._runs.start(
@@ -471,6 +487,8 @@ class BatchRunner:
             await self._limiter.end_run(job.context.tenant)  # it never started: free the slot
             await self._end(batch, index, "failed", error=_error_of(exc))
             return
+        # If this write fails, the journal still says "being started": a restarted driver
+        # then reports the item interrupted rather than running it again.
         await self._set(batch, index, run_id=run_id)
         if batch.stop.is_set():  # cancelled while it was starting
             await self._cancel_run(run_id)
@@ -563,14 +581,16 @@ class BatchRunner:
 
     # -- state ------------------------------------------------------------------------------
 
-    async def _set(self, batch: _Batch, index: int, **update: Any) -> None:
+    async def _set(self, batch: _Batch, index: int, **update: Any) -> str | None:
+        """Update an item; a running one is journalled first. Why the journal could not be
+        stored, or None."""
         item = batch.items[index].model_copy(update=update)
         batch.items[index] = item
         if item.status == "running":  # starting or started: journal it before going on
             batch.journal[index] = item.run_id
-            await self._put(f"batch/{batch.job.batch_id}/runs", json.dumps(batch.journal))
-        else:
-            batch.dirty = True
+            return await self._put_journal(batch)
+        batch.dirty = True
+        return None
 
     async def _end(
         self,
@@ -651,6 +671,24 @@ class BatchRunner:
     async def _put_index(self) -> None:
         running = [k for k, b in self._batches.items() if b.ended_at is None]
         await self._put(_RUNNING_KEY, json.dumps(running))
+
+    async def _put_journal(self, batch: _Batch) -> str | None:
+        """Store the journal, retrying with bounded backoff; None once stored, else why not.
+        The journal is what keeps a restarted driver from running an item twice, so no item
+        starts unless it is stored."""
+        key = f"batch/{batch.job.batch_id}/runs"
+        value = json.dumps(batch.journal)
+        for attempt in range(1, self._journal_attempts + 1):
+            try:
+                await self._store.put_setting(key, value)
+                return None
+            except Exception as exc:
+                logger.warning("could not store %s (%d): %r", key, attempt, exc)
+                error = f"{type(exc).__name__}: {str(exc)[:200]}"
+            if attempt < self._journal_attempts:
+                await self._sleep(min(0.1 * 2 ** (attempt - 1), 2.0))
+        logger.error("batch %s: journal not stored: %s", batch.job.batch_id, error)
+        return f"the batch journal could not be stored ({self._journal_attempts} tries, {error})"
 
     async def _put(self, key: str, value: str) -> None:
         """Persist, or say why not: a store outage must not stop the batches."""

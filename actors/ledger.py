@@ -60,6 +60,15 @@ class SqliteEffectLedger:
         it is what any replay has been answered with)."""
         await asyncio.to_thread(self._record, key, outcome.model_dump_json(), self._clock())
 
+    async def purge(self, before: float) -> int:
+        """Forget outcomes recorded before `before` (unix s): retention, once their runs are
+        past resuming. Returns how many went."""
+        return await asyncio.to_thread(self._purge, before)
+
+    def _purge(self, before: float) -> int:
+        with self._lock:
+            return self._db.execute("DELETE FROM effects WHERE created_at < ?", (before,)).rowcount
+
     def close(self) -> None:
         with self._lock:
             self._db.close()

@@ -456,6 +456,39 @@ class OutcomeStore:
             groups[(str(row[0]), str(row[1]))].append(row)
         return [_compare(p, s, groups[(p, s)]) for p, s in sorted(groups)]
 
+    async def forget_runs(self, run_ids: list[str]) -> int:
+        """Delete these runs' records and outcomes (a run deleted, or past retention);
+        returns how many records went. Their groups' gauges are published again."""
+        gone, groups = await asyncio.to_thread(self._forget, run_ids)
+        for group in groups:
+            self._mark_dirty(group)
+        return gone
+
+    def _forget(self, run_ids: list[str]) -> tuple[int, list[Group]]:
+        keys = [(run_id,) for run_id in run_ids]
+        with self._lock:
+            groups = [
+                (str(agent), str(version), str(tenant))
+                for run_id in run_ids
+                for agent, version, tenant in self._db.execute(
+                    "SELECT agent, version, tenant FROM runs "
+                    "WHERE run_id = ? AND assignment != 'shadow'",
+                    (run_id,),
+                )
+            ]
+            self._db.execute("BEGIN")
+            try:
+                self._db.executemany("DELETE FROM outcomes WHERE run_id = ?", keys)
+                gone = sum(
+                    self._db.execute("DELETE FROM runs WHERE run_id = ?", key).rowcount
+                    for key in keys
+                )
+                self._db.execute("COMMIT")
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+        return gone, groups
+
     def close(self) -> None:
         with self._lock:
             self._db.close()

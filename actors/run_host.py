@@ -425,6 +425,16 @@ class RunHost:
                 await run.log.wait_published(run.log.last_seq)
         return True
 
+    def forget(self, run_id: str) -> bool:
+        """Drop an ended run from memory (it was deleted from the store); False, and
+        nothing dropped, if it is still running here."""
+        run = self._runs.get(run_id)
+        if run is not None and not run.task.done():
+            return False
+        self._runs.pop(run_id, None)
+        self._finished.pop(run_id, None)
+        return True
+
     async def aclose(self) -> None:
         for run in self._runs.values():
             run.task.cancel()

@@ -31,6 +31,7 @@ from actors.embeddings import EMBEDDINGS_ACTOR, NAMESPACE_ENV, EmbeddingBatcherA
 from actors.limiter import Admission, TenantLimiterActor
 from actors.memory import MemoryStoreActor
 from actors.outcomes import OutcomeStoreActor, RunOutcome
+from actors.retention import RemoteRetention, sweep_forever
 from actors.run_host import RunHost, host_of, new_run_id
 from actors.run_pool import RunPool
 from actors.settings import RuntimeSettings
@@ -203,6 +204,21 @@ class RunPoolActor:
         self._store = ray.get_actor(STORE_ACTOR, namespace=settings.namespace)
         self._watchers: set[asyncio.Task[None]] = set()
         self._moving: dict[str, asyncio.Lock] = {}
+        # The pool outlives every replica: it deletes what is past retention.
+        remote = RemoteRetention(
+            self._store,
+            ray.get_actor(OUTCOMES_ACTOR, namespace=settings.namespace),
+            ray.get_actor(TOOLS_ACTOR, namespace=settings.namespace),
+        )
+        self._retention = asyncio.get_running_loop().create_task(
+            sweep_forever(
+                remote,
+                remote,
+                retention_days=settings.retention_days,
+                key_ttl_s=settings.idempotency_key_ttl_s,
+                effects=remote,
+            )
+        )
 
     def _handle(self, host_id: str) -> ActorHandle[Any]:
         return ray.get_actor(HOST_PREFIX + host_id, namespace=self._settings.namespace)
@@ -431,3 +447,8 @@ class Runs:
     async def cancel(self, run_id: str) -> bool:
         cancelled: bool = await self._call(run_id, "cancel")
         return cancelled
+
+    async def forget(self, run_id: str) -> bool:
+        """Make the run's host drop a deleted run from memory (False: it is running)."""
+        forgotten: bool = await self._call(run_id, "forget")
+        return forgotten

@@ -101,6 +101,15 @@ class RuntimeSettings(BaseModel):
     switches_poll_s: float = Field(
         1.0, gt=0, description="How often run hosts re-read the kill switches."
     )
+    retention_days: float | None = Field(
+        30.0,
+        gt=0,
+        description="Runs that ended longer ago are deleted (record, events, outcome); "
+        "null keeps them for ever.",
+    )
+    idempotency_key_ttl_s: float = Field(
+        86_400.0, gt=0, description="How long an Idempotency-Key is remembered (default 24 h)."
+    )
     memory_path: str = Field(
         "/tmp/rayfleet/memory.sqlite",
         description="SQLite file of the memory store (on the node that hosts its actor).",

@@ -10,7 +10,10 @@ from __future__ import annotations
 import asyncio
 import sqlite3
 import threading
+import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import Literal
 
 import ray
 from pydantic import BaseModel, ConfigDict
@@ -40,6 +43,15 @@ _SCHEMA = (
         event TEXT NOT NULL,
         PRIMARY KEY (run_id, seq)
     )""",
+    # Idempotency-Key claims (serve_app.idempotency): scope = tenant, endpoint and key.
+    """CREATE TABLE IF NOT EXISTS idempotency (
+        scope TEXT PRIMARY KEY,
+        fingerprint TEXT NOT NULL,
+        result TEXT,
+        done INTEGER NOT NULL DEFAULT 0,
+        created_at REAL NOT NULL
+    )""",
+    "CREATE INDEX IF NOT EXISTS idempotency_by_age ON idempotency (created_at)",
 )
 
 
@@ -55,10 +67,25 @@ class RunRecord(BaseModel):
     events: list[Event]
 
 
-class RunStore:
-    """SQLite behind one lock; every call runs in a worker thread. No Ray in here."""
+class KeyClaim(BaseModel):
+    """The answer to claiming an idempotency key (RunStore.claim_key)."""
 
-    def __init__(self, path: str) -> None:
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    state: Literal["claimed", "done", "pending", "mismatch"]
+    """claimed: ours to act on; done: `result` is the first request's; pending: the first
+    request is still being handled; mismatch: the key was used with another request."""
+    result: str | None = None
+
+
+DeleteOutcome = Literal["deleted", "running", "unknown"]
+
+
+class RunStore:
+    """SQLite behind one lock; every call runs in a worker thread. No Ray in here.
+    `clock` (unix seconds) stamps when runs ended."""
+
+    def __init__(self, path: str, clock: Callable[[], float] = time.time) -> None:
         Path(path).parent.mkdir(parents=True, exist_ok=True)
         self._db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
         # WAL + NORMAL: a commit survives a process crash (not a power cut), at a fraction
@@ -69,6 +96,7 @@ class RunStore:
             self._db.execute(statement)
         self._migrate()
         self._lock = threading.Lock()
+        self._clock = clock
 
     def _migrate(self) -> None:
         """Bring a store written by an older rayfleet up to this schema."""
@@ -78,6 +106,10 @@ class RunStore:
                 "ALTER TABLE runs ADD COLUMN context TEXT NOT NULL "
                 """DEFAULT '{"tenant": "default"}'"""
             )
+        if "ended_at" not in columns:  # before retention: runs that ended, end now
+            self._db.execute("ALTER TABLE runs ADD COLUMN ended_at REAL")
+            self._db.execute("UPDATE runs SET ended_at = ? WHERE ended = 1", (time.time(),))
+        self._db.execute("CREATE INDEX IF NOT EXISTS runs_by_end ON runs (ended, ended_at)")
 
     async def create_run(
         self, spec: AgentSpec, request: RunInput, context: TenantContext, host_id: str
@@ -98,7 +130,8 @@ class RunStore:
     async def append_events(self, batch: dict[str, list[Event]]) -> None:
         """Persist new events of many runs in one transaction (a host's group commit)."""
         rows = [(run_id, e.seq, e.model_dump_json()) for run_id, es in batch.items() for e in es]
-        ended = [(run_id,) for run_id, es in batch.items() if es and is_terminal(es[-1])]
+        now = self._clock()
+        ended = [(now, run_id) for run_id, es in batch.items() if es and is_terminal(es[-1])]
         await asyncio.to_thread(self._append, rows, ended)
 
     async def move_run(self, run_id: str, host_id: str) -> None:
@@ -142,6 +175,117 @@ class RunStore:
         rows = await asyncio.to_thread(self._read, sql, args)
         return {str(k): str(v) for k, v in rows}
 
+    # -- deletion and retention ---------------------------------------------------------
+
+    async def delete_run(self, run_id: str, tenant: str | None = None) -> DeleteOutcome:
+        """Delete an ended run (record and events). `unknown` if there is no such run or it
+        is not `tenant`'s (None: any tenant's); `running` (nothing deleted) if its terminal
+        event is not durable yet."""
+        return await asyncio.to_thread(self._delete_run, run_id, tenant)
+
+    async def purge_ended(self, before: float, limit: int = 500) -> list[str]:
+        """Delete up to `limit` runs that ended before `before` (unix s), oldest first, with
+        their events, in one transaction; returns their ids. Running runs are never touched."""
+        return await asyncio.to_thread(self._purge_ended, before, limit)
+
+    # -- idempotency keys ---------------------------------------------------------------
+
+    async def claim_key(
+        self,
+        scope: str,
+        fingerprint: str,
+        proposed: str | None,
+        now: float,
+        ttl_s: float,
+        pending_s: float,
+    ) -> KeyClaim:
+        """Claim an idempotency key atomically. A new key (or one older than `ttl_s`, or one
+        whose first request has been pending for over `pending_s`: its caller died) is
+        `claimed`; its `result` is `proposed`, or the id a dead claimer had proposed."""
+        args = (scope, fingerprint, proposed, now, ttl_s, pending_s)
+        return await asyncio.to_thread(self._claim_key, *args)
+
+    async def finish_key(self, scope: str, result: str) -> None:
+        """Record what the claimed key's request created."""
+        sql = "UPDATE idempotency SET result = ?, done = 1 WHERE scope = ?"
+        await asyncio.to_thread(self._write, sql, [(result, scope)])
+
+    async def release_key(self, scope: str) -> None:
+        """Give up a claim whose request failed, so a retry with the key may try again."""
+        sql = "DELETE FROM idempotency WHERE scope = ? AND done = 0"
+        await asyncio.to_thread(self._write, sql, [(scope,)])
+
+    async def purge_keys(self, before: float) -> None:
+        """Forget idempotency keys claimed before `before` (unix s): they have expired."""
+        sql = "DELETE FROM idempotency WHERE created_at < ?"
+        await asyncio.to_thread(self._write, sql, [(before,)])
+
+    def _delete_run(self, run_id: str, tenant: str | None) -> DeleteOutcome:
+        with self._lock:
+            row = self._db.execute(
+                "SELECT context, ended FROM runs WHERE run_id = ?", (run_id,)
+            ).fetchone()
+            if row is None:
+                return "unknown"
+            if tenant is not None and TenantContext.model_validate_json(row[0]).tenant != tenant:
+                return "unknown"
+            if not row[1]:
+                return "running"
+            self._delete([run_id])
+            return "deleted"
+
+    def _purge_ended(self, before: float, limit: int) -> list[str]:
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT run_id FROM runs WHERE ended = 1 AND ended_at < ? "
+                "ORDER BY ended_at LIMIT ?",
+                (before, limit),
+            ).fetchall()
+            ids = [str(row[0]) for row in rows]
+            if ids:
+                self._delete(ids)
+            return ids
+
+    def _delete(self, run_ids: list[str]) -> None:
+        """Delete runs and their events in one transaction (under the lock)."""
+        self._db.execute("BEGIN")
+        try:
+            keys = [(run_id,) for run_id in run_ids]
+            self._db.executemany("DELETE FROM events WHERE run_id = ?", keys)
+            self._db.executemany("DELETE FROM runs WHERE run_id = ? AND ended = 1", keys)
+            self._db.execute("COMMIT")
+        except BaseException:
+            self._db.execute("ROLLBACK")
+            raise
+
+    def _claim_key(
+        self,
+        scope: str,
+        fingerprint: str,
+        proposed: str | None,
+        now: float,
+        ttl_s: float,
+        pending_s: float,
+    ) -> KeyClaim:
+        with self._lock:
+            row = self._db.execute(
+                "SELECT fingerprint, result, done, created_at FROM idempotency WHERE scope = ?",
+                (scope,),
+            ).fetchone()
+            if row is not None and row[3] >= now - ttl_s:
+                if row[0] != fingerprint:
+                    return KeyClaim(state="mismatch")
+                if row[2]:
+                    return KeyClaim(state="done", result=row[1])
+                if row[3] >= now - pending_s:
+                    return KeyClaim(state="pending")
+                proposed = row[1] or proposed  # its claimer died: carry on with its id
+            self._db.execute(
+                "INSERT OR REPLACE INTO idempotency VALUES (?, ?, ?, 0, ?)",
+                (scope, fingerprint, proposed, now),
+            )
+            return KeyClaim(state="claimed", result=proposed)
+
     def _write(self, sql: str, rows: list[tuple[object, ...]]) -> None:
         with self._lock:
             self._db.executemany(sql, rows)
@@ -150,13 +294,16 @@ class RunStore:
         with self._lock:
             return list(self._db.execute(sql, args).fetchall())
 
-    def _append(self, rows: list[tuple[str, int, str]], ended: list[tuple[str]]) -> None:
+    def _append(self, rows: list[tuple[str, int, str]], ended: list[tuple[float, str]]) -> None:
         with self._lock:
             self._db.execute("BEGIN")
             try:
                 # OR IGNORE: a flush retried after a lost reply writes the same rows again.
                 self._db.executemany("INSERT OR IGNORE INTO events VALUES (?, ?, ?)", rows)
-                self._db.executemany("UPDATE runs SET ended = 1 WHERE run_id = ?", ended)
+                self._db.executemany(
+                    "UPDATE runs SET ended = 1, ended_at = COALESCE(ended_at, ?) WHERE run_id = ?",
+                    ended,
+                )
                 self._db.execute("COMMIT")
             except BaseException:
                 self._db.execute("ROLLBACK")

@@ -454,6 +454,11 @@ class _ToolPoolHost(ToolPool):
     ) -> None:
         ledger = SqliteEffectLedger(ledger_path) if ledger_path is not None else None
         super().__init__(max_concurrency, retry=retry, ledger=ledger)
+        self._ledger_file = ledger
+
+    async def purge_effects(self, before: float) -> int:
+        """Retention (actors.retention): forget effects recorded before `before`."""
+        return 0 if self._ledger_file is None else await self._ledger_file.purge(before)
 
 
 # Ray's stubs lack actor options (max_concurrency) in the keyword overload of `remote`.

@@ -9,6 +9,8 @@
     │   └── UnknownRun            also what another tenant's run looks like
     ├── RequestInvalid            bad input from a caller (field named)
     │   └── RequestTooLarge       a body over the size limit
+    ├── Conflict                  the resource's state forbids it now (409): deleting a
+    │                             running run, a request whose Idempotency-Key is in use
     ├── RunError                  a run could not finish normally
     │   ├── BudgetExceeded        steps, tokens, dollars or wall clock
     │   ├── RunTimeout
@@ -112,6 +114,17 @@ class RequestInvalid(RayfleetError):
 
 class RequestTooLarge(RequestInvalid):
     code = "request_too_large"
+
+
+class Conflict(RayfleetError):
+    """The request conflicts with the current state of its resource; it may succeed later
+    (once the run has ended, once the first request with the key has been answered)."""
+
+    code = "conflict"
+
+    def __init__(self, message: str, retry_after_s: float | None = None) -> None:
+        super().__init__(message, retry_after_s)
+        self.retry_after_s = retry_after_s
 
 
 class RunError(RayfleetError):

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import itertools
-import json
 import logging
 import math
 import re
@@ -55,7 +54,6 @@ from agents.errors import (
     Killed,
     RayfleetError,
     RequestInvalid,
-    RequestTooLarge,
     TenantLimited,
     Unauthorized,
     UnknownAgent,
@@ -66,9 +64,12 @@ from agents.events import Event
 from agents.spec import AgentSpec
 from agents.summary import RunSummary
 from serve_app.batch_driver import BatchDriver
+from serve_app.bodies import read_json
 from serve_app.config import AppConfig
+from serve_app.deletion import delete_run
 from serve_app.delivery import KILL_ADMIN, ROLLBACK, Delivery
 from serve_app.http_errors import error_response, problem
+from serve_app.idempotency import Idempotency, RemoteKeys
 from serve_app.openapi import openapi_endpoint
 from serve_app.sse import to_sse
 from serve_app.tenancy import Authenticator, TenancyConfig, TenantConfig
@@ -175,6 +176,9 @@ class Gateway:
         self._store: ActorHandle[Any] | None = None
         self._outcomes: ActorHandle[Any] | None = None
         self._batch_driver = BatchDriver(config.runtime)
+        self._keys = Idempotency(
+            RemoteKeys(lambda: self._store), config.runtime.idempotency_key_ttl_s
+        )
         self._background: set[asyncio.Task[None]] = set()
         self._over_rate: dict[str, tuple[float, Admission]] = {}
         """Tenants the limiter refused for their request rate: when, and its answer."""
@@ -456,11 +460,11 @@ class Gateway:
         return await self._owned_batch(self._tenant(api_key), batch_id, "cancel")
 
     async def _start_batch(
-        self, tenant: TenantConfig, agent: str, request: BatchRequest
+        self, tenant: TenantConfig, agent: str, request: BatchRequest, batch_id: str | None = None
     ) -> BatchView:
         self._choose(tenant, agent, request.version)  # 404 for what the tenant may not run
         await self._client()
-        batch_id = new_batch_id()
+        batch_id = batch_id or new_batch_id()
         # One version for the whole batch, chosen as for one run (so a 10% canary gets a
         # tenth of the batches, each whole).
         if request.version is not None:
@@ -507,6 +511,7 @@ class Gateway:
             Route("/v1/batches/{batch_id}", self._http_get_batch, methods=["GET"]),
             Route("/v1/batches/{batch_id}/cancel", self._http_cancel_batch, methods=["POST"]),
             Route("/v1/runs/{run_id}", self._http_get_run, methods=["GET"]),
+            Route("/v1/runs/{run_id}", self._http_delete_run, methods=["DELETE"]),
             Route("/v1/runs/{run_id}/events", self._http_events, methods=["GET"]),
             Route("/v1/runs/{run_id}/cancel", self._http_cancel, methods=["POST"]),
             Route("/v1/runs/{run_id}/outcome", self._http_outcome, methods=["POST"]),
@@ -557,7 +562,7 @@ class Gateway:
         """The caller's verdict on a run: success or not, and an optional score."""
         tenant = self._caller(request)
         run_id = request.path_params["run_id"]
-        verdict = _validate(OutcomeRequest, await _read_json(request, 65_536))
+        verdict = _validate(OutcomeRequest, await read_json(request, 65_536))
         await self._owned(tenant, run_id)
         assert self._outcomes is not None
         await self._outcomes.set_outcome.remote(run_id, verdict.success, verdict.score)
@@ -570,7 +575,7 @@ class Gateway:
     async def _http_admin_kill(self, request: Request) -> Response:
         """Set or clear one kill switch; it is stored, so it survives gateway restarts."""
         self._admin(request)
-        switch = _validate(KillRequest, await _read_json(request, 65_536))
+        switch = _validate(KillRequest, await read_json(request, 65_536))
         await self._client()
         assert self._store is not None
         # Start from the stored switches, not this replica's copy (up to a second old), so a
@@ -612,23 +617,44 @@ class Gateway:
 
     async def _http_create_run(self, request: Request) -> Response:
         tenant = self._caller(request)
-        body = await _read_json(request, self._config.max_body_bytes)
+        body = await read_json(request, self._config.max_body_bytes)
         run = _validate(RunRequest, body)
-        run_id = await self._start(
-            tenant, request.path_params["agent"], run.input, run.thread_id, run.version
+        agent = request.path_params["agent"]
+        await self._client()
+        created = await self._keys.once(
+            request.headers,
+            tenant.id,
+            "runs",
+            agent,
+            run,
+            lambda _: self._start(tenant, agent, run.input, run.thread_id, run.version),
         )
+        run_id = created.id
+        if created.replayed:
+            await self._owned(tenant, run_id)  # deleted since: 404, not a broken stream
         links = {
             "run_id": run_id,
             "status_url": f"/v1/runs/{run_id}",
             "events_url": f"/v1/runs/{run_id}/events",
         }
         if _wants_sse(request):
-            return self._sse(run_id, 0, headers={"X-Run-Id": run_id})  # just started: ours
-        return JSONResponse(links, status_code=202, headers={"Location": links["status_url"]})
+            headers = {"X-Run-Id": run_id, **created.headers()}
+            return self._sse(run_id, 0, headers=headers)  # started (or replayed) by us: ours
+        headers = {"Location": links["status_url"], **created.headers()}
+        return JSONResponse(links, status_code=202, headers=headers)
 
     async def _http_get_run(self, request: Request) -> Response:
         summary = await self._owned(self._caller(request), request.path_params["run_id"])
         return JSONResponse(summary.model_dump(mode="json"))
+
+    async def _http_delete_run(self, request: Request) -> Response:
+        """Delete an ended run: the caller's own, or any with the admin key."""
+        header = request.headers.get("authorization")
+        tenant = None if self._auth.is_admin(header) else self._caller(request).id
+        runs = await self._client()
+        assert self._store is not None and self._outcomes is not None
+        await delete_run(request.path_params["run_id"], tenant, self._store, self._outcomes, runs)
+        return Response(status_code=204)
 
     async def _http_events(self, request: Request) -> Response:
         tenant = self._caller(request)
@@ -651,14 +677,22 @@ class Gateway:
 
     async def _http_create_batch(self, request: Request) -> Response:
         tenant = self._caller(request)
-        body = await _read_json(request, self._config.max_body_bytes)
+        body = await read_json(request, self._config.max_body_bytes)
         batch = _validate(BatchRequest, body)
-        view = await self._start_batch(tenant, request.path_params["agent"], batch)
-        status_url = f"/v1/batches/{view.batch_id}"
+        agent = request.path_params["agent"]
+        await self._client()
+
+        async def start(batch_id: str | None) -> str:
+            return (await self._start_batch(tenant, agent, batch, batch_id)).batch_id
+
+        created = await self._keys.once(
+            request.headers, tenant.id, "batches", agent, batch, start, new_batch_id()
+        )
+        status_url = f"/v1/batches/{created.id}"
         return JSONResponse(
-            {"batch_id": view.batch_id, "status_url": status_url},
+            {"batch_id": created.id, "status_url": status_url},
             status_code=202,
-            headers={"Location": status_url},
+            headers={"Location": status_url, **created.headers()},
         )
 
     async def _http_get_batch(self, request: Request) -> Response:
@@ -750,21 +784,6 @@ def _resume_point(request: Request) -> int:
     if re.fullmatch(r"[0-9]{1,12}", raw) is None:  # ASCII digits only: "²".isdigit() is True
         raise RequestInvalid(f"{field} must be a non-negative integer seq, not {raw[:40]!r}", field)
     return int(raw)
-
-
-async def _read_json(request: Request, limit: int) -> Any:
-    declared = request.headers.get("content-length")
-    if declared is not None and declared.isdigit() and int(declared) > limit:
-        raise RequestTooLarge(f"body of {declared} bytes is over the {limit}-byte limit", "body")
-    body = bytearray()
-    async for chunk in request.stream():
-        body += chunk
-        if len(body) > limit:
-            raise RequestTooLarge(f"body is over the {limit}-byte limit", "body")
-    try:
-        return json.loads(body)
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise RequestInvalid(f"body is not valid JSON: {exc}", "body") from None
 
 
 def _validate(model: type[_M], data: Any) -> _M:

@@ -8,6 +8,7 @@ from typing import Any
 from starlette.responses import JSONResponse
 
 from agents.errors import (
+    Conflict,
     Killed,
     NotFound,
     Overloaded,
@@ -25,6 +26,7 @@ _STATUS: dict[type[RayfleetError], int] = {
     Unauthorized: 401,
     RequestInvalid: 422,
     RequestTooLarge: 413,
+    Conflict: 409,
     ProviderError: 502,
     TenantLimited: 429,
     Overloaded: 503,
@@ -68,7 +70,7 @@ def error_response(error: RayfleetError) -> JSONResponse:
         field=getattr(error, "field", None) or None,
     )
     retry_after = getattr(error, "retry_after_s", None)
-    if retry_after is not None and status in (429, 503):
+    if retry_after is not None and status in (409, 429, 503):
         response.headers["Retry-After"] = str(max(1, math.ceil(retry_after)))
     if isinstance(error, TenantLimited) and error.quota is not None:
         # IETF draft RateLimit header fields, for the limit that refused.

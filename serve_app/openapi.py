@@ -287,6 +287,34 @@ _BATCH_ID = {
     "schema": {"type": "string", "pattern": BATCH_ID_PATTERN},
 }
 _UNKNOWN_BATCH = _problem("Unknown batch, or another tenant's batch.")
+_IDEMPOTENCY_KEY = {
+    "name": "Idempotency-Key",
+    "in": "header",
+    "required": False,
+    "description": (
+        "Makes the request safe to retry (IETF draft 'The Idempotency-Key HTTP Header "
+        "Field'): a repeat with the same key and body, by the same tenant to the same "
+        "endpoint, within 24 h (`idempotency_key_ttl_s`), answers with what the first request "
+        "created (the same id; `Idempotent-Replayed: true`) instead of creating it again. "
+        "The same key with a different body is a 422; a repeat while the first is still "
+        "being handled waits briefly, then is a 409. A first request that failed frees its key."
+    ),
+    "schema": {"type": "string", "pattern": "^[!-~]{1,255}$"},
+}
+_REPLAYED = {
+    "Idempotent-Replayed": {
+        "description": "`true` when this answers a repeated Idempotency-Key.",
+        "schema": {"type": "string", "enum": ["true"]},
+    }
+}
+_KEY_IN_USE = _problem(
+    "A request with this Idempotency-Key is still being handled: retry shortly.",
+    retry_after=True,
+)
+_KEY_REUSED = (
+    "Body is not JSON (or nested over 32 levels), a field is invalid (`field` names it), or "
+    "the Idempotency-Key was used with a different request (`field` Idempotency-Key)."
+)
 _LAST_EVENT_ID = {
     "name": "Last-Event-ID",
     "in": "header",
@@ -346,7 +374,7 @@ def _paths() -> dict[str, Any]:
                     "(200); otherwise 202 with links to poll or stream. The run goes on "
                     "whatever happens to the caller."
                 ),
-                "parameters": [_AGENT],
+                "parameters": [_AGENT, _IDEMPOTENCY_KEY],
                 "requestBody": {
                     "required": True,
                     "description": "At most 1 MiB (`max_body_bytes`); unknown fields are a 422.",
@@ -356,7 +384,8 @@ def _paths() -> dict[str, Any]:
                     "200": {
                         **_sse("The run's events (with `Accept: text/event-stream`)."),
                         "headers": {
-                            "X-Run-Id": {"schema": {"type": "string", "pattern": RUN_ID_PATTERN}}
+                            "X-Run-Id": {"schema": {"type": "string", "pattern": RUN_ID_PATTERN}},
+                            **_REPLAYED,
                         },
                     },
                     "202": {
@@ -365,14 +394,16 @@ def _paths() -> dict[str, Any]:
                             "Location": {
                                 "description": "The status_url.",
                                 "schema": {"type": "string"},
-                            }
+                            },
+                            **_REPLAYED,
                         },
                         "content": _json("RunAccepted"),
                     },
                     "401": _UNAUTHORIZED,
                     "404": _problem("Unknown agent, or no such version of it."),
+                    "409": _KEY_IN_USE,
                     "413": _problem("Body over the size limit."),
-                    "422": _problem("Body is not JSON, or a field is invalid (`field` names it)."),
+                    "422": _problem(_KEY_REUSED),
                     "429": _problem("Over a tenant limit.", retry_after=True),
                     "503": _problem(
                         "No capacity, or a kill switch covers the run (`code` killed, the "
@@ -395,7 +426,7 @@ def _paths() -> dict[str, Any]:
                     "tenant_limited. The batch goes on whatever happens to the caller or the "
                     "gateway."
                 ),
-                "parameters": [_AGENT],
+                "parameters": [_AGENT, _IDEMPOTENCY_KEY],
                 "requestBody": {
                     "required": True,
                     "description": "At most 1 MiB (`max_body_bytes`); unknown fields are a 422.",
@@ -408,14 +439,16 @@ def _paths() -> dict[str, Any]:
                             "Location": {
                                 "description": "The status_url.",
                                 "schema": {"type": "string"},
-                            }
+                            },
+                            **_REPLAYED,
                         },
                         "content": _json("BatchAccepted"),
                     },
                     "401": _UNAUTHORIZED,
                     "404": _problem("Unknown agent, or no such version of it."),
+                    "409": _KEY_IN_USE,
                     "413": _problem("Body over the size limit."),
-                    "422": _problem("Body is not JSON, or a field is invalid (`field` names it)."),
+                    "422": _problem(_KEY_REUSED),
                     "429": _problem("The tenant has too many batches running.", retry_after=True),
                     "503": _problem(
                         "No capacity, or a kill switch covers the batch (`code` killed, the "
@@ -463,7 +496,24 @@ def _paths() -> dict[str, Any]:
                     "404": _UNKNOWN_RUN,
                     "503": _OVERLOADED,
                 },
-            }
+            },
+            "delete": {
+                "operationId": "deleteRun",
+                "summary": "Delete an ended run: its record, events and outcome, for good.",
+                "description": (
+                    "A tenant deletes its own runs; the admin key deletes any run. A running "
+                    "run is a 409: cancel it first (POST /v1/runs/{run_id}/cancel). Runs that "
+                    "ended more than `retention_days` (default 30) ago are deleted anyway."
+                ),
+                "parameters": [_RUN_ID],
+                "responses": {
+                    "204": {"description": "Deleted."},
+                    "401": _UNAUTHORIZED,
+                    "404": _UNKNOWN_RUN,
+                    "409": _problem("The run is still running: cancel it first.", True),
+                    "503": _OVERLOADED,
+                },
+            },
         },
         "/v1/runs/{run_id}/events": {
             "get": {

@@ -34,6 +34,7 @@ EXPECTED_STATUS = {
     "UnknownBatch": 404,
     "RequestInvalid": 422,
     "RequestTooLarge": 413,
+    "Conflict": 409,
     "RunError": 500,
     "BudgetExceeded": 500,
     "RunTimeout": 500,
@@ -72,7 +73,7 @@ def test_every_error_class_has_a_status_and_a_problem_body(cls: type[RayfleetErr
     assert body["title"] == cls.__name__
     assert body["detail"] == error.message
     assert body["type"] == "about:blank"
-    if status in (429, 503):
+    if status in (429, 503) or (status == 409 and error.args[-1] is not None):
         assert int(response.headers["retry-after"]) >= 1
     else:
         assert "retry-after" not in response.headers
