@@ -271,3 +271,33 @@ def test_replay_matches_results_to_calls_by_position_even_with_repeated_ids() ->
     assert state.phase == "tools"
     assert [c.arguments for c in state.pending] == [{"item": "lamp"}]
     assert len(state.calls) - len(state.pending) == 1  # its position: the key it had
+
+
+async def test_a_sub_agents_side_effect_waits_for_the_callers_log_to_be_durable() -> None:
+    # The sub-agent's events are stored as the caller's (nested): its durability is theirs.
+    durable = Durability()
+    concierge = next(s for s in example_specs() if s.name == "concierge")
+    to_refunds = ToolCall(id="d1", name="refunds_desk", arguments={"task": "refund order 1003"})
+    model = ScriptedModel(
+        [
+            Reply("", (to_refunds,)),
+            Reply("", (refund("c1", 1003),)),
+            Reply("Refunded order 1003."),
+            Reply("The refunds desk refunded order 1003."),
+        ]
+    )
+    log = EventLog(REQUEST.run_id)
+    ports = Ports(model=model, tools=ToolPool(), durable=durable)
+    task = asyncio.create_task(execute_run(concierge, REQUEST, ports, log))
+    for _ in range(500):  # bounded: the sub-agent reaches its refund within a few loop turns
+        if durable.asked:
+            break
+        await asyncio.sleep(0.001)
+    assert support_tools.refunds() == {}
+    # It waited for the caller's seq, which covers the nested tool.call.
+    nested_call = [e for e in log.events() if e.kind == "subagent.event"][-1]
+    assert durable.asked == [log.last_seq] and nested_call.event["kind"] == "tool.call"  # type: ignore[attr-defined]
+    durable.released.set()
+    await task
+    model.check()
+    assert log.events()[-1].kind == "run.completed" and len(support_tools.refunds()) == 1
