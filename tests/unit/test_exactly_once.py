@@ -30,6 +30,7 @@ from agents.messages import Message, ToolCall, Usage
 from agents.replay import replay
 from agents.spec import AgentSpec, ToolSpec
 from tests import tools_for_tests as tools
+from tests.helpers import eventually
 from tests.scripted import Hang, Reply, Script, ScriptedModel
 
 REQUEST = RunInput(run_id="run-1", input="ship my things")
@@ -153,6 +154,9 @@ class Durability:
         self.asked.append(seq)
         await self.released.wait()
 
+    async def waiting(self) -> bool:
+        return bool(self.asked)
+
 
 async def test_a_side_effect_runs_only_once_its_tool_call_is_durable() -> None:
     durable = Durability()
@@ -162,10 +166,7 @@ async def test_a_side_effect_runs_only_once_its_tool_call_is_durable() -> None:
         Reply("Refunded."),
     ]
     task = asyncio.create_task(run(script, durable=durable))
-    for _ in range(500):  # bounded: the run reaches the refund within a few loop turns
-        if durable.asked:
-            break
-        await asyncio.sleep(0.001)
+    await eventually(durable.waiting)
     # The read-only lookup did not wait; the refund waits, and has not acted.
     assert len(durable.asked) == 1 and support_tools.refunds() == {}
     durable.released.set()
@@ -289,10 +290,7 @@ async def test_a_sub_agents_side_effect_waits_for_the_callers_log_to_be_durable(
     log = EventLog(REQUEST.run_id)
     ports = Ports(model=model, tools=ToolPool(), durable=durable)
     task = asyncio.create_task(execute_run(concierge, REQUEST, ports, log))
-    for _ in range(500):  # bounded: the sub-agent reaches its refund within a few loop turns
-        if durable.asked:
-            break
-        await asyncio.sleep(0.001)
+    await eventually(durable.waiting)
     assert support_tools.refunds() == {}
     # It waited for the caller's seq, which covers the nested tool.call.
     nested_call = [e for e in log.events() if e.kind == "subagent.event"][-1]
