@@ -25,6 +25,7 @@ from actors.router import ModelRouter
 from actors.settings import RuntimeSettings
 from actors.switches import KILL_PREFIX, KillSwitches
 from actors.tenant_model import LimiterPort, TenantModel
+from agents.calls import canonical_json
 from agents.errors import Overloaded, RequestInvalid, UnknownRun
 from agents.eventlog import EventLog
 from agents.events import BudgetExceededEvent, Event, RunCreated, ToolCalled, ToolResulted
@@ -131,7 +132,7 @@ class _ShadowTools:
             self._recorded = {}
             for event in events:
                 if isinstance(event, ToolResulted) and event.call_id in calls:
-                    key = (event.tool, _canonical(calls[event.call_id].arguments))
+                    key = (event.tool, canonical_json(calls[event.call_id].arguments))
                     outcome = ToolOutcome(ok=event.ok, output=event.output, error=event.error)
                     self._recorded.setdefault(key, outcome)
         return self._recorded
@@ -149,7 +150,7 @@ class _ShadowTools:
             return await self._tools.call(
                 tool, call, idempotency_key=idempotency_key, timeout_s=timeout_s, tenant=tenant
             )
-        recorded = (await self._primary_results()).get((tool.name, _canonical(call.arguments)))
+        recorded = (await self._primary_results()).get((tool.name, canonical_json(call.arguments)))
         if recorded is not None:
             return recorded
         if tool.dry_run_result is not None:
@@ -157,10 +158,6 @@ class _ShadowTools:
         return ToolOutcome(
             ok=False, output="", error=f"{tool.name} is not executed in a shadow run"
         )
-
-
-def _canonical(arguments: dict[str, Any]) -> str:
-    return json.dumps(arguments, sort_keys=True)
 
 
 class OutcomePort(Protocol):
@@ -314,6 +311,8 @@ class RunHost:
             guard=lambda: self._run_killed(spec, context.tenant, started),
             prices=self._prices,
             model_for=model_for,
+            # A side effect runs once its tool.call is stored, i.e. published by `_flush`.
+            durable=log.wait_published if durable else None,
         )
         task = asyncio.create_task(
             execute_run(spec, request, ports, log, coalescing=self._coalescing),

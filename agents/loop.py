@@ -11,12 +11,13 @@ import asyncio
 import dataclasses
 import json
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
 from pydantic import BaseModel, ConfigDict
 
 from agents.budget import RunBudget
+from agents.calls import idempotency_key, with_stable_ids
 from agents.errors import BudgetExceeded, Killed, RayfleetError, RunTimeout
 from agents.eventlog import EventLog
 from agents.events import (
@@ -42,7 +43,7 @@ from agents.ports import Discard, MemoryPort, ModelPort, ModelResult, ToolOutcom
 from agents.pricing import PriceTable
 from agents.pruning import Summary, View, build_view, summary_prompt, to_summarize, window_start
 from agents.replay import RunState, replay, tool_message, wrap_up_message
-from agents.spec import AgentSpec, TierSpec
+from agents.spec import AgentSpec, TierSpec, ToolSpec
 from agents.tokens import estimate_tokens
 
 Tools = tuple[ToolSchema, ...]
@@ -86,6 +87,11 @@ class Ports:
     dollar budget is only checked between steps."""
     model_for: Callable[[AgentSpec], ModelPort] | None = None
     """The model port for a sub-agent's spec (its own response cache); None: `model`."""
+    durable: Callable[[int], Awaitable[None]] | None = None
+    """Returns once the log's events up to a seq are in the run store (the run host: its
+    EventLog's `wait_published`). A side-effecting tool waits for its `tool.call` to be
+    durable before it runs, so a resumed run re-issues that call rather than a new one.
+    None: the log is not stored anywhere, there is nothing to wait for."""
 
 
 @dataclass
@@ -257,7 +263,10 @@ async def _loop(run: _Run) -> str:
                 continue
             # Announce every call before running any: the log then holds the whole request,
             # so a resumed run repeats none and runs the missing ones with the same keys.
-            for call in reply.tool_calls:
+            # Ids are made unique in the step first: results are matched to calls by id.
+            calls = with_stable_ids(reply.tool_calls, state.step)
+            reply = reply.model_copy(update={"tool_calls": calls})
+            for call in calls:
                 log.emit(
                     ToolCalled,
                     step=state.step,
@@ -266,7 +275,7 @@ async def _loop(run: _Run) -> str:
                     arguments=call.arguments,
                 )
             state.messages.append(reply)
-            state.pending, state.phase = list(reply.tool_calls), "tools"
+            state.calls, state.pending, state.phase = list(calls), list(calls), "tools"
         if state.phase == "tools":
             while state.pending:
                 state.messages.append(await _tool_turn(run, state.pending[0]))
@@ -452,7 +461,8 @@ async def _model_turn(
 
 
 async def _tool_turn(run: _Run, call: ToolCall) -> Message:
-    spec, log, step = run.spec, run.log, run.state.step
+    spec, log, state = run.spec, run.log, run.state
+    step, position = state.step, len(state.calls) - len(state.pending)
     started = run.clock()
     tool = spec.tool(call.name)
     if tool is None:
@@ -462,14 +472,7 @@ async def _tool_turn(run: _Run, call: ToolCall) -> Message:
     elif tool.agent is not None:
         outcome = await _subagent(run, tool.agent, call)
     else:
-        own = tool.timeout_s or spec.timeouts.tool_call_timeout_s
-        outcome = await run.ports.tools.call(
-            tool,
-            call,
-            idempotency_key=f"{log.run_id}:{step}:{call.id}",
-            timeout_s=run.budget.call_timeout_s(own),
-            tenant=run.request.tenant,
-        )
+        outcome = await _call_tool(run, tool, call, position)
     event = log.emit(
         ToolResulted,
         step=step,
@@ -485,6 +488,38 @@ async def _tool_turn(run: _Run, call: ToolCall) -> Message:
     )
     run.budget.record(outcome.usage, outcome.cost_usd)
     return tool_message(event)
+
+
+async def _call_tool(run: _Run, tool: ToolSpec, call: ToolCall, position: int) -> ToolOutcome:
+    """A function tool's call, keyed by what the durable log holds (agents.calls)."""
+    timeout_s = run.budget.call_timeout_s(tool.timeout_s or run.spec.timeouts.tool_call_timeout_s)
+    if tool.side_effects:
+        # Only a side effect waits for its tool.call to be stored (one group commit): a
+        # read-only call that a crash makes the run repeat costs nothing, and most calls are
+        # read-only, so the common step pays no store round trip.
+        loop = asyncio.get_running_loop()
+        asked_at = loop.time()
+        if not await _durable(run, asked_at + timeout_s):
+            error = f"the run store did not record the call in {timeout_s:g}s: not called"
+            return ToolOutcome(ok=False, output="", error=error)
+        timeout_s = max(1e-3, timeout_s - (loop.time() - asked_at))
+    key = idempotency_key(run.log.run_id, run.state.step, position, tool.name, call.arguments)
+    return await run.ports.tools.call(
+        tool, call, idempotency_key=key, timeout_s=timeout_s, tenant=run.request.tenant
+    )
+
+
+async def _durable(run: _Run, deadline_at: float | None = None) -> bool:
+    """Wait until everything the run has logged so far is in the run store; False if that
+    did not happen by `deadline_at` (loop time)."""
+    if run.ports.durable is None:
+        return True
+    try:
+        async with asyncio.timeout_at(deadline_at):
+            await run.ports.durable(run.log.last_seq)
+    except TimeoutError:
+        return False
+    return True
 
 
 async def _subagent(run: _Run, spec: AgentSpec, call: ToolCall) -> ToolOutcome:
@@ -539,6 +574,13 @@ async def _subagent(run: _Run, spec: AgentSpec, call: ToolCall) -> ToolOutcome:
     ports = run.ports
     if ports.model_for is not None:  # the sub-agent's own model settings (its cache)
         ports = dataclasses.replace(ports, model=ports.model_for(spec))
+    if ports.durable is not None:
+
+        async def durable(_seq: int) -> None:
+            # Its events are durable once the caller's events nesting them are.
+            await _durable(run)
+
+        ports = dataclasses.replace(ports, durable=durable)
     await execute_run(
         spec.model_copy(update={"budgets": limits}),
         request,

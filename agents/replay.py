@@ -6,6 +6,7 @@ the budget spent, and the phase the run was in when its host stopped:
     next     between steps: check budgets, start the next step
     model    a step started but its model call did not complete: redo the call
     tools    the model asked for tools; `pending` are the calls without a result
+             (re-issued as the log holds them: the same keys, agents.calls)
     answered the model answered; only the terminal event is missing
 """
 
@@ -45,7 +46,11 @@ class RunState:
     degraded: bool = False
     wrap_up: BudgetExceededEvent | None = None
     """Set once a budget ran out: the next model call is the wrap-up."""
+    calls: list[ToolCall] = field(default_factory=list)
+    """The step's tool calls in the order the model made them: a call's position is its
+    index (part of its idempotency key)."""
     pending: list[ToolCall] = field(default_factory=list)
+    """The tail of `calls` still without a result."""
     streamed_partial: bool = False
     """Deltas of an unfinished model call reached readers: they must be discarded."""
     answer: str = ""
@@ -69,7 +74,7 @@ def wrap_up_message(event: BudgetExceededEvent) -> Message:
 def replay(prompt: list[Message], events: list[Event]) -> RunState:
     """Fold `events` (a run's durable log) onto its initial `prompt` messages."""
     state = RunState(messages=list(prompt))
-    results: dict[str, Message] = {}
+    results: list[Message] = []  # the step's tool results: the loop runs calls in order
     reply_text = ""
     announced = 0  # tool calls the last model.completed said it made
     for event in events:
@@ -88,13 +93,13 @@ def replay(prompt: list[Message], events: list[Event]) -> RunState:
             announced = event.tool_calls
             state.phase = "tools" if event.tool_calls else "answered"
             state.answer = event.text
-            state.pending = []
+            state.calls, results = [], []
         elif isinstance(event, ToolCalled):
-            state.pending.append(
+            state.calls.append(
                 ToolCall(id=event.call_id, name=event.tool, arguments=event.arguments)
             )
         elif isinstance(event, ToolResulted):
-            results[event.call_id] = tool_message(event)
+            results.append(tool_message(event))
             state.usage += event.usage
             state.cost_usd += event.cost_usd
         elif isinstance(event, ContextPruned):
@@ -109,25 +114,26 @@ def replay(prompt: list[Message], events: list[Event]) -> RunState:
         elif isinstance(event, BudgetExceededEvent):
             state.wrap_up = event
             state.messages.append(wrap_up_message(event))
-        if state.phase == "tools" and state.pending and all(c.id in results for c in state.pending):
+        if state.phase == "tools" and announced == len(state.calls) == len(results):
             # Every call of the step has its result: the step is done.
             state.messages.append(
-                Message(role="assistant", content=reply_text, tool_calls=tuple(state.pending))
+                Message(role="assistant", content=reply_text, tool_calls=tuple(state.calls))
             )
-            state.messages.extend(results[c.id] for c in state.pending)
-            state.pending, state.phase = [], "next"
-    if state.phase == "tools" and len(state.pending) < announced:
+            state.messages.extend(results)
+            state.phase = "next"
+    if state.phase == "tools" and len(state.calls) < announced:
         # The log lost some of the step's tool.call events (the loop emits them with
         # model.completed in one go, so only a damaged log does this): redo the model call.
-        state.phase, state.pending, state.streamed_partial = "model", [], True
+        state.phase, state.calls, state.streamed_partial = "model", [], True
     if state.phase == "tools":
-        # Interrupted among the step's tools: keep the reply, the results there are, and
-        # leave the rest pending (their idempotency keys are the same when they run again).
+        # Interrupted among the step's tools: keep the reply and the results there are, and
+        # leave the rest pending: they run again as the log holds them (same step, position,
+        # tool and arguments, hence the same idempotency keys), not as a new model call.
         state.messages.append(
-            Message(role="assistant", content=reply_text, tool_calls=tuple(state.pending))
+            Message(role="assistant", content=reply_text, tool_calls=tuple(state.calls))
         )
-        state.messages.extend(results[c.id] for c in state.pending if c.id in results)
-        state.pending = [c for c in state.pending if c.id not in results]
+        state.messages.extend(results)
+        state.pending = state.calls[len(results) :]
     return state
 
 

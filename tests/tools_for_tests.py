@@ -8,7 +8,10 @@ failures, calls, then asserts on `calls` and `effects`. `reset()` between tests.
 from __future__ import annotations
 
 import asyncio
+import os
+import time
 from collections import Counter
+from pathlib import Path
 
 from pydantic import JsonValue
 
@@ -67,6 +70,29 @@ async def slow_then_hang(slow_s: float) -> str:
         raise ConnectionResetError("peer reset")
     await asyncio.Event().wait()
     return "never"
+
+
+def pay(counter: str, amount: int, idempotency_key: str) -> dict[str, JsonValue]:
+    """Side-effecting, for the crash tests (it runs in the tool-pool actor): appends a line to
+    the file `counter` each time it really runs, the count taken at the tool, then waits
+    while the file `counter`.hold exists (bounded), so a test can kill a host meanwhile."""
+    with open(counter, "a") as out:
+        out.write(f"{idempotency_key}\n")
+        out.flush()
+        os.fsync(out.fileno())
+    hold = Path(f"{counter}.hold")
+    for _ in range(3000):  # at most 30 s
+        if not hold.exists():
+            break
+        time.sleep(0.01)  # sync tools run in a worker thread of the pool
+    return {"paid": amount}
+
+
+def note(counter: str) -> str:
+    """Read-only: appends a line to the file `counter`.notes each time it runs."""
+    with open(f"{counter}.notes", "a") as out:
+        out.write("noted\n")
+    return "noted"
 
 
 class RecordedSleeps:

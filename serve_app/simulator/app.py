@@ -186,10 +186,16 @@ def _completion(
     if isinstance(reply, TextReply):
         completion = Completion(text=reply.text)
     elif isinstance(reply, ToolCallReply):
-        call_id = reply.id or f"{prefix}{short_hash(key, reply.name, n=20)}"
-        completion = Completion(
-            text=reply.text, tool_calls=[SimToolCall(call_id, reply.name, reply.arguments)]
-        )
+        scripted = [(reply.id, reply.name, reply.arguments)]
+        scripted += [(c.id, c.name, c.arguments) for c in reply.more]
+        tool_calls = []
+        for i, (call_id, name, arguments) in enumerate(scripted):
+            # Like a provider's, an id is new for every request (the key) and call.
+            parts = (key, name) if i == 0 else (key, name, i)
+            if call_id is None:  # scripted "" stays empty: some providers send that
+                call_id = f"{prefix}{short_hash(*parts, n=20)}"
+            tool_calls.append(SimToolCall(call_id, name, arguments))
+        completion = Completion(text=reply.text, tool_calls=tool_calls)
     else:
         completion = policy_completion(conv, key, id_prefix=prefix)
     input_usage.output_tokens = completion.output_tokens()

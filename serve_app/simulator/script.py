@@ -42,13 +42,26 @@ class TextReply(_Reply):
     text: str
 
 
+class ScriptedCall(BaseModel):
+    """One more tool call in a `tool_call` reply."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    name: str
+    arguments: dict[str, JsonValue] = Field(default_factory=dict)
+    id: str | None = None
+
+
 class ToolCallReply(_Reply):
     type: Literal["tool_call"]
     name: str
     arguments: dict[str, JsonValue] = Field(default_factory=dict)
     id: str | None = None
+    """None: a fresh id, as a provider's; "" is sent as is (some providers send no ids)."""
     text: str = ""
     """Optional assistant text streamed before the call."""
+    more: list[ScriptedCall] = Field(default_factory=list)
+    """Further calls in the same reply, after this one (parallel tool calls)."""
 
 
 class StatusReply(_Reply):

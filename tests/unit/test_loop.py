@@ -10,6 +10,7 @@ from typing import Any
 import pytest
 
 from actors.tool_pool import ToolPool
+from agents.calls import idempotency_key
 from agents.errors import ProviderUnavailable
 from agents.eventlog import EventLog
 from agents.events import Event, is_terminal
@@ -145,7 +146,9 @@ async def test_side_effecting_tool_gets_a_stable_idempotency_key(
     refund = ToolCall(id="c9", name="issue_refund", arguments={"order_id": 1003, "reason": "late"})
     events, _ = await run(support(), [Reply("", (refund,)), Reply("Refunded.")], scripted)
     assert events[-1].kind == "run.completed"
-    assert list(support_tools.refunds()) == ["run-1:1:c9"]
+    # Named by what the log holds (run, step, position, tool, arguments), not the provider's id.
+    key = idempotency_key("run-1", 1, 0, "issue_refund", {"reason": "late", "order_id": 1003})
+    assert list(support_tools.refunds()) == [key]
 
 
 async def test_step_cap_without_wrap_up_fails_the_run(scripted: list[ScriptedModel]) -> None:

@@ -8,6 +8,7 @@ from collections.abc import Iterator
 import pytest
 
 from actors.tool_pool import ToolPool
+from agents.calls import idempotency_key
 from agents.eventlog import EventLog
 from agents.events import Event, ModelCompleted, is_terminal
 from agents.examples import example_specs, support_tools
@@ -28,6 +29,7 @@ SCRIPT = [
     ),
     Reply("Order 1003 is refunded; the money is back within 5 days."),
 ]
+REFUND_KEY = idempotency_key("run-1", 2, 0, "issue_refund", {"order_id": 1003, "reason": "late"})
 
 
 @pytest.fixture(autouse=True)
@@ -67,7 +69,7 @@ async def test_resuming_from_every_prefix_reaches_the_same_end_with_one_refund()
         prefix = reference[:cut]
         if any(e.kind == "tool.result" and e.tool == "issue_refund" for e in prefix):  # type: ignore[union-attr]
             # The refund happened before the host died: its key is already in the ledger.
-            await support_tools.issue_refund(1003, "late", "run-1:2:c2")
+            await support_tools.issue_refund(1003, "late", REFUND_KEY)
         events, _ = await run_from(prefix)
         assert [e.seq for e in events] == list(range(1, len(events) + 1)), cut
         assert events[:cut] == prefix

@@ -124,6 +124,28 @@ def test_openai_streaming_tool_call_arguments_reassemble(sim: Sim) -> None:
     assert finish == "tool_calls"
 
 
+def test_a_scripted_reply_can_make_several_calls_with_given_or_fresh_ids(sim: Sim) -> None:
+    more = [{"name": "lookup_order", "arguments": {"order_id": 2}, "id": ""}]
+    reply = {"type": "tool_call", "name": "lookup_order", "arguments": {"order_id": 1}}
+    sim.script({**reply, "more": more}, {**reply, "more": more})
+    ids = []
+    with _oa(sim) as client:
+        for _ in range(2):
+            r = client.chat.completions.create(
+                model="gpt-sim",
+                messages=[{"role": "user", "content": "Where are orders 1 and 2?"}],
+                tools=_oa_tools(),
+            )
+            calls = r.choices[0].message.tool_calls or []
+            assert [json.loads(c.function.arguments) for c in calls] == [  # type: ignore[union-attr]
+                {"order_id": 1},
+                {"order_id": 2},
+            ]
+            ids.append([c.id for c in calls])
+    # Unscripted ids are fresh per request, as a provider's are; an empty one stays empty.
+    assert ids[0][0] != ids[1][0] and ids[0][0] and ids[0][1] == ids[1][1] == ""
+
+
 def test_openai_policy_calls_the_matching_tool(sim: Sim) -> None:
     tools = [
         {"type": "function", "function": {"name": "search_kb", "description": "Search articles"}},
