@@ -3,8 +3,9 @@
 #
 #   cluster/start-local-head.sh [serve-config.yaml]
 #
-# Other Ray jobs on this machine join the cluster with ray.init(address="auto") and reach
-# the agents with serve.get_app_handle("rayfleet") (async handle calls, see README.md).
+# Other Ray jobs on this machine join the cluster with serve_app.join.join() (ray.init for
+# this 127.0.0.1 head) and reach the agents with serve.get_app_handle("rayfleet") (async
+# handle calls, see README.md).
 # Environment: NUM_CPUS (default 2), DASHBOARD_PORT (default 8265; `serve deploy` talks to it).
 set -euo pipefail
 
@@ -23,11 +24,15 @@ fi
 export RAY_SERVE_THROUGHPUT_OPTIMIZED=1
 # A head on 127.0.0.1 only: with Ray's cluster mode off, Ray keeps loopback addresses as
 # they are instead of resolving them to this machine's outward IP (which the head does not
-# listen on). Drivers joining with address="auto" need the same (examples/ sets it).
+# listen on). Drivers need the same: serve_app.join.join() does it for them.
 export RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0
-# Ray 2.60 starts heads with token authentication; say so explicitly, so that `serve deploy`
-# and `serve status` below also send the token (~/.ray/auth_token, made by `ray start`).
+# Token authentication (README.md, "Trust boundary"): say so explicitly, so that `serve
+# deploy` and `serve status` below also send the token. `ray start` needs the token to exist
+# already (~/.ray/auth_token); this makes it once and never replaces it.
 export RAY_AUTH_MODE="${RAY_AUTH_MODE:-token}"
+if [[ "$RAY_AUTH_MODE" == token && -z "${RAY_AUTH_TOKEN:-}${RAY_AUTH_TOKEN_PATH:-}" ]]; then
+  ray get-auth-token --generate >/dev/null
+fi
 
 if [[ ! -f "$config" ]]; then
   echo "no serve config at $config" >&2
@@ -72,6 +77,6 @@ rayfleet is deployed on the local Ray head:
   HTTP        http://127.0.0.1:8000  (simulator at http://127.0.0.1:8000/sim)
   status      serve status --address http://127.0.0.1:$dashboard_port
   redeploy    serve deploy --address http://127.0.0.1:$dashboard_port $config
-  join        RAY_AUTH_MODE=token python examples/stream_from_ray_job.py  (ray.init(address="auto"))
+  join        python examples/stream_from_ray_job.py  (serve_app.join.join(), see README.md)
   stop        ray stop     (stops this machine's Ray head and everything on it)
 DONE

@@ -8,6 +8,7 @@ from actors.credentials import TenantContext
 from actors.runtime import Runs, check_agents_package, ensure_runtime
 from actors.settings import RuntimeSettings
 from agents.spec import AgentSpec
+from serve_app.handle_api import HandleSurface
 
 
 def deployment_name(spec: AgentSpec) -> str:
@@ -22,9 +23,12 @@ def deployment_name(spec: AgentSpec) -> str:
     ray_actor_options={"num_cpus": 0.05},
     health_check_period_s=10,
 )
-class AgentDeployment:
+class AgentDeployment(HandleSurface):
     """Starts runs of one agent version. Runs live on run hosts, not in this replica, so a
-    redeploy that drains this replica does not end them."""
+    redeploy that drains this replica does not end them. Called by the gateway, which has
+    already checked the caller (see README: whoever reaches the Ray cluster is trusted)."""
+
+    handle_methods = frozenset({"start", "spec"})
 
     def __init__(self, spec: AgentSpec, settings: RuntimeSettings) -> None:
         check_agents_package()

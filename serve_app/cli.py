@@ -61,8 +61,8 @@ def serve(
     args: dict[str, Any] = yaml.safe_load(config.read_text()) if config else {}
     import ray
 
-    # A head started by this process: other jobs join it with ray.init(address="auto"),
-    # and it stops with this process.
+    # A head started by this process: other jobs join it with serve_app.join.join() (Ray's
+    # address="auto" would rewrite 127.0.0.1), and it stops with this process.
     ray.init(
         num_cpus=num_cpus,
         include_dashboard=False,
@@ -70,6 +70,10 @@ def serve(
         logging_level=logging.WARNING,
         log_to_driver=False,
     )
+    from serve_app.join import forget_head, record_head
+
+    gcs_address = ray.get_runtime_context().gcs_address
+    record_head(gcs_address)
     try:
         _deploy(port, args)
         console.print(f"rayfleet is serving at [bold]http://127.0.0.1:{port}[/] (Ctrl-C stops it)")
@@ -85,6 +89,7 @@ def serve(
     finally:
         console.print("stopping rayfleet and its local Ray ...")
         ray.shutdown()
+        forget_head(gcs_address)
 
 
 def _deploy(port: int, args: dict[str, Any]) -> None:

@@ -68,6 +68,7 @@ from serve_app.bodies import read_json
 from serve_app.config import AppConfig
 from serve_app.deletion import delete_run
 from serve_app.delivery import KILL_ADMIN, ROLLBACK, Delivery
+from serve_app.handle_api import HandleSurface
 from serve_app.http_errors import error_response, problem
 from serve_app.idempotency import Idempotency, RemoteKeys
 from serve_app.openapi import openapi_endpoint
@@ -156,8 +157,22 @@ class BatchRequest(BaseModel):
     ray_actor_options={"num_cpus": 0.1},
 )
 @serve.ingress()
-class Gateway:
+class Gateway(HandleSurface):
     """HTTP API and handle API in one ingress deployment."""
+
+    handle_methods = frozenset(
+        {
+            "list_agents",
+            "start_run",
+            "stream_run",
+            "stream_events",
+            "get_run",
+            "cancel_run",
+            "start_batch",
+            "get_batch",
+            "cancel_batch",
+        }
+    )
 
     def __init__(
         self, agents: dict[str, DeploymentHandle[Any]], specs: list[AgentSpec], config: AppConfig
@@ -182,6 +197,9 @@ class Gateway:
         self._background: set[asyncio.Task[None]] = set()
         self._over_rate: dict[str, tuple[float, Admission]] = {}
         """Tenants the limiter refused for their request rate: when, and its answer."""
+
+    def handle_limit_bytes(self) -> int:
+        return self._config.max_body_bytes  # a handle call weighs what its HTTP body would
 
     async def reconfigure(self, user_config: dict[str, Any]) -> None:
         """Live changes from the deploy config (no restart): tenants, keys and limits, and
@@ -314,7 +332,9 @@ class Gateway:
         thread_id: str | None,
         version: str | None,
     ) -> str:
-        request = RunRequest(input=input, thread_id=thread_id, version=version)
+        request = _validate(
+            RunRequest, {"input": input, "thread_id": thread_id, "version": version}
+        )
         self._choose(tenant, agent, request.version)  # 404 for what the tenant may not run
         await self._client()
         if request.version is not None:
@@ -399,7 +419,7 @@ class Gateway:
         self, run_id: str, after: int = 0, api_key: str | None = None
     ) -> AsyncIterator[Event]:
         """A run's events after seq `after`, live until its terminal event."""
-        await self._owned(self._tenant(api_key), run_id)
+        _check_after(await self._owned(self._tenant(api_key), run_id), after)
         async for event in self._events(run_id, after):
             yield event
 
@@ -423,7 +443,7 @@ class Gateway:
         if run_id is None:
             run_id = await self._start(tenant, agent, input, thread_id, version)
         else:
-            await self._owned(tenant, run_id)
+            _check_after(await self._owned(tenant, run_id), after)
         async for event in self._events(run_id, after):
             yield event
 
@@ -661,10 +681,7 @@ class Gateway:
         run_id = request.path_params["run_id"]
         after = _resume_point(request)
         summary = await self._owned(tenant, run_id)  # 404 before a stream starts, not inside
-        if after > summary.last_seq and summary.status != "running":
-            raise RequestInvalid(
-                f"after={after} is past the run's last event ({summary.last_seq})", "after"
-            )
+        _check_after(summary, after)
         return self._sse(run_id, after)
 
     async def _http_cancel(self, request: Request) -> Response:
@@ -758,6 +775,14 @@ def _context(tenant: TenantConfig) -> TenantContext:
         metered=tenant.limits.tokens_per_min is not None
         or tenant.limits.daily_budget_usd is not None,
     )
+
+
+def _check_after(summary: RunSummary, after: int) -> None:
+    """A resume point is a seq of the run, or past its end while it still runs."""
+    if after < 0 or (after > summary.last_seq and summary.status != "running"):
+        raise RequestInvalid(
+            f"after={after} is not a seq of the run (last: {summary.last_seq})", "after"
+        )
 
 
 def _since(request: Request) -> float | None:
