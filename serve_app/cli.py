@@ -65,6 +65,7 @@ def serve(
     for name, value in SERVE_ENV.items():
         os.environ.setdefault(name, value)  # before Ray starts: its processes inherit it
     args: dict[str, Any] = yaml.safe_load(config.read_text()) if config else {}
+    _check_data_dir()
     sim = _start_simulator(sim_port)
     import ray
 
@@ -94,6 +95,18 @@ def serve(
         console.print("stopping rayfleet and its local Ray ...")
         ray.shutdown()
         sim.stop()
+
+
+def _check_data_dir() -> None:
+    """Refuse a shared data directory now, not as failing actors after Ray started."""
+    from actors.datadir import default_data_dir, private_dir
+    from agents.errors import ConfigError
+
+    try:
+        private_dir(default_data_dir())
+    except ConfigError as exc:
+        err.print(f"[red]{exc}[/]")
+        raise typer.Exit(2) from None
 
 
 def _start_simulator(port: int) -> SimulatorThread:

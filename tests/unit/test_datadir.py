@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import os
 import stat
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -75,3 +77,23 @@ def test_the_cache_never_opens_a_shared_directory(tmp_path: Path) -> None:
     store.set("key", "value", ttl_s=60)  # a miss, logged: never an error
     assert store.get("key") is None
     assert not planted.exists()  # diskcache never opened the directory
+
+
+def test_rayfleet_serve_refuses_a_shared_data_dir_before_starting_anything(
+    tmp_path: Path,
+) -> None:
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    shared.chmod(0o777)
+    env = {**os.environ, DATA_DIR_ENV: str(shared), "COLUMNS": "200"}
+    done = subprocess.run(
+        [sys.executable, "-m", "serve_app.cli", "serve", "--port", "1"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert done.returncode == 2, done.stderr
+    assert f"data directory {shared} is writable by its group or by everyone" in done.stderr
+    assert list(shared.iterdir()) == []  # nothing was written there
