@@ -225,6 +225,9 @@ def test_every_cluster_config_requires_keys(name: str) -> None:
     published = {digest(key) for key in PUBLISHED_EXAMPLE_KEYS}
     held = {d for t in tenancy.tenants for d in t.api_key_sha256} | set(tenancy.admin_key_sha256)
     assert not held & published
+    # The simulator app (fake completions) keeps its request log and script API off.
+    sim = next(a for a in serve_configs()[name]["applications"] if a["name"] == "rayfleet-sim")
+    assert SimSettings.model_validate(sim.get("args") or {}).control_api is False
 
 
 def published_config(where: str) -> dict[str, Any]:

@@ -12,6 +12,9 @@ import pytest
 
 from actors.caches import CacheSettings, CacheStore
 from actors.datadir import DATA_DIR_ENV, data_dir_from, default_data_dir, private_dir
+from actors.ledger import SqliteEffectLedger
+from actors.memory import MemoryStore
+from actors.outcomes import OutcomeStore
 from actors.settings import RuntimeSettings
 from actors.store import RunStore
 from agents.errors import ConfigError
@@ -52,9 +55,10 @@ def test_a_group_or_world_writable_data_dir_is_refused(tmp_path: Path, mode: int
     with pytest.raises(ConfigError, match=f"writable by its group or by everyone.*{DATA_DIR_ENV}"):
         private_dir(shared)
     # Every store refuses it too, before it opens a file there.
-    with pytest.raises(ConfigError, match="writable"):
-        RunStore(str(shared / "runs.sqlite"))
-    assert not (shared / "runs.sqlite").exists()
+    for store in (RunStore, SqliteEffectLedger, OutcomeStore, MemoryStore):
+        with pytest.raises(ConfigError, match="writable"):
+            store(str(shared / "state.sqlite"))
+    assert list(shared.iterdir()) == []
 
 
 def test_a_data_dir_owned_by_another_user_is_refused(tmp_path: Path) -> None:
