@@ -22,6 +22,7 @@ from typing import Any, TypeVar
 import diskcache
 from pydantic import BaseModel, ConfigDict, Field, JsonValue, ValidationError
 
+from actors.datadir import default_data_dir, private_dir
 from agents.messages import Message, TextDelta, ToolCall, ToolSchema, Usage
 from agents.ports import Discard, ModelPort, ModelResult, ToolOutcome, ToolPort
 from agents.spec import TierSpec, ToolSpec
@@ -42,8 +43,9 @@ class CacheSettings(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
     directory: str = Field(
-        "/tmp/rayfleet/cache",
-        description="diskcache directory on each node, shared by the node's processes.",
+        default_factory=lambda: str(default_data_dir() / "cache"),
+        description="diskcache directory on each node, shared by the node's processes "
+        "(private: mode 0700, refused if another user owns or can write to it).",
     )
     size_limit_bytes: int = Field(
         1 << 30, gt=0, description="Beyond this the least recently stored entries are culled."
@@ -132,6 +134,7 @@ class CacheStore:
         if self._open_failed_at is not None and now - self._open_failed_at < _REOPEN_S:
             return None
         try:
+            private_dir(self.directory)
             self._cache = diskcache.Cache(
                 self.directory, timeout=self._lock_timeout_s, size_limit=self._size_limit
             )

@@ -19,6 +19,7 @@ from typing import Any
 
 import ray
 
+from actors.datadir import private_dir
 from agents.ports import ToolOutcome
 
 _SCHEMA = """
@@ -39,7 +40,7 @@ class SqliteEffectLedger:
     def __init__(
         self, path: str, *, busy_timeout_s: float = 5.0, clock: Callable[[], float] = time.time
     ) -> None:
-        Path(path).parent.mkdir(parents=True, exist_ok=True)
+        private_dir(Path(path).parent)
         self._db = sqlite3.connect(
             path, check_same_thread=False, isolation_level=None, timeout=busy_timeout_s
         )

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import ray
 
+from actors.datadir import private_dir
 from agents.messages import Message
 
 _SCHEMA = """
@@ -31,7 +32,7 @@ class MemoryStore:
     """Threads of messages. SQLite calls run in a worker thread, one at a time."""
 
     def __init__(self, path: str, max_messages: int = 200) -> None:
-        Path(path).parent.mkdir(parents=True, exist_ok=True)
+        private_dir(Path(path).parent)
         self._db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute(_SCHEMA)

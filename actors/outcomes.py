@@ -41,6 +41,8 @@ from typing import Any, Literal, Protocol, get_args
 import ray
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from actors.datadir import private_dir
+
 Assignment = Literal["stable", "canary", "shadow", "pinned"]
 RunStatus = Literal["completed", "failed", "cancelled"]
 
@@ -247,7 +249,7 @@ class OutcomeStore:
         clock: Callable[[], float] = time.time,
         metrics: OutcomeMetrics | None = None,
     ) -> None:
-        Path(path).parent.mkdir(parents=True, exist_ok=True)
+        private_dir(Path(path).parent)
         self._db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
         # Statistics, not a ledger: losing the last commits in a power cut is acceptable.
         self._db.execute("PRAGMA journal_mode=WAL")

@@ -10,6 +10,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from actors.caches import CacheSettings
+from actors.datadir import default_data_dir
 from actors.embeddings import EmbeddingSettings
 from actors.router import RouterSettings
 from actors.tool_pool import ToolRetrySettings
@@ -65,7 +66,7 @@ class RuntimeSettings(BaseModel):
     )
     namespace: str = Field("rayfleet", description="Ray namespace of rayfleet's named actors.")
     store_path: str = Field(
-        "/tmp/rayfleet/runs.sqlite",
+        default_factory=lambda: str(default_data_dir() / "runs.sqlite"),
         description="SQLite file of the run store (runs and their durable event logs).",
     )
     store_timeout_s: float = Field(
@@ -76,7 +77,7 @@ class RuntimeSettings(BaseModel):
         description="Custom Ray resources each run host needs, to place run hosts on nodes.",
     )
     ledger_path: str = Field(
-        "/tmp/rayfleet/effects.sqlite",
+        default_factory=lambda: str(default_data_dir() / "effects.sqlite"),
         description="SQLite file of the effect ledger (side-effecting tool calls by key).",
     )
     router: RouterSettings = Field(
@@ -87,7 +88,7 @@ class RuntimeSettings(BaseModel):
         default_factory=ToolRetrySettings, description="Retries of transient tool failures."
     )
     outcomes_path: str = Field(
-        "/tmp/rayfleet/outcomes.sqlite",
+        default_factory=lambda: str(default_data_dir() / "outcomes.sqlite"),
         description="SQLite file of run outcomes (per-version stats, canary gates).",
     )
     cache: CacheSettings = Field(
@@ -111,6 +112,6 @@ class RuntimeSettings(BaseModel):
         86_400.0, gt=0, description="How long an Idempotency-Key is remembered (default 24 h)."
     )
     memory_path: str = Field(
-        "/tmp/rayfleet/memory.sqlite",
+        default_factory=lambda: str(default_data_dir() / "memory.sqlite"),
         description="SQLite file of the memory store (on the node that hosts its actor).",
     )

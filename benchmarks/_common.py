@@ -81,7 +81,9 @@ _SIM_CODE = """
 import sys, uvicorn
 from serve_app.simulator.app import SimSettings, build_simulator_app, install_log_filter
 install_log_filter()
-settings = SimSettings(ttft_ms=float(sys.argv[2]), tokens_per_s=float(sys.argv[3]))
+settings = SimSettings(
+    ttft_ms=float(sys.argv[2]), tokens_per_s=float(sys.argv[3]), control_api=True
+)
 uvicorn.run(build_simulator_app(settings), host="127.0.0.1", port=int(sys.argv[1]),
             log_level="warning", access_log=False, lifespan="off", ws="none",
             backlog=16384, timeout_keep_alive=120)
@@ -171,7 +173,7 @@ def app_config(
 ) -> Any:
     """The app's config; `tenancy` (a serve_app.tenancy.TenancyConfig) replaces the default
     single anonymous tenant. The SQLite stores go to a fresh private directory unless given:
-    the defaults under /tmp/rayfleet are shared with every other rayfleet on the machine
+    the defaults in the data directory are shared with every other rayfleet of this user
     (and may hold another schema version)."""
     import tempfile
 

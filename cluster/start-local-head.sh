@@ -75,6 +75,8 @@ fi
 cat <<DONE
 rayfleet is deployed on the local Ray head:
   HTTP        http://127.0.0.1:8000  (simulator at http://127.0.0.1:8000/sim)
+  keys        every request needs a tenant's key: \`rayfleet keys new\`, put the digest in
+              $config under tenants[].api_key_sha256 and redeploy
   status      serve status --address http://127.0.0.1:$dashboard_port
   redeploy    serve deploy --address http://127.0.0.1:$dashboard_port $config
   join        python examples/stream_from_ray_job.py  (serve_app.join.join(), see README.md)

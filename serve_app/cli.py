@@ -8,7 +8,7 @@ import logging
 import os
 import time
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import httpx2
 import typer
@@ -26,6 +26,9 @@ from agents.events import (
     ToolResulted,
 )
 from serve_app.sse import SSEDecoder
+
+if TYPE_CHECKING:
+    from serve_app.simulator.server import SimulatorThread
 
 app = typer.Typer(help="rayfleet: serve AI agents in production on Ray.", no_args_is_help=True)
 runs_app = typer.Typer(help="Inspect runs.", no_args_is_help=True)
@@ -54,11 +57,16 @@ def serve(
         Path | None, typer.Option(help="YAML with the rayfleet app args (see cluster/serve.yaml).")
     ] = None,
     num_cpus: Annotated[int, typer.Option(help="CPUs the local Ray head offers.")] = 2,
+    sim_port: Annotated[
+        int, typer.Option(help="Port of the provider simulator on 127.0.0.1; 0: a free one.")
+    ] = 0,
 ) -> None:
     """Start a local Ray head with the rayfleet Serve app and its simulator; Ctrl-C stops all."""
     for name, value in SERVE_ENV.items():
         os.environ.setdefault(name, value)  # before Ray starts: its processes inherit it
     args: dict[str, Any] = yaml.safe_load(config.read_text()) if config else {}
+    _check_data_dir()
+    sim = _start_simulator(sim_port)
     import ray
 
     # A head started by this process: other jobs join it with serve_app.join.join() (Ray's
@@ -75,8 +83,9 @@ def serve(
     gcs_address = ray.get_runtime_context().gcs_address
     record_head(gcs_address)
     try:
-        _deploy(port, args)
+        _deploy(port, args, sim.base_url)
         console.print(f"rayfleet is serving at [bold]http://127.0.0.1:{port}[/] (Ctrl-C stops it)")
+        console.print(f"  provider simulator: {sim.base_url} (its /_sim control API off)")
         example = '{"input": "Where is order 1234?"}'
         console.print(
             f"  try: curl -N -H 'Accept: text/event-stream' -d '{example}' "
@@ -90,24 +99,45 @@ def serve(
         console.print("stopping rayfleet and its local Ray ...")
         ray.shutdown()
         forget_head(gcs_address)
+        sim.stop()
 
 
-def _deploy(port: int, args: dict[str, Any]) -> None:
+def _check_data_dir() -> None:
+    """Refuse a shared data directory now, not as failing actors after Ray started."""
+    from actors.datadir import default_data_dir, private_dir
+    from agents.errors import ConfigError
+
+    try:
+        private_dir(default_data_dir())
+    except ConfigError as exc:
+        err.print(f"[red]{exc}[/]")
+        raise typer.Exit(2) from None
+
+
+def _start_simulator(port: int) -> SimulatorThread:
+    """The provider simulator in a thread of this process, on its own loopback port: never
+    behind the serving proxy, and with its request log and script API off."""
+    from serve_app.simulator import SimSettings
+    from serve_app.simulator.server import SimulatorThread
+
+    sim = SimulatorThread(SimSettings(), port)
+    sim.start()
+    return sim
+
+
+def _deploy(port: int, args: dict[str, Any], sim_url: str) -> None:
     from ray import serve as ray_serve
 
     from serve_app.app import APP_NAME, build
-    from serve_app.simulator.deployment import SIM_APP_NAME, SIM_ROUTE_PREFIX
-    from serve_app.simulator.deployment import build as build_sim
 
     ray_serve.start(http_options={"host": "127.0.0.1", "port": port})
     args.setdefault("runtime", {}).setdefault(
         "providers",
         {
-            "sim-openai": {"kind": "openai", "base_url": f"http://127.0.0.1:{port}/sim/v1"},
-            "sim-anthropic": {"kind": "anthropic", "base_url": f"http://127.0.0.1:{port}/sim"},
+            "sim-openai": {"kind": "openai", "base_url": f"{sim_url}/v1"},
+            "sim-anthropic": {"kind": "anthropic", "base_url": sim_url},
         },
     )
-    ray_serve.run(build_sim({}), name=SIM_APP_NAME, route_prefix=SIM_ROUTE_PREFIX)
     ray_serve.run(build(args), name=APP_NAME, route_prefix="/")
 
 
@@ -116,6 +146,9 @@ def sim(
     port: Annotated[int, typer.Option(help="Port on 127.0.0.1.")] = 8100,
     ttft_ms: Annotated[float, typer.Option(help="Time to first token.")] = 20.0,
     tokens_per_s: Annotated[float, typer.Option(help="Streaming pace; 0 = unpaced.")] = 0.0,
+    control_api: Annotated[
+        bool, typer.Option(help="Serve /_sim/* (scripted replies, the request log, faults).")
+    ] = False,
 ) -> None:
     """Run the provider simulator alone (OpenAI and Anthropic wire formats on one port)."""
     from serve_app.simulator import SimSettings, run_simulator
@@ -124,7 +157,8 @@ def sim(
         f"provider simulator on http://127.0.0.1:{port} "
         f"(OpenAI base_url .../v1, Anthropic base_url ...)"
     )
-    run_simulator("127.0.0.1", port, SimSettings(ttft_ms=ttft_ms, tokens_per_s=tokens_per_s))
+    settings = SimSettings(ttft_ms=ttft_ms, tokens_per_s=tokens_per_s, control_api=control_api)
+    run_simulator("127.0.0.1", port, settings)
 
 
 @app.command()

@@ -17,6 +17,10 @@ from agents.errors import Unauthorized
 
 _ID = r"^[a-z][a-z0-9_-]{0,62}$"
 
+PUBLISHED_EXAMPLE_KEYS = ("rf-example-replace-me",)
+"""Keys printed in rayfleet's docs and examples: anyone can read them, so a deployment that
+accepts one is open. A config holding the digest of one is refused at load."""
+
 
 class _Config(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
@@ -77,6 +81,18 @@ class TenancyConfig(_Config):
             raise ValueError(f"tenant ids must be unique: {ids}")
         if self.anonymous_tenant is not None and self.anonymous_tenant not in ids:
             raise ValueError(f"anonymous_tenant {self.anonymous_tenant!r} is not a tenant ({ids})")
+        holders = [(f"tenant {t.id!r}", d) for t in self.tenants for d in t.api_key_sha256]
+        holders += [("admin_key_sha256", d) for d in self.admin_key_sha256]
+        published = {digest(key): key for key in PUBLISHED_EXAMPLE_KEYS}
+        for where, key_digest in holders:
+            if key_digest in published:
+                raise ValueError(
+                    f"{where} holds the digest of the published example key "
+                    f"{published[key_digest]!r}: anyone who read the docs has that key. "
+                    'Generate your own with `rayfleet keys new` (or: python -c "import '
+                    "secrets, hashlib; k = 'rf-' + secrets.token_urlsafe(32); "
+                    'print(k, hashlib.sha256(k.encode()).hexdigest())") and put its digest here'
+                )
         return self
 
 

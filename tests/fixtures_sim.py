@@ -1,60 +1,28 @@
 """Pytest plugin: the provider simulator on a real loopback port.
 
-One uvicorn server per session in a background thread; the function-scoped `sim` fixture
-resets it before each test and fails the test if scripted replies were left unused.
+One uvicorn server per session in a background thread, its control API on; the
+function-scoped `sim` fixture resets it before each test and fails the test if scripted
+replies were left unused.
 """
 
 from __future__ import annotations
 
-import socket
-import threading
-import time
 from collections.abc import Iterator
 from typing import Any
 
 import httpx2
 import pytest
-import uvicorn
 
-from serve_app.simulator import SimSettings, build_simulator_app
-from serve_app.simulator.app import install_log_filter
+from serve_app.simulator import SimSettings
+from serve_app.simulator.server import SimulatorThread
 
 
-class SimServer:
-    """The simulator served by uvicorn in a daemon thread."""
+class SimServer(SimulatorThread):
+    """The simulator served by uvicorn in a daemon thread, its control API on: tests script
+    replies and read the request log through it."""
 
     def __init__(self, settings: SimSettings) -> None:
-        self._sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        self._sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        self._sock.bind(("127.0.0.1", 0))
-        self.port: int = self._sock.getsockname()[1]
-        self.base_url = f"http://127.0.0.1:{self.port}"
-        install_log_filter()
-        config = uvicorn.Config(
-            build_simulator_app(settings),
-            log_level="warning",
-            lifespan="off",
-            ws="none",
-            http="h11",
-            timeout_graceful_shutdown=1,
-        )
-        self._server = uvicorn.Server(config)
-        self._thread = threading.Thread(
-            target=self._server.run, kwargs={"sockets": [self._sock]}, daemon=True
-        )
-
-    def start(self) -> None:
-        self._thread.start()
-        deadline = time.monotonic() + 10
-        while not self._server.started:
-            if time.monotonic() > deadline or not self._thread.is_alive():
-                raise RuntimeError("the simulator did not start")
-            time.sleep(0.01)
-
-    def stop(self) -> None:
-        self._server.should_exit = True
-        self._thread.join(timeout=5)
-        self._sock.close()
+        super().__init__(settings.model_copy(update={"control_api": True}))
 
 
 class Sim:

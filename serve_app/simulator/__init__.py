@@ -1,9 +1,11 @@
 """The provider simulator: an HTTP server speaking the OpenAI and Anthropic wire protocols.
 
 It is the embedded default provider when no key is configured and what the tests talk to.
-Policy mode (default) answers with a deterministic rule-based model; scripted mode
-(`POST /_sim/script`) lets a test queue exact replies, errors, delays and dropped streams;
-random fault injection (`POST /_sim/faults`) fails a share of requests, for load tests.
+Policy mode (default) answers with a deterministic rule-based model. With
+`SimSettings.control_api` on (tests, local experiments; off by default), scripted mode
+(`POST /_sim/script`) lets a test queue exact replies, errors, delays and dropped streams,
+`GET /_sim/requests` shows the requests it saw, and random fault injection
+(`POST /_sim/faults`) fails a share of requests, for load tests.
 """
 
 from __future__ import annotations

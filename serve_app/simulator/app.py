@@ -6,7 +6,7 @@ Routes:
     GET  /v1/models             a model list both SDKs can parse
     POST /v1/messages           Anthropic messages (streaming or not)
     /_sim/*                     scripted replies, the request log, random faults, reset
-                                (see serve_app.simulator.control)
+                                (see serve_app.simulator.control); only with control_api
 
 What answers a model request: the first matching scripted reply; else, when random fault
 injection is on, maybe a fault (serve_app.simulator.faults); else the policy.
@@ -70,6 +70,10 @@ class SimSettings(BaseModel):
     """Pace of streamed chunks after the first; 0 = no pacing."""
     embedding_dim: int = Field(default=64, ge=1)
     """Length of every embedding vector."""
+    control_api: bool = False
+    """Serve `/_sim/*` (scripted replies, the request log, faults, reset) and keep the log.
+    Off (404, nothing logged) unless a test or a local experiment turns it on: the log holds
+    every caller's prompts, and a script changes what every caller's next reply is."""
 
 
 class DroppedConnection(Exception):
@@ -333,7 +337,7 @@ def build_simulator_app(settings: SimSettings | None = None) -> Starlette:
             Route("/v1/embeddings", embeddings, methods=["POST"]),
             Route("/v1/models", list_models, methods=["GET"]),
             Route("/v1/messages", messages, methods=["POST"]),
-            *CONTROL_ROUTES,
+            *(CONTROL_ROUTES if settings and settings.control_api else []),
         ]
     )
     app.state.sim = SimState(settings or SimSettings())

@@ -1,4 +1,5 @@
 """The simulator's state and its `/_sim/*` control routes: how tests steer and inspect it.
+Mounted only with `SimSettings.control_api` (off by default).
 
 POST   /_sim/script     queue scripted replies: {"replies": [...]}
 GET    /_sim/script     {"pending": <unused replies>}
@@ -33,7 +34,8 @@ class SimState:
     def __init__(self, settings: SimSettings) -> None:
         self.settings = settings
         self.queue = ReplyQueue()
-        self.log = RequestLog()
+        # Without the control API nobody can read the log: keep no request bodies at all.
+        self.log = RequestLog() if settings.control_api else RequestLog(max_entries=0)
         self.cache = PromptCache()
         self.faults: FaultInjector | None = None
 

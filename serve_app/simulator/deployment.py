@@ -1,4 +1,6 @@
-"""The provider simulator as a Serve application (`rayfleet-sim`, mounted at /sim)."""
+"""The provider simulator as a Serve application (`rayfleet-sim`, mounted at /sim by the
+configs in cluster/; its control API stays off there). `rayfleet serve` does not use it: it
+runs the simulator on its own loopback port (serve_app.simulator.server)."""
 
 from __future__ import annotations
 

@@ -14,6 +14,7 @@ from hypothesis import given
 from tests.fixtures_sim import Sim
 from tests.helpers import wait_for
 from tests.serve.conftest import Service
+from tests.serve.metrics import samples, scrape_until
 from tests.serve.tenants import ACME_KEY, ADMIN_KEY, GLOBEX_KEY, auth
 from tests.serve.test_fuzz import CHECKS, FUZZ_SETTINGS, HEADERS, SCHEMA, TIMEOUT_S
 
@@ -133,14 +134,36 @@ def test_the_admin_sees_every_tenants_cost_per_success(
 def test_the_outcome_actor_publishes_its_metrics(
     service: Service, two_tenants_ran: dict[str, Any]
 ) -> None:
-    import ray
+    # What Prometheus scrapes from Ray's metrics agent matches the admin report, group by
+    # group: the actor's own loop publishes the changed groups every few seconds.
+    version = two_tenants_ran["acme"]["version"]
+    group = {"agent": "support", "version": version, "tenant": "acme"}
+    entry = next(
+        v
+        for v in admin_costs(service)["versions"]
+        if (v["agent"], v["version"], v["tenant"]) == tuple(group.values())
+    )
+    stats = entry["stats"]
+    assert stats["runs"] >= 1 and stats["successes"] >= 1
 
-    from actors.runtime import OUTCOMES_ACTOR
+    def gauge(page: str, name: str) -> float | None:
+        values = [v for labels, v in samples(page, name) if group.items() <= labels.items()]
+        return values[0] if len(values) == 1 else None
 
-    outcomes = ray.get_actor(OUTCOMES_ACTOR, namespace=service.settings.namespace)
-    # The actor's own loop publishes every few seconds; one more round runs without error.
-    published: Any = ray.get(outcomes.publish_metrics.remote())
-    assert isinstance(published, int) and published >= 0
+    def published(page: str) -> bool:
+        per_success = gauge(page, "ray_rayfleet_cost_per_successful_run_usd")
+        return (
+            gauge(page, "ray_rayfleet_recorded_runs") == stats["runs"]
+            and gauge(page, "ray_rayfleet_successful_runs") == stats["successes"]
+            and per_success is not None
+            and per_success == pytest.approx(stats["cost_per_success_usd"])
+        )
+
+    _, page = scrape_until(published)
+    runs = [
+        v for labels, v in samples(page, "ray_rayfleet_runs_total") if labels["tenant"] == "acme"
+    ]
+    assert sum(runs) >= 1
 
 
 @pytest.fixture(scope="module")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import copy
 import importlib
 import json
+import re
 import subprocess
 from collections.abc import Callable
 from pathlib import Path
@@ -19,10 +20,11 @@ from ray.serve.schema import HTTPOptionsSchema, ServeApplicationSchema, ServeDep
 from agents.errors import ConfigError
 from serve_app.config import AppConfig
 from serve_app.simulator import SimSettings
-from serve_app.tenancy import TenancyConfig
+from serve_app.tenancy import PUBLISHED_EXAMPLE_KEYS, TenancyConfig, digest
 from serve_app.traffic import TrafficConfig
 
-CLUSTER = Path(__file__).resolve().parents[2] / "cluster"
+ROOT = Path(__file__).resolve().parents[2]
+CLUSTER = ROOT / "cluster"
 THROUGHPUT_ENV = "RAY_SERVE_THROUGHPUT_OPTIMIZED"
 
 
@@ -90,10 +92,10 @@ def test_serve_yaml_tenants_are_valid_gateway_user_config() -> None:
     app = next(a for a in config["applications"] if a["name"] == "rayfleet")
     gateway = next(d for d in app["deployments"] if d["name"] == "gateway")
     tenancy = TenancyConfig.model_validate(gateway["user_config"])
-    assert tenancy.anonymous_tenant == "default"
-    assert {t.id for t in tenancy.tenants} == {"default", "acme"}
+    assert tenancy.anonymous_tenant is None
+    assert {t.id for t in tenancy.tenants} == {"acme"}
     broken = copy.deepcopy(gateway["user_config"])
-    broken["tenants"][1]["limits"]["requests_per_minute"] = 5
+    broken["tenants"][0]["limits"]["requests_per_minute"] = 5
     with pytest.raises(ValidationError, match="requests_per_minute"):
         TenancyConfig.model_validate(broken)
 
@@ -121,7 +123,7 @@ def test_canary_yaml_is_valid_for_serve_and_for_rayfleet() -> None:
     specs = AppConfig.from_args(args).load_specs()
     assert [s.key for s in specs] == ["support@v1", "support@v2", "support@v3"]
     tenancy, traffic = split_user_config(user_config)
-    assert {t.id for t in tenancy.tenants} == {"default", "acme"}
+    assert {t.id for t in tenancy.tenants} == {"acme"}
     versions: dict[str, list[str]] = {}
     for spec in specs:
         versions.setdefault(spec.name, []).append(spec.version)
@@ -206,6 +208,69 @@ def containers(pod_template: dict[str, Any]) -> list[dict[str, Any]]:
     return found
 
 
+def serve_configs() -> dict[str, dict[str, Any]]:
+    """Every Serve config shipped in cluster/, by file name."""
+    kuberay = yaml.safe_load(load("kuberay-rayservice.yaml")["spec"]["serveConfigV2"])
+    return {"serve.yaml": load("serve.yaml"), "canary.yaml": load("canary.yaml")} | {
+        "kuberay-rayservice.yaml": kuberay
+    }
+
+
+@pytest.mark.parametrize("name", sorted(serve_configs()))
+def test_every_cluster_config_requires_keys(name: str) -> None:
+    app = next(a for a in serve_configs()[name]["applications"] if a["name"] == "rayfleet")
+    gateway = next(d for d in app["deployments"] if d["name"] == "gateway")
+    tenancy, _ = split_user_config(gateway["user_config"])
+    assert tenancy.anonymous_tenant is None, f"{name}: requests without a key must get 401"
+    published = {digest(key) for key in PUBLISHED_EXAMPLE_KEYS}
+    held = {d for t in tenancy.tenants for d in t.api_key_sha256} | set(tenancy.admin_key_sha256)
+    assert not held & published
+    # The simulator app (fake completions) keeps its request log and script API off.
+    sim = next(a for a in serve_configs()[name]["applications"] if a["name"] == "rayfleet-sim")
+    assert SimSettings.model_validate(sim.get("args") or {}).control_api is False
+
+
+def published_config(where: str) -> dict[str, Any]:
+    """A tenancy config that holds the example key's digest as a tenant's or an admin key."""
+    example = digest("rf-example-replace-me")
+    if where == "tenant":
+        return {"anonymous_tenant": None, "tenants": [{"id": "acme", "api_key_sha256": [example]}]}
+    return {"anonymous_tenant": None, "tenants": [{"id": "acme"}], "admin_key_sha256": [example]}
+
+
+@pytest.mark.parametrize("where", ["tenant", "admin"])
+def test_a_config_holding_a_published_example_digest_is_refused(where: str) -> None:
+    with pytest.raises(ValidationError) as raised:
+        TenancyConfig.model_validate(published_config(where))
+    message = str(raised.value)
+    assert "'rf-example-replace-me'" in message and "rayfleet keys new" in message
+    # The same config is refused when Serve builds the app (deploy-time args) ...
+    with pytest.raises(ConfigError, match="rf-example-replace-me"):
+        AppConfig.from_args({"tenancy": published_config(where)})
+    # ... and when it arrives live as the gateway's user_config (what reconfigure validates).
+    with pytest.raises(ValidationError, match="rayfleet keys new"):
+        split_user_config({**published_config(where), "traffic": {}})
+    # Any other digest is accepted.
+    fine = copy.deepcopy(published_config(where))
+    held = fine["tenants"][0] if where == "tenant" else fine
+    key = "api_key_sha256" if where == "tenant" else "admin_key_sha256"
+    held[key] = [digest("rf-" + "x" * 43)]
+    TenancyConfig.model_validate(fine)
+
+
+def test_every_key_printed_in_the_docs_and_examples_is_refused() -> None:
+    # A key shown in a README, an example or a shipped config is public: add it to
+    # PUBLISHED_EXAMPLE_KEYS so no deployment can accept it.
+    places = [ROOT / "README.md", *CLUSTER.iterdir(), *(ROOT / "examples").rglob("*")]
+    places += [*(ROOT / "agents" / "examples").rglob("*"), ROOT / "benchmarks" / "README.md"]
+    printed: set[str] = set()
+    for path in places:
+        if path.is_file() and path.suffix in (".md", ".yaml", ".yml", ".py", ".sh"):
+            printed |= set(re.findall(r"\brf-[A-Za-z0-9_-]{6,}", path.read_text()))
+    assert printed <= set(PUBLISHED_EXAMPLE_KEYS), sorted(printed - set(PUBLISHED_EXAMPLE_KEYS))
+    assert "rf-example-replace-me" in PUBLISHED_EXAMPLE_KEYS  # shipped in cluster/ until 0.1
+
+
 def test_the_rayservice_embeds_the_same_serve_config() -> None:
     manifest = load("kuberay-rayservice.yaml")
     assert manifest["apiVersion"] == "ray.io/v1"
@@ -217,6 +282,10 @@ def test_the_rayservice_embeds_the_same_serve_config() -> None:
 
     cluster = manifest["spec"]["rayClusterConfig"]
     assert cluster["rayVersion"] == ray.__version__
+    # The dashboard listens on all interfaces (KubeRay submits through it): only with Ray's
+    # token authentication, which KubeRay sets up for every Ray container.
+    assert cluster["headGroupSpec"]["rayStartParams"]["dashboard-host"] == "0.0.0.0"
+    assert cluster["authOptions"] == {"mode": "token"}
     templates = [cluster["headGroupSpec"]["template"]] + [
         group["template"] for group in cluster["workerGroupSpecs"]
     ]

@@ -3,6 +3,7 @@ outcomes, windows, shadow comparisons, persistence."""
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -428,13 +429,42 @@ async def test_metrics_count_runs_and_publish_cost_per_success_per_group(tmp_pat
         store.close()
 
 
+class RecordedPoints:
+    """Stands where a Ray metric's exporter (its Cython recorder) would: keeps each point
+    after Ray's own Python side checked the metric's tags."""
+
+    def __init__(self) -> None:
+        self.points: list[tuple[float, dict[str, str]]] = []
+
+    def record(self, value: float, tags: dict[str, str]) -> None:
+        self.points.append((value, tags))
+
+
 def test_ray_metrics_sink_takes_every_kind_of_group() -> None:
-    # Without a running Ray the metrics are recorded nowhere, but names, tags and values are
-    # still checked by Ray's classes.
+    from ray.util.metrics import Metric
+
     from actors.outcomes import RayOutcomeMetrics
 
     sink = RayOutcomeMetrics()
+    metrics: dict[str, RecordedPoints] = {}
+    for name, metric in vars(sink).items():
+        assert isinstance(metric, Metric)
+        metrics[name] = RecordedPoints()
+        metric._metric = metrics[name]
     sink.run_recorded(run("a", cost_usd=0.0))
     sink.run_recorded(run("b", status="failed", cost_usd=0.2))
     sink.group_totals(("support", "v1", "acme"), 2, 1, 0.2)
     sink.group_totals(("support", "v1", "globex"), 1, 0, 0.2)
+
+    acme = {"agent": "support", "version": "v1", "tenant": "acme"}
+    globex = {**acme, "tenant": "globex"}
+    assert metrics["_runs"].points == [
+        (1.0, {**acme, "status": "completed"}),
+        (1.0, {**acme, "status": "failed"}),
+    ]
+    assert metrics["_cost"].points == [(0.2, acme)]  # a free run adds no step to the counter
+    assert metrics["_recorded"].points == [(2, acme), (1, globex)]
+    assert metrics["_successes"].points == [(1, acme), (0, globex)]
+    per_success = metrics["_per_success"].points
+    assert per_success[0] == (pytest.approx(0.2), acme)
+    assert per_success[1][1] == globex and math.isnan(per_success[1][0])  # no success: NaN

@@ -69,3 +69,13 @@ async def test_a_store_from_before_tenants_is_upgraded(tmp_path: Path) -> None:
     record = await store.load_run(request.run_id)
     assert record is not None and record.context.tenant == "default"
     store.close()
+
+
+def test_every_commit_is_synced_to_disk(tmp_path: Path) -> None:
+    # WAL with synchronous=FULL (2): a committed event survives a power cut, not only a crash.
+    store = RunStore(str(tmp_path / "runs.sqlite"))
+    try:
+        assert store._db.execute("PRAGMA journal_mode").fetchone() == ("wal",)
+        assert store._db.execute("PRAGMA synchronous").fetchone() == (2,)
+    finally:
+        store.close()
