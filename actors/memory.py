@@ -8,12 +8,11 @@ finds nothing.
 from __future__ import annotations
 
 import asyncio
-import sqlite3
 import threading
-from pathlib import Path
 
 import ray
 
+from actors.sqlite_file import connect
 from agents.messages import Message
 
 _SCHEMA = """
@@ -31,10 +30,7 @@ class MemoryStore:
     """Threads of messages. SQLite calls run in a worker thread, one at a time."""
 
     def __init__(self, path: str, max_messages: int = 200) -> None:
-        Path(path).parent.mkdir(parents=True, exist_ok=True)
-        self._db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
-        self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute(_SCHEMA)
+        self._db = connect(path, synchronous="FULL", schema=[_SCHEMA])
         self._lock = threading.Lock()
         self._max_messages = max_messages
 

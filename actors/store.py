@@ -8,14 +8,13 @@ another host. Run hosts write events in group commits (one call per host per flu
 from __future__ import annotations
 
 import asyncio
-import sqlite3
 import threading
-from pathlib import Path
 
 import ray
 from pydantic import BaseModel, ConfigDict
 
 from actors.credentials import TenantContext
+from actors.sqlite_file import connect
 from agents.events import Event, event_adapter, is_terminal
 from agents.loop import RunInput
 from agents.spec import AgentSpec
@@ -59,14 +58,9 @@ class RunStore:
     """SQLite behind one lock; every call runs in a worker thread. No Ray in here."""
 
     def __init__(self, path: str) -> None:
-        Path(path).parent.mkdir(parents=True, exist_ok=True)
-        self._db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
-        # WAL + NORMAL: a commit survives a process crash (not a power cut), at a fraction
-        # of the cost of fsync per commit.
-        self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute("PRAGMA synchronous=NORMAL")
-        for statement in _SCHEMA:
-            self._db.execute(statement)
+        # NORMAL: a commit survives a process crash (not a power cut), at a fraction of the
+        # cost of fsync per commit.
+        self._db = connect(path, synchronous="NORMAL", schema=_SCHEMA)
         self._migrate()
         self._lock = threading.Lock()
 
