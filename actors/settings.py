@@ -101,6 +101,16 @@ class RuntimeSettings(BaseModel):
     switches_poll_s: float = Field(
         1.0, gt=0, description="How often run hosts re-read the kill switches."
     )
+    limiter_path: str = Field(
+        "/tmp/rayfleet/limiter.sqlite",
+        description="SQLite file of the tenant limiter (today's spend, live run leases).",
+    )
+    run_lease_ttl_s: float = Field(
+        60.0,
+        gt=0,
+        description="A run slot not renewed for this long is freed (its run's host died); "
+        "hosts renew every third of it.",
+    )
     memory_path: str = Field(
         "/tmp/rayfleet/memory.sqlite",
         description="SQLite file of the memory store (on the node that hosts its actor).",
