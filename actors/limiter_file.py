@@ -15,6 +15,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from actors.sqlite_file import connect
+from agents.errors import Overloaded
 
 logger = logging.getLogger("rayfleet")
 
@@ -112,10 +113,12 @@ class LimiterFile:
             batch, self._pending = self._pending, []
             try:
                 await asyncio.to_thread(self._commit, [write for write, _ in batch])
-            except Exception as exc:
+            except Exception as exc:  # sqlite3's error, as ours: the caller answers 503
+                logger.warning("limiter state write failed: %r", exc)
+                failed = Overloaded(f"the tenant limiter cannot write its state: {exc}", 5.0)
                 for _, done in batch:
                     if not done.done():
-                        done.set_exception(exc)
+                        done.set_exception(failed)
                 continue
             for _, done in batch:
                 if not done.done():
@@ -143,5 +146,5 @@ class LimiterFile:
 
 
 def _log_failure(done: asyncio.Future[None]) -> None:
-    if not done.cancelled() and done.exception() is not None:
-        logger.warning("limiter state write failed: %r", done.exception())
+    if not done.cancelled():
+        done.exception()  # retrieved: the committer has logged it

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import sqlite3
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -10,6 +12,7 @@ import pytest
 from pydantic import ValidationError
 
 from actors.limiter import Admission, TenantLimiter, TenantLimits
+from agents.errors import Overloaded
 
 
 class Clock:
@@ -515,3 +518,14 @@ async def test_limits_given_at_start_win_over_stored_ones(tmp_path: Path) -> Non
     await _restarted(path, clock, wall).update_limits({"acme": TenantLimits(concurrent_runs=1)})
     given = TenantLimiter({}, clock=clock, wall_clock=wall, path=path)
     assert all([(await given.admit_run("acme")).ok for _ in range(3)])
+
+
+async def test_an_admission_that_cannot_be_stored_takes_no_slot(tmp_path: Path) -> None:
+    path = str(tmp_path / "limiter.sqlite")
+    limiter = _restarted(path, Clock(1000.0), Clock(LATE_EVENING))
+    await limiter.update_limits({"acme": TenantLimits(concurrent_runs=1)})
+    with contextlib.closing(sqlite3.connect(path)) as db:
+        db.execute("DROP TABLE leases")  # the disk fails under the limiter
+    with pytest.raises(Overloaded):  # 503 + Retry-After at the gateway: a lease no restart
+        await limiter.admit_run("acme")  # would know never reaches a run
+    assert await _running(limiter) == 0
