@@ -6,7 +6,8 @@ and every gateway replica.
         | submit(BatchJob)
         v
     BatchRunner (actor `rayfleet-batches`, head node), `concurrency` workers; per item:
-        kill switch? -> admit_run with the tenant limiter (refused: wait and retry, bounded)
+        kill switch? -> admit_run with the tenant limiter (refused: wait and retry, bounded;
+                        admitted: the run gets the lease, its host releases it)
         -> Runs.start (the call an agent deployment makes) -> follow it to its terminal event
 
 Items that share a `thread_id` are one conversation: they run one after another, in order.
@@ -200,7 +201,7 @@ class AdmissionPort(Protocol):
 
     async def admit_run(self, tenant: str) -> Admission: ...
 
-    async def end_run(self, tenant: str) -> None: ...
+    async def release_run(self, lease: str) -> None: ...
 
 
 class SettingsPort(Protocol):
@@ -461,17 +462,19 @@ class BatchRunner:
         if batch.stop.is_set():
             await self._end(batch, index, "cancelled", error=_stopped(batch))
             return
-        refusal = await self._admit(batch)
-        if refusal is not None:
-            await self._end(batch, index, "failed", error=refusal)
+        lease = await self._admit(batch)
+        if isinstance(lease, dict):
+            await self._end(batch, index, "failed", error=lease)
             return
         if batch.stop.is_set():  # cancelled while waiting for the limiter
-            await self._limiter.end_run(job.context.tenant)
+            if lease is not None:
+                await self._limiter.release_run(lease)
             await self._end(batch, index, "cancelled", error=_stopped(batch))
             return
         failure = await self._set(batch, index, status="running")
         if failure is not None:  # not journalled: it must not start
-            await self._limiter.end_run(job.context.tenant)  # it never started: free the slot
+            if lease is not None:  # it never started: free the slot
+                await self._limiter.release_run(lease)
             batch.journal.pop(index, None)
             message = f"{failure}; the item was not started"
             await self._end(
@@ -479,12 +482,14 @@ class BatchRunner:
             )
             return
         entry = job.inputs[index]
+        context = job.context.model_copy(update={"lease": lease})
         try:
             run_id = await self._runs.start(
-                job.spec, entry.input, entry.thread_id, job.context, job.namespace, job.assignment
+                job.spec, entry.input, entry.thread_id, context, job.namespace, job.assignment
             )
         except Exception as exc:
-            await self._limiter.end_run(job.context.tenant)  # it never started: free the slot
+            if lease is not None:  # it never started (or its host freed it: idempotent)
+                await self._limiter.release_run(lease)
             await self._end(batch, index, "failed", error=_error_of(exc))
             return
         # If this write fails, the journal still says "being started": a restarted driver
@@ -517,15 +522,15 @@ class BatchRunner:
             message = f"run ended with {terminal.kind}"
             await self._end(batch, index, "failed", error={"code": "run_error", "message": message})
 
-    async def _admit(self, batch: _Batch) -> dict[str, str] | None:
+    async def _admit(self, batch: _Batch) -> str | dict[str, str] | None:
         """Take a run slot from the tenant limiter, waiting out refusals up to
-        `limit_wait_s`; None once admitted (or stopped), else why not."""
+        `limit_wait_s`: its lease once admitted, None if stopped first, else why not."""
         tenant = batch.job.context.tenant
         waited = 0.0
         while not batch.stop.is_set():
             admission = await self._limiter.admit_run(tenant)
             if admission.ok:
-                return None
+                return admission.lease
             delay = max(admission.retry_after_s, 0.01)
             if waited + delay > self._limit_wait_s:
                 return {
@@ -770,8 +775,8 @@ class _RemoteAdmission:
         admission: Admission = await self._actor.admit_run.remote(tenant)
         return admission
 
-    async def end_run(self, tenant: str) -> None:
-        await self._actor.end_run.remote(tenant)
+    async def release_run(self, lease: str) -> None:
+        await self._actor.release_run.remote(lease)
 
 
 class _RemoteSettings:

@@ -57,3 +57,6 @@ class TenantContext(BaseModel):
     """Reserve and settle tokens and dollars with the tenant limiter around model calls."""
     shadow_of: str | None = None
     """Set for a shadow run: the primary run whose recorded side effects it replays."""
+    lease: str | None = None
+    """The run slot the tenant limiter admitted this run with (none: a shadow, or no
+    limiter): renewed while the run lives, on whichever host, and released once it ends."""

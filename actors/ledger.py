@@ -10,16 +10,14 @@ thin Ray shell for pools on other nodes, reached through `RemoteEffectLedger`.
 from __future__ import annotations
 
 import asyncio
-import sqlite3
 import threading
 import time
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
 import ray
 
-from actors.datadir import private_dir
+from actors.sqlite_file import connect
 from agents.ports import ToolOutcome
 
 _SCHEMA = """
@@ -40,14 +38,10 @@ class SqliteEffectLedger:
     def __init__(
         self, path: str, *, busy_timeout_s: float = 5.0, clock: Callable[[], float] = time.time
     ) -> None:
-        private_dir(Path(path).parent)
-        self._db = sqlite3.connect(
-            path, check_same_thread=False, isolation_level=None, timeout=busy_timeout_s
-        )
-        self._db.execute("PRAGMA journal_mode=WAL")
         # A recorded effect must survive a power cut, not only a process crash.
-        self._db.execute("PRAGMA synchronous=FULL")
-        self._db.execute(_SCHEMA)
+        self._db = connect(
+            path, synchronous="FULL", schema=[_SCHEMA], busy_timeout_s=busy_timeout_s
+        )
         self._lock = threading.Lock()
         self._clock = clock
 

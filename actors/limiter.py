@@ -4,7 +4,9 @@ One limiter is the single authority for the whole cluster (`TenantLimiterActor`,
 every gateway replica and run host), so totals are exact however many replicas there are;
 per-replica counters would admit limit x replicas.
 
-    admit_run ──> takes 1 request token AND 1 run slot, or nothing ──> ... ──> end_run
+    admit_run ──> takes 1 request token AND 1 run slot (a lease), or nothing
+              ──> renew_runs (each run host, for all its live runs at once, every ttl/3)
+              ──> release_run(lease)        (once the run ends; a second release: no-op)
     reserve(estimate) ──> tokens from the tokens/min bucket AND dollars against the daily
                           budget, or nothing ──> model call ──> settle(actual)
 
@@ -13,24 +15,40 @@ per second, starting full. The daily budget counts dollars spent (settled) plus 
 reserved, and resets at UTC midnight. A tenant without limits is unlimited, but still
 counted (usage() works for it, and limits set later start from its real counters).
 
-A plain class with no Ray: time comes from `clock` (monotonic: buckets, reservation TTL) and
-`wall_clock` (Unix time: the UTC day). The Ray shell is at the bottom.
+A run slot is a lease stored with its run, so a run resumed on another host holds the same
+slot, only the run that took a slot frees it, and freeing it twice frees it once. A lease not
+renewed for `lease_ttl_s` (its run's host died and the run was never resumed, or its release
+was lost) expires and frees its slot.
+
+With a `path`, what a restart must not lose is written there (actors.limiter_file) before a
+call answers: dollars settled today, live leases, the last limits pushed. Reloaded leases get
+a full TTL from the restart (their hosts renew them by then). Token buckets and reservations
+in flight are not kept: buckets restart full (at most one minute's worth of extra requests
+or tokens per restart), and a call in flight across a restart settles unknown, uncharged.
+
+A plain class with no Ray: time comes from `clock` (monotonic: buckets, reservation and lease
+TTLs) and `wall_clock` (Unix time: the UTC day). The Ray shell is at the bottom.
 """
 
 from __future__ import annotations
 
 import itertools
+import json
+import logging
 import math
 import time
 import uuid
 from collections import OrderedDict
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Literal
 
 import ray
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from actors.limiter_file import LimiterFile, add_spend, drop_lease, put_lease, put_limits
+
+logger = logging.getLogger("rayfleet")
 LimitName = Literal["requests_per_min", "tokens_per_min", "concurrent_runs", "daily_budget_usd"]
 
 _DAY_S = 86_400.0
@@ -78,6 +96,7 @@ class Admission(BaseModel):
     )
     reset_s: float = Field(0.0, ge=0, description="RateLimit-Reset: seconds until it is full.")
     reservation: str | None = Field(None, description="reserve(): the id to settle with.")
+    lease: str | None = Field(None, description="admit_run(): the run slot's id, to release.")
 
 
 class _Bucket:
@@ -136,6 +155,12 @@ class _Reservation:
     created: float
 
 
+@dataclass
+class _Lease:
+    tenant: str
+    expires: float
+
+
 @dataclass(frozen=True)
 class _Quota:
     """Where one limit stands: why it refused (retry_after_s > 0) or what the headers say."""
@@ -160,17 +185,21 @@ class TenantLimiter:
 
     def __init__(
         self,
-        limits: Mapping[str, TenantLimits],
+        limits: Mapping[str, TenantLimits] | None,
         clock: Callable[[], float] = time.monotonic,
         wall_clock: Callable[[], float] = time.time,
         *,
         reservation_ttl_s: float = 600.0,
+        lease_ttl_s: float = 60.0,
+        path: str | None = None,
     ) -> None:
-        if reservation_ttl_s <= 0:
-            raise ValueError(f"reservation_ttl_s must be > 0, not {reservation_ttl_s}")
+        """`limits` None: the last ones stored at `path` (none: every tenant unlimited)."""
+        if reservation_ttl_s <= 0 or lease_ttl_s <= 0:
+            raise ValueError(f"TTLs must be > 0, not {reservation_ttl_s}, {lease_ttl_s}")
         self._clock = clock
         self._wall_clock = wall_clock
         self._ttl_s = reservation_ttl_s
+        self._lease_ttl_s = lease_ttl_s
         self._limits: dict[str, TenantLimits] = {}
         self._tenants: dict[str, _Tenant] = {}
         # Insertion order is creation order (the clock is monotonic), so expiry pops from the
@@ -178,16 +207,43 @@ class TenantLimiter:
         # kept as tombstones for one more TTL, so a late settle still charges, once.
         self._held: OrderedDict[str, _Reservation] = OrderedDict()
         self._released: OrderedDict[str, _Reservation] = OrderedDict()
+        # Leases, soonest expiry first: a renewal moves a lease to the end.
+        self._leases: OrderedDict[str, _Lease] = OrderedDict()
         self._ids = itertools.count(1)
         self._prefix = uuid.uuid4().hex[:12]
-        self.update_limits(limits)
+        self._file = None if path is None else LimiterFile(path)
+        self._load(limits)
 
     # -- configuration -------------------------------------------------------------------
 
-    def update_limits(self, limits: Mapping[str, TenantLimits]) -> None:
+    def _load(self, limits: Mapping[str, TenantLimits] | None) -> None:
+        saved = None if self._file is None else self._file.load(self._day())
+        if limits is None:
+            limits = {}
+            if saved is not None and saved.limits is not None:
+                try:
+                    limits = _limits_from_json(saved.limits)
+                except (ValueError, ValidationError) as exc:  # written by another version
+                    logger.warning("stored tenant limits ignored: %r", exc)
+        self._apply_limits(limits)
+        if saved is not None:
+            for tenant, usd in saved.spend_usd.items():
+                self._tenant(tenant).spent_usd = usd
+            expires = self._clock() + self._lease_ttl_s
+            for lease, tenant in saved.leases.items():
+                self._leases[lease] = _Lease(tenant, expires)
+                self._tenant(tenant).running += 1
+
+    async def update_limits(self, limits: Mapping[str, TenantLimits]) -> None:
         """Replace every tenant's limits (Serve `reconfigure`). Buckets keep their level,
         clipped to the new capacity; a new limit starts full; a tenant left out is unlimited.
-        Counters (running runs, dollars spent and reserved) are kept."""
+        Counters (running runs, dollars spent and reserved) are kept. Stored: a restarted
+        limiter starts with them."""
+        self._apply_limits(limits)
+        body = {name: limit.model_dump(mode="json") for name, limit in self._limits.items()}
+        await self._durable(put_limits(json.dumps(body, sort_keys=True)))
+
+    def _apply_limits(self, limits: Mapping[str, TenantLimits]) -> None:
         self._limits = dict(limits)
         now = self._clock()
         for name, tenant in self._tenants.items():
@@ -199,7 +255,8 @@ class TenantLimiter:
     # -- runs ----------------------------------------------------------------------------
 
     async def admit_run(self, tenant: str) -> Admission:
-        """Take one request token and one concurrent-run slot, both or neither."""
+        """Take one request token and one concurrent-run slot, both or neither. Admitted,
+        the answer carries the slot's lease, to store with the run and release once."""
         state = self._tenant(tenant)
         limits = state.limits
         refusals: list[_Quota] = []
@@ -214,12 +271,36 @@ class TenantLimiter:
         if state.requests is not None:
             state.requests.level -= 1
         state.running += 1
-        return _admitted(self._run_views(state))
+        lease = uuid.uuid4().hex
+        self._leases[lease] = _Lease(tenant, self._clock() + self._lease_ttl_s)
+        admitted = _admitted(self._run_views(state), lease=lease)
+        try:  # a lease a restart would forget must not reach its run
+            await self._durable(put_lease(lease, tenant))
+        except BaseException:
+            self._free(lease)
+            raise
+        return admitted
 
-    async def end_run(self, tenant: str) -> None:
-        """Free the run slot taken by admit_run (never below zero)."""
-        state = self._tenant(tenant)
-        state.running = max(0, state.running - 1)
+    async def release_run(self, lease: str) -> None:
+        """Free the run slot of `lease`. Idempotent: an unknown, expired or already released
+        lease frees nothing."""
+        if self._free(lease):
+            await self._durable(drop_lease(lease))
+
+    async def renew_runs(self, leases: Sequence[str]) -> list[str]:
+        """Keep these leases (a host's live runs) for another TTL, in one call per host.
+        Returns those it does not hold (expired or released): they are not taken again."""
+        self._expire()
+        expires = self._clock() + self._lease_ttl_s
+        unknown = []
+        for lease in leases:
+            held = self._leases.get(lease)
+            if held is None:
+                unknown.append(lease)
+                continue
+            held.expires = expires
+            self._leases.move_to_end(lease)
+        return unknown
 
     # -- model calls ---------------------------------------------------------------------
 
@@ -276,6 +357,8 @@ class TenantLimiter:
             bucket = state.tokens
             bucket.level = min(bucket.capacity, bucket.level + held.tokens - tokens)
         state.spent_usd += cost_usd
+        if cost_usd > 0:
+            await self._durable(add_spend(held.tenant, state.day, cost_usd))
 
     # -- inspection ----------------------------------------------------------------------
 
@@ -302,7 +385,7 @@ class TenantLimiter:
         refilled, yesterday's dollars forgotten."""
         self._expire()
         now = self._clock()
-        day = int(self._wall_clock() // _DAY_S)
+        day = self._day()
         state = self._tenants.get(name)
         if state is None:
             limits = self._limits.get(name, _UNLIMITED)
@@ -323,9 +406,18 @@ class TenantLimiter:
         return state
 
     def _expire(self) -> None:
-        """Release reservations older than the TTL (their caller died); forget tombstones
-        older than twice the TTL. Each loop pops from the front and stops at a young entry."""
-        cutoff = self._clock() - self._ttl_s
+        """Free leases not renewed for their TTL. Release reservations older than the TTL
+        (their caller died); forget tombstones older than twice the TTL. Each loop pops from
+        the front and stops at a young entry."""
+        now = self._clock()
+        while self._leases:
+            lease, run = next(iter(self._leases.items()))
+            if run.expires > now:
+                break
+            self._free(lease)
+            if self._file is not None:
+                self._file.write_soon(drop_lease(lease))
+        cutoff = now - self._ttl_s
         while self._released:
             rid, held = next(iter(self._released.items()))
             if held.created > cutoff - self._ttl_s:
@@ -341,6 +433,22 @@ class TenantLimiter:
             state.reserved_usd = max(0.0, state.reserved_usd - held.cost_usd)
             # The call may well have happened: its tokens stay taken from the bucket.
             self._released[rid] = held
+
+    def _free(self, lease: str) -> bool:
+        """Forget the lease and free its slot; False if it was not held."""
+        held = self._leases.pop(lease, None)
+        if held is None:
+            return False
+        state = self._tenants[held.tenant]
+        state.running = max(0, state.running - 1)
+        return True
+
+    async def _durable(self, *writes: tuple[str, tuple[object, ...]]) -> None:
+        if self._file is not None:
+            await self._file.write(*writes)
+
+    def _day(self) -> int:
+        return int(self._wall_clock() // _DAY_S)
 
     def _to_midnight_s(self) -> float:
         return _DAY_S - (self._wall_clock() % _DAY_S)
@@ -391,11 +499,18 @@ def _refused(refusals: list[_Quota]) -> Admission:
     )
 
 
-def _admitted(views: Iterable[_Quota], reservation: str | None = None) -> Admission:
+def _limits_from_json(body: str) -> dict[str, TenantLimits]:
+    stored = json.loads(body)
+    return {name: TenantLimits.model_validate(limit) for name, limit in stored.items()}
+
+
+def _admitted(
+    views: Iterable[_Quota], reservation: str | None = None, lease: str | None = None
+) -> Admission:
     # The headers describe the limit closest to exhaustion, as a share of its quota.
     tightest = min(views, key=lambda v: v.remaining / v.quota, default=None)
     if tightest is None:
-        return Admission(ok=True, reservation=reservation)
+        return Admission(ok=True, reservation=reservation, lease=lease)
     return Admission(
         ok=True,
         policy=tightest.limit,
@@ -403,6 +518,7 @@ def _admitted(views: Iterable[_Quota], reservation: str | None = None) -> Admiss
         remaining=tightest.remaining,
         reset_s=tightest.reset_s,
         reservation=reservation,
+        lease=lease,
     )
 
 

@@ -8,13 +8,11 @@ finds nothing.
 from __future__ import annotations
 
 import asyncio
-import sqlite3
 import threading
-from pathlib import Path
 
 import ray
 
-from actors.datadir import private_dir
+from actors.sqlite_file import connect
 from agents.messages import Message
 
 _SCHEMA = """
@@ -32,10 +30,7 @@ class MemoryStore:
     """Threads of messages. SQLite calls run in a worker thread, one at a time."""
 
     def __init__(self, path: str, max_messages: int = 200) -> None:
-        private_dir(Path(path).parent)
-        self._db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
-        self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute(_SCHEMA)
+        self._db = connect(path, synchronous="FULL", schema=[_SCHEMA])
         self._lock = threading.Lock()
         self._max_messages = max_messages
 

@@ -30,18 +30,16 @@ from __future__ import annotations
 import asyncio
 import logging
 import math
-import sqlite3
 import threading
 import time
 from collections import defaultdict
 from collections.abc import Callable, Iterable
-from pathlib import Path
 from typing import Any, Literal, Protocol, get_args
 
 import ray
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from actors.datadir import private_dir
+from actors.sqlite_file import connect
 
 Assignment = Literal["stable", "canary", "shadow", "pinned"]
 RunStatus = Literal["completed", "failed", "cancelled"]
@@ -249,13 +247,8 @@ class OutcomeStore:
         clock: Callable[[], float] = time.time,
         metrics: OutcomeMetrics | None = None,
     ) -> None:
-        private_dir(Path(path).parent)
-        self._db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
         # Statistics, not a ledger: losing the last commits in a power cut is acceptable.
-        self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute("PRAGMA synchronous=NORMAL")
-        for statement in _SCHEMA:
-            self._db.execute(statement)
+        self._db = connect(path, synchronous="NORMAL", schema=_SCHEMA)
         self._lock = threading.Lock()
         self._clock = clock
         self._metrics = metrics

@@ -28,7 +28,14 @@ from actors.tenant_model import LimiterPort, TenantModel
 from agents.calls import canonical_json
 from agents.errors import Overloaded, RequestInvalid, UnknownRun
 from agents.eventlog import EventLog
-from agents.events import BudgetExceededEvent, Event, RunCreated, ToolCalled, ToolResulted
+from agents.events import (
+    BudgetExceededEvent,
+    Event,
+    RunCreated,
+    ToolCalled,
+    ToolResulted,
+    is_terminal,
+)
 from agents.loop import Coalescing, Ports, RunInput, execute_run
 from agents.messages import Message, TextDelta, ToolCall, ToolSchema
 from agents.ports import Discard, MemoryPort, ModelPort, ModelResult, ToolOutcome, ToolPort
@@ -195,6 +202,8 @@ class _Run:
     spec_key: str
     log: EventLog
     task: asyncio.Task[None]
+    lease: str | None = None
+    """The run slot this host renews while the run lives and releases when it ends."""
 
 
 class RunHost:
@@ -216,6 +225,7 @@ class RunHost:
         self._switches = KillSwitches()
         self._switches_read_at = float("-inf")  # when the last good read was asked
         self._switch_watch: asyncio.Task[None] | None = None
+        self._lease_renewer: asyncio.Task[None] | None = None
         self._cache = CacheStore.from_settings(settings.cache)
         self._tools = _GuardedTools(CachedTools(tools, self._cache), lambda: self._switches)
         self._memory = memory
@@ -318,8 +328,14 @@ class RunHost:
             execute_run(spec, request, ports, log, coalescing=self._coalescing),
             name=request.run_id,
         )
-        self._runs[request.run_id] = _Run(spec.key, log, task)
-        task.add_done_callback(lambda _: self._finish(request.run_id, context.tenant))
+        # A run resumed after its end (a reader found its host dead) took no slot here: its
+        # slot was released when it ended.
+        ended = bool(events) and is_terminal(events[-1])
+        lease = None if ended else context.lease
+        self._runs[request.run_id] = _Run(spec.key, log, task, lease)
+        task.add_done_callback(lambda _: self._finish(request.run_id, lease))
+        if lease is not None:
+            self._renew_leases()
         return log
 
     def _run_killed(self, spec: AgentSpec, tenant: str, started: float) -> str | None:
@@ -344,6 +360,26 @@ class RunHost:
             except Exception as exc:  # keep the last known switches; try again
                 logger.warning("reading kill switches failed: %r", exc)
             await asyncio.sleep(self._settings.switches_poll_s)
+
+    def _renew_leases(self) -> None:
+        if self._limiter is not None and self._lease_renewer is None:
+            self._lease_renewer = asyncio.create_task(self._renew_every(self._limiter))
+
+    async def _renew_every(self, limiter: LimiterPort) -> None:
+        """Keep the slots of this host's live runs, all in one call per interval: a slot
+        whose host dies expires after the TTL unless its run resumes elsewhere."""
+        while True:
+            await asyncio.sleep(self._settings.run_lease_ttl_s / 3)
+            leases = [r.lease for r in self._runs.values() if r.lease and not r.task.done()]
+            if not leases:
+                continue
+            try:
+                unknown = await limiter.renew_runs(leases)
+            except Exception as exc:  # try again next interval, well within the TTL
+                logger.warning("renewing %d run leases failed: %r", len(leases), exc)
+                continue
+            if unknown:
+                logger.warning("%d live runs' leases had expired", len(unknown))
 
     def _mark_dirty(self, log: EventLog) -> None:
         self._dirty[log.run_id] = log
@@ -376,9 +412,9 @@ class RunHost:
                 if batch[log.run_id]:
                     log.publish(batch[log.run_id][-1].seq)
 
-    def _finish(self, run_id: str, tenant: str) -> None:
-        if self._limiter is not None:
-            self._in_background(self._limiter.end_run(tenant))
+    def _finish(self, run_id: str, lease: str | None) -> None:
+        if self._limiter is not None and lease is not None:
+            self._in_background(self._limiter.release_run(lease))
         if self._outcomes is not None:
             outcome = outcome_of(self._runs[run_id].log.events())
             if outcome is not None:
@@ -435,6 +471,8 @@ class RunHost:
         return True
 
     async def aclose(self) -> None:
+        if self._lease_renewer is not None:
+            self._lease_renewer.cancel()
         for run in self._runs.values():
             run.task.cancel()
         await asyncio.gather(*(run.task for run in self._runs.values()), return_exceptions=True)

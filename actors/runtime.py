@@ -150,8 +150,12 @@ class RemoteLimiter:
     async def settle(self, reservation: str, tokens: int, cost_usd: float) -> None:
         await self._actor.settle.remote(reservation, tokens, cost_usd)
 
-    async def end_run(self, tenant: str) -> None:
-        await self._actor.end_run.remote(tenant)
+    async def release_run(self, lease: str) -> None:
+        await self._actor.release_run.remote(lease)
+
+    async def renew_runs(self, leases: list[str]) -> list[str]:
+        unknown: list[str] = await self._actor.renew_runs.remote(leases)
+        return unknown
 
 
 class RemoteOutcomes:
@@ -335,7 +339,7 @@ async def ensure_runtime(settings: RuntimeSettings) -> ActorHandle[Any]:
     ).remote(settings.outcomes_path)
     TenantLimiterActor.options(
         name=LIMITER_ACTOR, namespace=ns, get_if_exists=True, **_ON_HEAD
-    ).remote({})
+    ).remote(None, path=settings.limiter_path, lease_ttl_s=settings.run_lease_ttl_s)
     pool: ActorHandle[Any] = RunPoolActor.options(  # type: ignore[attr-defined]
         name=POOL_ACTOR, namespace=ns, get_if_exists=True, max_concurrency=10_000, **_ON_HEAD
     ).remote(settings)

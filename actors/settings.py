@@ -111,6 +111,16 @@ class RuntimeSettings(BaseModel):
     idempotency_key_ttl_s: float = Field(
         86_400.0, gt=0, description="How long an Idempotency-Key is remembered (default 24 h)."
     )
+    limiter_path: str = Field(
+        default_factory=lambda: str(default_data_dir() / "limiter.sqlite"),
+        description="SQLite file of the tenant limiter (today's spend, live run leases).",
+    )
+    run_lease_ttl_s: float = Field(
+        60.0,
+        gt=0,
+        description="A run slot not renewed for this long is freed (its run's host died); "
+        "hosts renew every third of it.",
+    )
     memory_path: str = Field(
         default_factory=lambda: str(default_data_dir() / "memory.sqlite"),
         description="SQLite file of the memory store (on the node that hosts its actor).",

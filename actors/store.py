@@ -8,18 +8,16 @@ another host. Run hosts write events in group commits (one call per host per flu
 from __future__ import annotations
 
 import asyncio
-import sqlite3
 import threading
 import time
 from collections.abc import Callable
-from pathlib import Path
 from typing import Literal
 
 import ray
 from pydantic import BaseModel, ConfigDict
 
 from actors.credentials import TenantContext
-from actors.datadir import private_dir
+from actors.sqlite_file import connect
 from agents.events import Event, event_adapter, is_terminal
 from agents.loop import RunInput
 from agents.spec import AgentSpec
@@ -87,16 +85,11 @@ class RunStore:
     `clock` (unix seconds) stamps when runs ended."""
 
     def __init__(self, path: str, clock: Callable[[], float] = time.time) -> None:
-        private_dir(Path(path).parent)
-        self._db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
         # WAL + FULL: the WAL is fsynced at every commit, so a committed event survives a
         # power cut or an OS crash, not only a process crash (NORMAL could lose the last
         # commits, and a resumed run would then redo steps). Run hosts group their events
         # into one commit per flush, which keeps the cost (benchmarks/store_commit.py).
-        self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute("PRAGMA synchronous=FULL")
-        for statement in _SCHEMA:
-            self._db.execute(statement)
+        self._db = connect(path, synchronous="FULL", schema=_SCHEMA)
         self._migrate()
         self._lock = threading.Lock()
         self._clock = clock

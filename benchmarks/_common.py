@@ -181,7 +181,7 @@ def app_config(
     from serve_app.config import AppConfig
 
     private = Path(tempfile.mkdtemp(prefix="rayfleet-bench-"))
-    for name in ("store", "ledger", "memory"):
+    for name in ("store", "ledger", "memory", "limiter"):
         runtime.setdefault(f"{name}_path", str(private / f"{name}.sqlite"))
     extra = {} if tenancy is None else {"tenancy": tenancy}
     return AppConfig(

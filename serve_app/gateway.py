@@ -362,13 +362,14 @@ class Gateway(HandleSurface):
                 admission.remaining,
                 admission.reset_s,
             )
-        context = _context(tenant)
+        context = _context(tenant, admission.lease)
         try:
             run_id: str = await self._agents[key].start.remote(
                 request.input, request.thread_id, context, tenant.namespace, assignment
             )
         except BaseException:
-            await self._limiter.end_run.remote(tenant.id)  # it never started: free the slot
+            # It never started (or its host already freed the slot): releasing is idempotent.
+            await self._limiter.release_run.remote(admission.lease)
             raise
         for shadow in choice.shadows:
             self._spawn(self._shadow(run_id, f"{agent}@{shadow}", tenant, request.input))
@@ -766,10 +767,11 @@ class Gateway(HandleSurface):
         )
 
 
-def _context(tenant: TenantConfig) -> TenantContext:
+def _context(tenant: TenantConfig, lease: str | None = None) -> TenantContext:
     """How the tenant's runs reach providers and its limits (stored with each run)."""
     return TenantContext(
         tenant=tenant.id,
+        lease=lease,
         credentials=tenant.credentials,
         use_default_credentials=tenant.use_default_credentials,
         metered=tenant.limits.tokens_per_min is not None

@@ -44,6 +44,7 @@ def settings_for(
                 "memory_path": str(tmp_path / "memory.sqlite"),
                 "ledger_path": str(tmp_path / "effects.sqlite"),
                 "outcomes_path": str(tmp_path / "outcomes.sqlite"),
+                "limiter_path": str(tmp_path / "limiter.sqlite"),
                 "cache": {"directory": str(tmp_path / "cache")},
                 "router": {"breaker_open_s": 1.0},
                 **fields,

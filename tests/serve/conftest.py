@@ -50,6 +50,7 @@ def service(
         memory_path=str(data / "memory.sqlite"),
         ledger_path=str(data / "effects.sqlite"),
         outcomes_path=str(data / "outcomes.sqlite"),
+        limiter_path=str(data / "limiter.sqlite"),
         cache=CacheSettings(directory=str(data / "cache")),
         # Breakers are per process and this app lives all session: keep an opened one short
         # so one test's scripted failures do not skip a provider in the next test.

@@ -16,6 +16,8 @@ THRIFTY_KEY = "rf-test-thrifty-9e3d11"
 ADMIN_KEY = "rf-test-admin-c4a2f8"
 BYOK_KEY = "rf-test-byok-3a8e07"
 BYOK_MISSING_KEY = "rf-test-byok-missing-62d9b4"
+SLOTS_KEY = "rf-test-slots-f3b8a2"
+SLOTS_RUNS = 2
 LIMITED_RPM = 30
 THRIFTY_BUDGET_USD = 0.03
 UNSET_ENV = "RAYFLEET_TEST_UNSET_KEY"
@@ -35,6 +37,11 @@ TENANCY = TenancyConfig(
             id="thrifty",
             api_key_sha256=(digest(THRIFTY_KEY),),
             limits=TenantLimits(daily_budget_usd=THRIFTY_BUDGET_USD),
+        ),
+        TenantConfig(
+            id="slots",
+            api_key_sha256=(digest(SLOTS_KEY),),
+            limits=TenantLimits(concurrent_runs=SLOTS_RUNS),
         ),
         TenantConfig(
             id="byok",

@@ -54,6 +54,7 @@ class FakeRuns:
         self.fail_start = fail_start or set()
         self.started: list[str] = []
         self.cancelled: list[str] = []
+        self.leases: list[str | None] = []
         self.live = 0
         self.most_live = 0
         self._ends: dict[str, asyncio.Future[Event]] = {}
@@ -69,6 +70,7 @@ class FakeRuns:
     ) -> str:
         if input in self.fail_start:
             raise TenantLimited("no slot", 1.0)
+        self.leases.append(context.lease)
         run_id = f"run-{len(self.started)}"
         self.started.append(input)
         self._ends[run_id] = asyncio.get_running_loop().create_future()
@@ -110,17 +112,19 @@ class FakeLimiter:
         self.refusals = refusals
         self.retry_after_s = retry_after_s
         self.asked = 0
-        self.ended = 0
+        self.leases: list[str] = []
+        self.released: list[str] = []
 
     async def admit_run(self, tenant: str) -> Admission:
         self.asked += 1
         if self.refusals > 0:
             self.refusals -= 1
             return Admission(ok=False, limit="requests_per_min", retry_after_s=self.retry_after_s)
-        return Admission(ok=True)
+        self.leases.append(f"lease-{self.asked}")
+        return Admission(ok=True, lease=self.leases[-1])
 
-    async def end_run(self, tenant: str) -> None:
-        self.ended += 1
+    async def release_run(self, lease: str) -> None:
+        self.released.append(lease)
 
 
 class FakeStore:
@@ -225,7 +229,10 @@ async def test_a_run_that_cannot_start_fails_its_item_and_frees_its_slot() -> No
     view = await finished(batches, submitted.batch_id)
     assert [i.status for i in view.items] == ["failed", "completed"]
     assert view.items[0].error == {"code": "tenant_limited", "message": "no slot"}
-    assert limiter.ended == 1
+    # Each run got its own lease; only the one that never started was released here (a
+    # started run's host releases its lease when the run ends).
+    assert len(limiter.released) == 1
+    assert sorted(runs.leases + limiter.released) == sorted(limiter.leases)
 
 
 async def test_items_of_one_thread_run_in_order_one_at_a_time() -> None:

@@ -26,6 +26,7 @@ from serve_app.config import AppConfig
 from serve_app.traffic import TrafficConfig, TrafficRouter
 from tests.fixtures_sim import Sim
 from tests.helpers import wait_for
+from tests.serve import test_run_slots as run_slots
 from tests.serve.conftest import Service
 from tests.serve.tenants import ACME_KEY, ADMIN_KEY, auth
 from tests.serve.test_runs_http import read_sse
@@ -298,6 +299,32 @@ def test_shadow_runs_replay_side_effects_and_are_compared(versions: Versions) ->
         )
     finally:
         versions.deploy(SPLIT)
+
+
+def test_shadow_runs_take_no_run_slot_and_free_none(versions: Versions, sim: Sim) -> None:
+    service = versions.service
+    # Started on the session's app (no shadows there): it stays live throughout.
+    held = run_slots.hanging_run(service, sim)
+    versions.deploy(traffic(weights={"v1": 1}, shadows=[{"version": "v3", "sample": 1.0}]))
+    try:
+        wait_for(lambda: versions.support_traffic()["shadows"] != [])
+        primaries = []
+        for _ in range(3):  # one at a time: the tenant has one slot left
+            response = run_slots.start(versions.http, "Where is order 1002?")
+            primaries.append(run_slots.run_id_of(response))
+            assert run_slots.finished(service, primaries[-1])["status"] == "completed"
+        shadows = wait_for(
+            lambda: (found := _shadows_of(versions, primaries)) and len(found) == 3 and found,
+            timeout_s=30,
+            interval_s=0.2,
+        )
+        for shadow in shadows.values():
+            assert run_slots.finished(service, shadow)["assignment"] == "shadow"
+        run_slots.assert_the_limit_admits_exactly_the_rest(service, sim, live=1)
+    finally:
+        versions.deploy(SPLIT)
+        run_slots.cancel(service, held)
+    wait_for(lambda: run_slots.running_runs(service) == 0, timeout_s=10)
 
 
 # -- 4. canary gate --------------------------------------------------------------------------

@@ -43,6 +43,7 @@ async def scenario(cluster: Cluster, sim: SimServer, data: Path) -> None:
         memory_path=str(data / "memory.sqlite"),
         ledger_path=str(data / "effects.sqlite"),
         outcomes_path=str(data / "outcomes.sqlite"),
+        limiter_path=str(data / "limiter.sqlite"),
         cache=CacheSettings(directory=str(data / "cache")),
         runs_per_actor=2,
         warm_run_hosts=1,

@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import sqlite3
 from datetime import UTC, datetime
+from pathlib import Path
 
 import pytest
 from pydantic import ValidationError
 
 from actors.limiter import Admission, TenantLimiter, TenantLimits
+from agents.errors import Overloaded
 
 
 class Clock:
@@ -107,21 +111,14 @@ async def test_a_rate_of_odd_fractions_admits_after_exactly_retry_after() -> Non
 
 async def test_concurrent_slots_are_taken_and_freed() -> None:
     limiter, _, _ = _limiter(acme=TenantLimits(concurrent_runs=2))
-    assert (await limiter.admit_run("acme")).ok
-    assert (await limiter.admit_run("acme")).ok
+    first, second = await limiter.admit_run("acme"), await limiter.admit_run("acme")
+    assert first.ok and second.ok and first.lease and second.lease
+    assert first.lease != second.lease
     refused = await limiter.admit_run("acme")
     assert (refused.ok, refused.limit, refused.retry_after_s) == (False, "concurrent_runs", 1.0)
-    await limiter.end_run("acme")
+    assert refused.lease is None
+    await limiter.release_run(first.lease or "")
     assert (await limiter.admit_run("acme")).ok
-
-
-async def test_end_run_never_goes_below_zero() -> None:
-    limiter, _, _ = _limiter(acme=TenantLimits(concurrent_runs=2))
-    for _ in range(5):
-        await limiter.end_run("acme")
-    assert (await limiter.usage("acme"))["running_runs"] == 0
-    admitted = [(await limiter.admit_run("acme")).ok for _ in range(3)]
-    assert admitted == [True, True, False]
 
 
 # -- atomicity ---------------------------------------------------------------------------
@@ -328,11 +325,11 @@ async def test_update_limits_keeps_levels_clipped_to_the_new_capacity() -> None:
     for _ in range(10):
         await limiter.admit_run("acme")
     assert (await limiter.usage("acme"))["requests_available"] == pytest.approx(50.0)
-    limiter.update_limits({"acme": TenantLimits(requests_per_min=30, concurrent_runs=100)})
+    await limiter.update_limits({"acme": TenantLimits(requests_per_min=30, concurrent_runs=100)})
     assert (await limiter.usage("acme"))["requests_available"] == pytest.approx(30.0)
-    limiter.update_limits({"acme": TenantLimits(requests_per_min=120, concurrent_runs=100)})
+    await limiter.update_limits({"acme": TenantLimits(requests_per_min=120, concurrent_runs=100)})
     assert (await limiter.usage("acme"))["requests_available"] == pytest.approx(30.0)
-    limiter.update_limits({"acme": TenantLimits(concurrent_runs=11)})  # running: 10
+    await limiter.update_limits({"acme": TenantLimits(concurrent_runs=11)})  # running: 10
     usage = await limiter.usage("acme")
     assert "requests_available" not in usage and usage["running_runs"] == 10
     assert [(await limiter.admit_run("acme")).ok for _ in range(2)] == [True, False]
@@ -342,7 +339,7 @@ async def test_update_limits_adds_and_removes_tenants() -> None:
     limiter, _, _ = _limiter(acme=TenantLimits(requests_per_min=1))
     await limiter.admit_run("acme")
     assert not (await limiter.admit_run("acme")).ok
-    limiter.update_limits({"globex": TenantLimits(tokens_per_min=100)})
+    await limiter.update_limits({"globex": TenantLimits(tokens_per_min=100)})
     assert all([(await limiter.admit_run("acme")).ok for _ in range(100)])  # now unlimited
     assert (await limiter.usage("globex"))["tokens_available"] == 100  # new: starts full
     assert (await limiter.reserve("globex", 60, 0.0)).ok
@@ -352,7 +349,8 @@ async def test_update_limits_adds_and_removes_tenants() -> None:
 async def test_a_tenant_without_limits_is_unlimited_but_counted() -> None:
     limiter, _, _ = _limiter(acme=TenantLimits(requests_per_min=1))
     for _ in range(500):
-        assert (await limiter.admit_run("initech")) == Admission(ok=True)
+        admitted = await limiter.admit_run("initech")
+        assert admitted.lease and admitted == Admission(ok=True, lease=admitted.lease)
     held = await limiter.reserve("initech", 10**9, 1e6)
     assert held.ok and held.policy is None and held.remaining is None
     assert held.reservation
@@ -386,3 +384,148 @@ async def test_ratelimit_fields_describe_the_tightest_limit() -> None:
     big = await limiter.reserve("acme", 800, 0.5)  # tokens 10% left, dollars 12.5%
     assert (big.policy, big.quota, big.remaining) == ("tokens_per_min", 1000, 100)
     assert big.reset_s == pytest.approx(54.0)
+
+
+# -- run leases --------------------------------------------------------------------------
+
+
+async def _running(limiter: TenantLimiter, tenant: str = "acme") -> float:
+    return (await limiter.usage(tenant))["running_runs"]
+
+
+async def test_a_lease_released_twice_frees_one_slot() -> None:
+    limiter, _, _ = _limiter(acme=TenantLimits(concurrent_runs=2))
+    first, _second = await limiter.admit_run("acme"), await limiter.admit_run("acme")
+    assert first.lease is not None
+    await limiter.release_run(first.lease)
+    await limiter.release_run(first.lease)  # e.g. the gateway after a start that timed out
+    assert await _running(limiter) == 1
+    assert [(await limiter.admit_run("acme")).ok for _ in range(2)] == [True, False]
+    assert await _running(limiter) == 2
+
+
+async def test_a_lease_it_never_gave_frees_nothing() -> None:
+    # A shadow run takes no lease; a forged or stale id is just as unknown.
+    limiter, _, _ = _limiter(acme=TenantLimits(concurrent_runs=1))
+    assert (await limiter.admit_run("acme")).ok
+    for unknown in ("", "not-a-lease", "0" * 32):
+        await limiter.release_run(unknown)
+    assert await _running(limiter) == 1
+    assert not (await limiter.admit_run("acme")).ok
+
+
+async def test_a_lease_not_renewed_expires_after_its_ttl() -> None:
+    clock, wall = Clock(1000.0), Clock(LATE_EVENING)
+    limiter = TenantLimiter(
+        {"acme": TenantLimits(concurrent_runs=3)}, clock=clock, wall_clock=wall, lease_ttl_s=60.0
+    )
+    kept, lost = (await limiter.admit_run("acme")).lease, (await limiter.admit_run("acme")).lease
+    assert kept is not None and lost is not None
+    _advance(clock, wall, 40.0)
+    assert await limiter.renew_runs([kept]) == []  # a host renews its live run's lease
+    _advance(clock, wall, 19.9)
+    assert await _running(limiter) == 2  # `lost` has 0.1 s to go
+    _advance(clock, wall, 0.1)
+    assert await _running(limiter) == 1  # its release was lost, or its host died: freed
+    assert await limiter.renew_runs([kept, lost]) == [lost]  # expired: not taken again
+    await limiter.release_run(lost)  # a late release of an expired lease frees nothing more
+    assert await _running(limiter) == 1
+    _advance(clock, wall, 59.9)
+    assert await _running(limiter) == 1  # renewed at +59.9: good until +119.9
+    await limiter.release_run(kept)
+    assert await _running(limiter) == 0
+
+
+async def test_renewing_many_leases_is_one_call_and_keeps_them_all() -> None:
+    clock, wall = Clock(1000.0), Clock(LATE_EVENING)
+    limiter = TenantLimiter({}, clock=clock, wall_clock=wall, lease_ttl_s=60.0)
+    leases = [(await limiter.admit_run(t)).lease or "" for t in ("acme", "globex") * 50]
+    for _ in range(10):  # ten intervals of 30 s, far past the TTL
+        _advance(clock, wall, 30.0)
+        assert await limiter.renew_runs(leases) == []
+    assert (await _running(limiter, "acme"), await _running(limiter, "globex")) == (50, 50)
+
+
+# -- restarts ----------------------------------------------------------------------------
+
+
+def _restarted(path: str, clock: Clock, wall: Clock) -> TenantLimiter:
+    """A new limiter on the same file, as Ray builds it again after a crash: no limits
+    given, so the stored ones apply."""
+    return TenantLimiter(None, clock=clock, wall_clock=wall, lease_ttl_s=60.0, path=path)
+
+
+async def test_a_restarted_limiter_keeps_todays_spend_leases_and_limits(tmp_path: Path) -> None:
+    path = str(tmp_path / "limiter.sqlite")
+    clock, wall = Clock(1000.0), Clock(LATE_EVENING)
+    limits = TenantLimits(concurrent_runs=2, daily_budget_usd=1.0)
+    limiter = _restarted(path, clock, wall)
+    await limiter.update_limits({"acme": limits})
+    held = await limiter.reserve("acme", 10, 0.5)
+    await limiter.settle(held.reservation or "", 10, 0.4)
+    live, ended = (await limiter.admit_run("acme")).lease, (await limiter.admit_run("acme")).lease
+    assert live is not None and ended is not None
+    await limiter.release_run(ended)
+
+    # A new process: its own monotonic clock, the same wall clock.
+    clock = Clock(5.0)
+    again = _restarted(path, clock, wall)
+    usage = await again.usage("acme")
+    assert (usage["spent_usd"], usage["running_runs"]) == (pytest.approx(0.4), 1)
+    assert not (await again.reserve("acme", 10, 0.7)).ok  # 0.4 spent + 0.7 > 1.0
+    assert [(await again.admit_run("acme")).ok for _ in range(2)] == [True, False]
+    await again.release_run(ended)  # released before the restart: still nothing to free
+    await again.release_run(live)  # the run that was live across the restart ends
+    assert await _running(again) == 1
+
+
+async def test_reloaded_leases_expire_one_ttl_after_the_restart(tmp_path: Path) -> None:
+    path = str(tmp_path / "limiter.sqlite")
+    clock, wall = Clock(1000.0), Clock(LATE_EVENING)
+    limiter = _restarted(path, clock, wall)
+    orphan = (await limiter.admit_run("acme")).lease
+    renewed = (await limiter.admit_run("acme")).lease
+    assert orphan is not None and renewed is not None
+    # Down for an hour, far past the TTL: a reloaded lease still gets a full TTL, so the
+    # hosts of live runs have time to renew it.
+    wall.advance(3600.0)
+    clock = Clock(0.0)  # a new process's monotonic clock
+    again = _restarted(path, clock, wall)
+    assert await _running(again) == 2
+    _advance(clock, wall, 30.0)
+    assert await again.renew_runs([renewed]) == []  # its host renews it under the same id
+    _advance(clock, wall, 30.0)
+    assert await _running(again) == 1  # the orphan (its host died) is freed
+    await again.release_run(renewed)  # written after the orphan's expiry: both are durable
+    third = _restarted(path, clock, wall)
+    assert await _running(third) == 0
+    assert await third.renew_runs([orphan, renewed]) == [orphan, renewed]
+
+
+async def test_yesterdays_spend_is_not_reloaded(tmp_path: Path) -> None:
+    path = str(tmp_path / "limiter.sqlite")
+    clock, wall = Clock(1000.0), Clock(LATE_EVENING)
+    limiter = _restarted(path, clock, wall)
+    held = await limiter.reserve("acme", 10, 0.5)
+    await limiter.settle(held.reservation or "", 10, 0.5)
+    _advance(clock, wall, 3600.0)  # past UTC midnight
+    assert (await _restarted(path, clock, wall).usage("acme"))["spent_usd"] == 0.0
+
+
+async def test_limits_given_at_start_win_over_stored_ones(tmp_path: Path) -> None:
+    path = str(tmp_path / "limiter.sqlite")
+    clock, wall = Clock(1000.0), Clock(LATE_EVENING)
+    await _restarted(path, clock, wall).update_limits({"acme": TenantLimits(concurrent_runs=1)})
+    given = TenantLimiter({}, clock=clock, wall_clock=wall, path=path)
+    assert all([(await given.admit_run("acme")).ok for _ in range(3)])
+
+
+async def test_an_admission_that_cannot_be_stored_takes_no_slot(tmp_path: Path) -> None:
+    path = str(tmp_path / "limiter.sqlite")
+    limiter = _restarted(path, Clock(1000.0), Clock(LATE_EVENING))
+    await limiter.update_limits({"acme": TenantLimits(concurrent_runs=1)})
+    with contextlib.closing(sqlite3.connect(path)) as db:
+        db.execute("DROP TABLE leases")  # the disk fails under the limiter
+    with pytest.raises(Overloaded):  # 503 + Retry-After at the gateway: a lease no restart
+        await limiter.admit_run("acme")  # would know never reaches a run
+    assert await _running(limiter) == 0
