@@ -68,6 +68,12 @@ class RuntimeSettings(BaseModel):
         "/tmp/rayfleet/runs.sqlite",
         description="SQLite file of the run store (runs and their durable event logs).",
     )
+    restart_wait_s: float = Field(
+        10.0,
+        gt=0,
+        description="How long a call waits for a crashed shared service to come back before "
+        "it fails (HTTP: 503 + Retry-After); only calls safe to repeat wait.",
+    )
     store_timeout_s: float = Field(
         30.0, gt=0, description="How long a new run waits for the store before 503."
     )

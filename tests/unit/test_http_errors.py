@@ -48,6 +48,7 @@ EXPECTED_STATUS = {
     "AllProvidersFailed": 502,
     "TenantLimited": 429,
     "Overloaded": 503,
+    "ServiceUnavailable": 503,
 }
 
 
