@@ -12,7 +12,10 @@ when a call fails because the actor died:
   with backoff, the actor looked up again each time, for up to `wait_s`;
 - any other method fails at once with ServiceUnavailable: it may have happened, so only the
   caller can judge whether to ask again (over HTTP: 503 + Retry-After).
-Either way nothing but rayfleet's own errors comes out of it.
+Ray fails calls made while the actor restarts as well, also saying it cannot tell whether
+they ran. So once a call saw the actor die, a method that is not safe to repeat is sent
+only after the actor answered a no-op (`__ray_ready__`): only the calls that raced the crash
+itself fail. Nothing but rayfleet's own errors comes out of it.
 """
 
 from __future__ import annotations
@@ -70,6 +73,8 @@ class NamedActor:
         self._lookup = lookup
         self._sleep = sleep
         self._clock = clock
+        self._suspect = False
+        """A call saw the actor die, and none has succeeded since."""
 
     def __getattr__(self, method: str) -> _Method:
         if method.startswith("_"):  # copy/pickle probes, and never an actor's private method
@@ -96,14 +101,21 @@ class NamedActor:
         attempt = 0
         while True:
             attempt += 1
+            sent = False
             try:
                 handle = await self._resolve()
-                return await getattr(handle, method).remote(*args, **kwargs)
+                if self._suspect and method not in self._retry_safe:
+                    await handle.__ray_ready__.remote()  # back? (a no-op: safe to repeat)
+                sent = True
+                result = await getattr(handle, method).remote(*args, **kwargs)
+                self._suspect = False
+                return result
             except _Missing:
                 why = "is not running"  # nothing was sent: always safe to ask again
             except RayActorError as exc:
                 self._handle = None  # look it up again: it may have been made anew
-                if method not in self._retry_safe:
+                self._suspect = True
+                if sent and method not in self._retry_safe:
                     raise ServiceUnavailable(
                         f"{self.name} died during {method} ({type(exc).__name__}); it may or "
                         "may not have happened: try again",
