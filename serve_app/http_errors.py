@@ -102,7 +102,8 @@ def as_rayfleet_error(exc: BaseException) -> RayfleetError:
     else an internal error (named by type only: its text may hold what callers must not see)."""
     if isinstance(exc, RayfleetError):
         return exc
-    if isinstance(exc, _UNAVAILABLE):
+    # Serve wraps a replica's death in its own exception, keeping Ray's as the cause.
+    if isinstance(exc, _UNAVAILABLE) or isinstance(exc.__cause__, _UNAVAILABLE):
         return ServiceUnavailable(
             f"a rayfleet service is unavailable ({type(exc).__name__}); try again", "", 2.0
         )

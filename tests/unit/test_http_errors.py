@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 from ray.exceptions import ActorDiedError, ActorUnavailableError
-from ray.serve.exceptions import BackPressureError
+from ray.serve.exceptions import BackPressureError, RayServeException
 
 from agents.errors import (
     Overloaded,
@@ -176,12 +176,20 @@ def test_the_title_names_our_class_for_a_ray_wrapped_error(
     assert all(cls.__module__ == "agents.errors" for cls in all_error_classes())
 
 
+def upstream_crash() -> Exception:
+    """What a Serve handle raises when the replica it called died (router.py)."""
+    wrapped = RayServeException("Request to deployment 'support@v1' failed: actor died")
+    wrapped.__cause__ = ActorDiedError()
+    return wrapped
+
+
 @pytest.mark.parametrize(
     ("exc", "status", "code"),
     [
         (ActorUnavailableError("the actor is restarting", None), 503, "service_unavailable"),
         (ActorDiedError(), 503, "service_unavailable"),
         (BackPressureError(num_queued_requests=9, max_queued_requests=8), 503, "overloaded"),
+        (upstream_crash(), 503, "service_unavailable"),
         (RuntimeError("db password=hunter2 rejected"), 500, "internal_error"),
     ],
 )
