@@ -237,9 +237,9 @@ def targets(load: Load) -> Iterator[tuple[str, str, str]]:
     host = "rayfleet-runhost-" + host_of(busy[-1])
     yield f"run host {host}", host, NAMESPACE
     for deployment in DEPLOYMENTS:
-        for _ in range(REPLICAS):  # each replica in turn, once its predecessor's is back
+        for replica in replicas(deployment):  # each in turn, once the last one's is back
             wait_until(all_replicas_up, 180)
-            yield f"replica of {deployment}", replicas(deployment)[0], "serve"
+            yield f"replica of {deployment}", replica, "serve"
     wait_until(all_replicas_up, 180)
 
 
@@ -300,8 +300,8 @@ def check_every_run(http: httpx2.Client, load: Load) -> Counter[str]:
         assert [is_terminal(e) for e in events].count(True) == 1, (run_id, seqs)
         assert is_terminal(events[-1]), (run_id, events[-1].kind)
         assert live[run_id] == seqs[: len(live[run_id])], (run_id, live[run_id], seqs)
-        kind: str = events[-1].kind
-        return kind
+        last = events[-1]
+        return f"{last.kind} {last.code}" if last.kind == "run.failed" else str(last.kind)
 
     with ThreadPoolExecutor(4) as pool:
         return Counter(pool.map(check, sorted(live)))
