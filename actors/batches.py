@@ -52,13 +52,12 @@ from typing import TYPE_CHECKING, Any, Literal, Protocol
 
 import ray
 from pydantic import BaseModel, ConfigDict, Field
-from ray.actor import ActorHandle
 
 from actors.credentials import TenantContext
 from actors.limiter import Admission
 from actors.settings import RuntimeSettings
 from actors.switches import KILL_PREFIX, ROLLBACK_PREFIX, KillSwitches
-from agents.errors import RayfleetError, RequestInvalid, TenantLimited
+from agents.errors import RayfleetError, RequestInvalid, ServiceUnavailable, TenantLimited
 from agents.events import Event, RunCancelled, RunCompleted, RunFailed
 from agents.spec import AgentSpec
 
@@ -528,15 +527,21 @@ class BatchRunner:
         tenant = batch.job.context.tenant
         waited = 0.0
         while not batch.stop.is_set():
-            admission = await self._limiter.admit_run(tenant)
-            if admission.ok:
-                return admission.lease
-            delay = max(admission.retry_after_s, 0.01)
+            try:
+                admission = await self._limiter.admit_run(tenant)
+            except ServiceUnavailable as exc:  # the limiter is restarting: wait it out too
+                code = exc.code
+                delay, why = exc.retry_after_s, "the tenant limiter is unavailable"
+            else:
+                if admission.ok:
+                    return admission.lease
+                delay, code = max(admission.retry_after_s, 0.01), TenantLimited.code
+                why = f"tenant {tenant!r} is over its {admission.limit} limit"
             if waited + delay > self._limit_wait_s:
                 return {
-                    "code": TenantLimited.code,
-                    "message": f"tenant {tenant!r} is over its {admission.limit} limit "
-                    f"(waited {waited:.0f} s of the {self._limit_wait_s:.0f} s allowed)",
+                    "code": code,
+                    "message": f"{why} (waited {waited:.0f} s of the "
+                    f"{self._limit_wait_s:.0f} s allowed)",
                 }
             pause = min(delay, self._max_pause_s)
             try:
@@ -799,22 +804,12 @@ class BatchRunnerActor:
 
     def __init__(self, settings: RuntimeSettings) -> None:
         # Imported here: actors.runtime creates this actor, so it imports this module.
-        from actors.runtime import (
-            LIMITER_ACTOR,
-            POOL_ACTOR,
-            STORE_ACTOR,
-            Runs,
-            check_agents_package,
-        )
+        from actors.runtime import LIMITER_ACTOR, STORE_ACTOR, Runs, check_agents_package, service
 
         check_agents_package()
-
-        def named(name: str) -> ActorHandle[Any]:
-            return ray.get_actor(name, namespace=settings.namespace)
-
-        runs = _FollowedRuns(Runs(settings, named(POOL_ACTOR)))
-        limiter = _RemoteAdmission(named(LIMITER_ACTOR))
-        self._runner = BatchRunner(runs, limiter, _RemoteSettings(named(STORE_ACTOR)))
+        runs = _FollowedRuns(Runs(settings))
+        limiter = _RemoteAdmission(service(settings, LIMITER_ACTOR))
+        self._runner = BatchRunner(runs, limiter, _RemoteSettings(service(settings, STORE_ACTOR)))
         # An async actor builds itself in its event loop: resume what was running now.
         self._restore = asyncio.get_running_loop().create_task(self._runner.restore())
 

@@ -34,11 +34,17 @@ from typing import TYPE_CHECKING, Any, Protocol
 import httpx2
 import ray
 from pydantic import BaseModel, ConfigDict, Field
-from ray.actor import ActorHandle
 
 from actors.caches import CacheSettings, CacheStore, cache_key
+from actors.named import NamedActor
 from actors.providers.openai import OpenAIClient
-from agents.errors import ConfigError, ProviderUnavailable, RayfleetError, RequestInvalid
+from agents.errors import (
+    ConfigError,
+    ProviderUnavailable,
+    RayfleetError,
+    RequestInvalid,
+    ServiceUnavailable,
+)
 from agents.messages import Usage
 from agents.pricing import ModelPrice, PriceTable
 
@@ -493,10 +499,14 @@ class _BatcherHost:
 # texts meet in one batch.
 EmbeddingBatcherActor = ray.remote(num_cpus=0, max_concurrency=10_000)(_BatcherHost)  # type: ignore[call-overload]
 
-_handles: dict[str, ActorHandle[Any]] = {}
+EMBEDDINGS_RETRY_SAFE = frozenset({"embed", "usage", "stats"})
+"""Methods a caller may repeat after the actor died mid-call (an embedding is a pure
+function of its text; a repeat costs at most one provider call)."""
+
+_services: dict[str, NamedActor] = {}
 
 
-def _find_actor(namespace: str | None) -> ActorHandle[Any]:
+def _find_actor(namespace: str | None) -> NamedActor:
     """The batcher's actor: in `namespace` if given, else the one $RAYFLEET_NAMESPACE
     names, else the current job's namespace, else RuntimeSettings' default."""
     if not ray.is_initialized():
@@ -512,15 +522,16 @@ def _find_actor(namespace: str | None) -> ActorHandle[Any]:
     else:
         candidates = [ray.get_runtime_context().namespace, _DEFAULT_NAMESPACE]
     for ns in candidates:
-        handle = _handles.get(ns)
-        if handle is not None:
-            return handle
+        found = _services.get(ns)
+        if found is not None:
+            return found
         try:
             handle = ray.get_actor(EMBEDDINGS_ACTOR, namespace=ns)
         except ValueError:
             continue
-        _handles[ns] = handle
-        return handle
+        found = NamedActor(EMBEDDINGS_ACTOR, ns, retry_safe=EMBEDDINGS_RETRY_SAFE, handle=handle)
+        _services[ns] = found
+        return found
     raise ProviderUnavailable(
         f"the embedding service ({EMBEDDINGS_ACTOR}) is not running in namespace "
         f"{' or '.join(repr(ns) for ns in candidates)}",
@@ -534,24 +545,19 @@ async def embed_texts(
     """Embed texts through the shared batcher, from a tool function in any Ray worker.
 
     Errors come back as rayfleet's own (ProviderUnavailable when the service or its
-    provider is unavailable, RequestInvalid for bad input), never as Ray's."""
-    for attempt in (1, 2):
-        handle = _find_actor(namespace)
-        try:
-            vectors: list[list[float]] = await handle.embed.remote(tenant, list(texts))
-            return vectors
-        except ray.exceptions.RayTaskError as exc:
-            cause = exc.cause
-            if isinstance(cause, RayfleetError):
-                raise cause from None
-            raise ProviderUnavailable(
-                f"embedding service failed: {type(cause).__name__}", EMBEDDINGS_ACTOR
-            ) from None
-        except ray.exceptions.RayActorError:
-            # The actor died (and may have been re-created): look it up once more.
-            _handles.clear()
-            if attempt == 2:
-                raise ProviderUnavailable(
-                    "the embedding service is unavailable", EMBEDDINGS_ACTOR
-                ) from None
-    raise AssertionError("unreachable")  # pragma: no cover
+    provider is unavailable, RequestInvalid for bad input), never as Ray's. A batcher that
+    restarts meanwhile is waited for."""
+    try:
+        vectors: list[list[float]] = await _find_actor(namespace).embed.remote(tenant, list(texts))
+        return vectors
+    except ServiceUnavailable as exc:
+        raise ProviderUnavailable(
+            f"the embedding service is unavailable: {exc}", EMBEDDINGS_ACTOR
+        ) from None
+    except ray.exceptions.RayTaskError as exc:
+        cause = exc.cause
+        if isinstance(cause, RayfleetError):
+            raise cause from None
+        raise ProviderUnavailable(
+            f"embedding service failed: {type(cause).__name__}", EMBEDDINGS_ACTOR
+        ) from None

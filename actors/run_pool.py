@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable, Coroutine, Mapping
 from typing import Any
 
 from agents.errors import Overloaded
@@ -23,9 +23,16 @@ class RunPool:
     """
 
     def __init__(
-        self, runs_per_actor: int, warm_hosts: int, spawn: Spawn, max_hosts: int = 10_000
+        self,
+        runs_per_actor: int,
+        warm_hosts: int,
+        spawn: Spawn,
+        max_hosts: int = 10_000,
+        *,
+        id_prefix: str = "h",
     ) -> None:
         self._capacity = runs_per_actor
+        self._prefix = id_prefix
         self._warm = warm_hosts
         self._spawn = spawn
         self._max_hosts = max_hosts
@@ -46,7 +53,7 @@ class RunPool:
     def _add_host(self) -> str:
         if len(self._load) >= self._max_hosts:
             raise Overloaded(f"run pool is at max_hosts={self._max_hosts}", 1.0)
-        host_id = f"h{self._next:x}"
+        host_id = f"{self._prefix}{self._next:x}"
         self._next += 1
         self._load[host_id] = 0
         task = asyncio.create_task(self._spawn(host_id))
@@ -82,6 +89,11 @@ class RunPool:
         if starting is not None:
             await asyncio.shield(starting)
         return host_id
+
+    def adopt(self, loads: Mapping[str, int]) -> None:
+        """Take over running hosts (host id -> runs in flight), as a restarted pool does."""
+        for host_id, load in loads.items():
+            self._load[host_id] = max(0, load)
 
     def has_host(self, host_id: str) -> bool:
         return host_id in self._load

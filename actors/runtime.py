@@ -12,13 +12,17 @@ and any replica can find it by id:
     rayfleet-batches           BatchRunner   bulk runs with bounded concurrency
     rayfleet-runhost-<host>    RunHost       the runs themselves
 The singletons live on the head node; run hosts go wherever `run_host_resources` allow.
+Every singleton restarts by itself after a crash (`max_restarts=-1`) and callers reach it
+through `service()` (an `actors.named.NamedActor`), which finds it again and repeats only the
+calls listed as safe to repeat in RETRY_SAFE. The restarted pool rebuilds its membership
+from the live run hosts and resumes the runs of hosts that died while it was down.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Coroutine
 from typing import Any
 
 import ray
@@ -27,9 +31,15 @@ from ray.exceptions import RayActorError
 
 from actors.batches import BatchRunnerActor
 from actors.credentials import TenantContext
-from actors.embeddings import EMBEDDINGS_ACTOR, NAMESPACE_ENV, EmbeddingBatcherActor
+from actors.embeddings import (
+    EMBEDDINGS_ACTOR,
+    EMBEDDINGS_RETRY_SAFE,
+    NAMESPACE_ENV,
+    EmbeddingBatcherActor,
+)
 from actors.limiter import Admission, TenantLimiterActor
 from actors.memory import MemoryStoreActor
+from actors.named import NamedActor
 from actors.outcomes import OutcomeStoreActor, RunOutcome
 from actors.retention import RemoteRetention, sweep_forever
 from actors.run_host import RunHost, host_of, new_run_id
@@ -37,7 +47,7 @@ from actors.run_pool import RunPool
 from actors.settings import RuntimeSettings
 from actors.store import RunRecord, RunStoreActor
 from actors.tool_pool import ToolPoolActor
-from agents.errors import UnknownRun
+from agents.errors import ServiceUnavailable, UnknownRun
 from agents.events import Event, is_terminal
 from agents.loop import RunInput
 from agents.messages import Message, ToolCall
@@ -57,8 +67,65 @@ BATCHES_ACTOR = "rayfleet-batches"
 HOST_PREFIX = "rayfleet-runhost-"
 # I/O-bound actors: a small reservation, many concurrent calls (every live stream is one).
 _ACTOR_OPTIONS: dict[str, Any] = {"num_cpus": 0.01, "lifetime": "detached"}
-# Shared singletons stay on the head node, so losing a worker node never loses them.
-_ON_HEAD: dict[str, Any] = {**_ACTOR_OPTIONS, "resources": {"node:__internal_head__": 0.001}}
+# Shared singletons stay on the head node, so losing a worker node never loses them, and
+# Ray restarts one that crashes (same name, same id: held handles stay good).
+_ON_HEAD: dict[str, Any] = {
+    **_ACTOR_OPTIONS,
+    "resources": {"node:__internal_head__": 0.001},
+    "max_restarts": -1,
+}
+RETRY_SAFE: dict[str, frozenset[str]] = {
+    # SQLite, reopened on restart; every write is an insert-or-ignore or a set.
+    STORE_ACTOR: frozenset(
+        {"create_run", "append_events", "move_run", "load_run", "host_of"}
+        | {"live_runs_on", "live_hosts", "put_setting", "settings", "purge_keys"}
+        | {"purge_ended", "finish_key", "release_key"}
+    ),
+    # A tool call carries its idempotency key: the pool's effect ledger answers a repeat.
+    TOOLS_ACTOR: frozenset({"call", "purge_effects"}),
+    # append_thread appends: a repeat would write the turn twice (the loop degrades instead).
+    MEMORY_ACTOR: frozenset({"load_thread"}),
+    # admit_run and reserve take: each must happen once. settle ignores a settled
+    # reservation, release_run a released lease; renew_runs and update_limits set.
+    LIMITER_ACTOR: frozenset({"settle", "update_limits", "usage", "release_run", "renew_runs"}),
+    # The first record of a run stands; an outcome is set, not added.
+    OUTCOMES_ACTOR: frozenset(
+        {"record_run", "set_outcome", "version_stats", "stats_by_tenant", "cost_report"}
+        | {"shadow_pairs", "forget_runs"}
+    ),
+    EMBEDDINGS_ACTOR: EMBEDDINGS_RETRY_SAFE,
+    # A restarted pool rebuilds its hosts' loads from the hosts, so an acquire lost in its
+    # crash took nothing: asking again takes one slot. `release` goes by `tell`.
+    POOL_ACTOR: frozenset({"acquire", "recover", "warm_up", "stats"}),
+    # submit is keyed by batch id; cancel of a cancelled batch changes nothing.
+    BATCHES_ACTOR: frozenset({"submit", "get", "cancel", "wait", "running", "ready"}),
+}
+"""Per shared service, the methods a caller may repeat after the actor died mid-call."""
+
+
+def service(
+    settings: RuntimeSettings,
+    name: str,
+    *,
+    handle: ActorHandle[Any] | None = None,
+    recreate: bool = False,
+) -> NamedActor:
+    """A caller's line to one shared service; `recreate`: make the runtime's actors again
+    if this one is gone for good (Serve replicas do; actors wait for them)."""
+
+    async def again() -> None:
+        await ensure_runtime(settings)
+
+    return NamedActor(
+        name,
+        settings.namespace,
+        retry_safe=RETRY_SAFE[name],
+        wait_s=settings.restart_wait_s,
+        handle=handle,
+        recreate=again if recreate else None,
+    )
+
+
 _MOVES = 5
 """How many times one reader follows a run to a new host before giving up."""
 
@@ -77,7 +144,7 @@ def check_agents_package() -> None:
 class RemoteTools:
     """ToolPort over the shared tool-pool actor."""
 
-    def __init__(self, actor: ActorHandle[Any]) -> None:
+    def __init__(self, actor: NamedActor) -> None:
         self._actor = actor
 
     async def call(
@@ -93,7 +160,7 @@ class RemoteTools:
             outcome: ToolOutcome = await self._actor.call.remote(
                 tool, call, idempotency_key=idempotency_key, timeout_s=timeout_s, tenant=tenant
             )
-        except ray.exceptions.RayError as exc:
+        except (ServiceUnavailable, ray.exceptions.RayError) as exc:
             return ToolOutcome(
                 ok=False, output="", error=f"tool pool unavailable: {type(exc).__name__}"
             )
@@ -103,7 +170,7 @@ class RemoteTools:
 class RemoteMemory:
     """MemoryPort over the memory-store actor; the loop degrades if these calls fail."""
 
-    def __init__(self, actor: ActorHandle[Any]) -> None:
+    def __init__(self, actor: NamedActor) -> None:
         self._actor = actor
 
     async def load_thread(self, namespace: str, thread_id: str) -> list[Message]:
@@ -117,7 +184,7 @@ class RemoteMemory:
 class RemoteStore:
     """The run store's actor as a RunStorePort."""
 
-    def __init__(self, actor: ActorHandle[Any]) -> None:
+    def __init__(self, actor: NamedActor) -> None:
         self._actor = actor
 
     async def create_run(
@@ -140,7 +207,7 @@ class RemoteStore:
 class RemoteLimiter:
     """The tenant limiter's actor as a LimiterPort."""
 
-    def __init__(self, actor: ActorHandle[Any]) -> None:
+    def __init__(self, actor: NamedActor) -> None:
         self._actor = actor
 
     async def reserve(self, tenant: str, tokens: int, cost_usd: float) -> Admission:
@@ -161,7 +228,7 @@ class RemoteLimiter:
 class RemoteOutcomes:
     """The outcome store's actor as an OutcomePort."""
 
-    def __init__(self, actor: ActorHandle[Any]) -> None:
+    def __init__(self, actor: NamedActor) -> None:
         self._actor = actor
 
     async def record_run(self, outcome: RunOutcome) -> None:
@@ -173,8 +240,8 @@ class RunHostActor(RunHost):
     def __init__(self, host_id: str, settings: RuntimeSettings) -> None:
         check_agents_package()
 
-        def named(name: str) -> ActorHandle[Any]:
-            return ray.get_actor(name, namespace=settings.namespace)
+        def named(name: str) -> NamedActor:
+            return service(settings, name)
 
         pool = named(POOL_ACTOR)
         super().__init__(
@@ -183,7 +250,8 @@ class RunHostActor(RunHost):
             RemoteTools(named(TOOLS_ACTOR)),
             RemoteMemory(named(MEMORY_ACTOR)),
             RemoteStore(named(STORE_ACTOR)),
-            on_run_end=lambda h: pool.release.remote(h),
+            # Lost if the pool is down: a restarted pool counts loads from the hosts.
+            on_run_end=lambda h: pool.tell("release", h),
             limiter=RemoteLimiter(named(LIMITER_ACTOR)),
             outcomes=RemoteOutcomes(named(OUTCOMES_ACTOR)),
         )
@@ -196,23 +264,26 @@ class RunHostActor(RunHost):
         await asyncio.Event().wait()
 
 
+POOL_EPOCH = "pool.epoch"
+"""Store setting: how many run pools have started on this store. Each names its hosts apart
+(h0, h1, ... then e1h0, ...), so a host id, hence a run id, never names two hosts."""
+
+
 @ray.remote
 class RunPoolActor:
     """The cluster's one RunPool: creates run hosts as load requires, watches them, and
-    resumes the runs of a host that died on another host."""
+    resumes the runs of a host that died on another host. Restarted after a crash, it adopts
+    the live hosts and resumes the runs of hosts that died while it was down."""
 
     def __init__(self, settings: RuntimeSettings) -> None:
         check_agents_package()
         self._settings = settings
-        self._pool = RunPool(settings.runs_per_actor, settings.warm_run_hosts, self._spawn)
-        self._store = ray.get_actor(STORE_ACTOR, namespace=settings.namespace)
+        self._store = service(settings, STORE_ACTOR)
         self._watchers: set[asyncio.Task[None]] = set()
         self._moving: dict[str, asyncio.Lock] = {}
         # The pool outlives every replica: it deletes what is past retention.
         remote = RemoteRetention(
-            self._store,
-            ray.get_actor(OUTCOMES_ACTOR, namespace=settings.namespace),
-            ray.get_actor(TOOLS_ACTOR, namespace=settings.namespace),
+            self._store, service(settings, OUTCOMES_ACTOR), service(settings, TOOLS_ACTOR)
         )
         self._retention = asyncio.get_running_loop().create_task(
             sweep_forever(
@@ -223,6 +294,70 @@ class RunPoolActor:
                 effects=remote,
             )
         )
+        # An async actor builds itself in its event loop; every method waits for this.
+        self._starting = asyncio.get_running_loop().create_task(self._start())
+
+    async def _ready(self) -> RunPool:
+        if self._starting.done() and self._starting.exception() is not None:
+            self._starting = asyncio.create_task(self._start())  # the store was down: again
+        return await asyncio.shield(self._starting)
+
+    async def _start(self) -> RunPool:
+        found: dict[str, str] = await self._store.settings.remote(POOL_EPOCH)
+        epoch = int(found.get(POOL_EPOCH, "0"))
+        await self._store.put_setting.remote(POOL_EPOCH, str(epoch + 1))
+        settings = self._settings
+        pool = RunPool(
+            settings.runs_per_actor,
+            settings.warm_run_hosts,
+            self._spawn,
+            id_prefix="h" if epoch == 0 else f"e{epoch:x}h",
+        )
+        loads = await self._running_hosts()
+        pool.adopt(loads)
+        for host_id in loads:  # a host that died meanwhile is caught by its watcher
+            self._watch_host(host_id, self._handle(host_id))
+        orphaned = set(await self._store.live_hosts.remote()) - set(loads)
+        for host_id in orphaned:  # died while no pool watched it
+            self._in_background(self._resume_runs_of(pool, host_id))
+        if loads or orphaned:
+            logger.warning(
+                "run pool restarted: %d hosts adopted, runs of %d resumed",
+                len(loads),
+                len(orphaned),
+            )
+        return pool
+
+    async def _running_hosts(self) -> dict[str, int]:
+        """Run hosts alive in the namespace, with their runs in flight (as full if one
+        does not answer: it is not handed out until its watcher knows)."""
+        named = await asyncio.to_thread(ray.util.list_named_actors, all_namespaces=True)
+        ns = self._settings.namespace
+        ids = [
+            actor["name"].removeprefix(HOST_PREFIX)
+            for actor in named
+            if actor["namespace"] == ns and actor["name"].startswith(HOST_PREFIX)
+        ]
+        loads: dict[str, int] = {}
+
+        async def probe(host_id: str) -> None:
+            try:
+                host = self._handle(host_id)
+            except ValueError:
+                return  # gone since the listing
+            try:
+                async with asyncio.timeout(30):
+                    loads[host_id] = await host.load.remote()
+            except Exception:
+                loads[host_id] = self._settings.runs_per_actor
+
+        await asyncio.gather(*(probe(host_id) for host_id in ids))
+        return loads
+
+    def _in_background(self, work: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.create_task(work)
+        self._watchers.add(task)
+        task.add_done_callback(self._watchers.discard)
 
     def _handle(self, host_id: str) -> ActorHandle[Any]:
         return ray.get_actor(HOST_PREFIX + host_id, namespace=self._settings.namespace)
@@ -242,57 +377,66 @@ class RunPoolActor:
             **options,
         ).remote(host_id, self._settings)
         await host.ready.remote()
-        watcher = asyncio.create_task(self._watch(host_id, host))
-        self._watchers.add(watcher)
-        watcher.add_done_callback(self._watchers.discard)
+        self._watch_host(host_id, host)
+
+    def _watch_host(self, host_id: str, host: ActorHandle[Any]) -> None:
+        self._in_background(self._watch(host_id, host))
 
     async def _watch(self, host_id: str, host: ActorHandle[Any]) -> None:
         try:
             await host.wait_until_dead.remote()
         except Exception as exc:  # the host died (or its node did)
             logger.warning("run host %s died (%s): resuming its runs", host_id, type(exc).__name__)
-        self._pool.remove_host(host_id)
+        pool = await self._ready()
+        pool.remove_host(host_id)
+        await self._resume_runs_of(pool, host_id)
+
+    async def _resume_runs_of(self, pool: RunPool, host_id: str) -> None:
         for run_id in await self._store.live_runs_on.remote(host_id):
             try:
-                await self.recover(run_id, suspect=host_id)
+                await self._recover(pool, run_id, suspect=host_id)
             except Exception:
                 logger.exception("could not resume run %s", run_id)
 
     async def warm_up(self) -> dict[str, int]:
-        await self._pool.warm_up()
-        return self._pool.stats()
+        pool = await self._ready()
+        await pool.warm_up()
+        return pool.stats()
 
     async def acquire(self) -> str:
-        return await self._pool.acquire()
+        return await (await self._ready()).acquire()
 
-    def release(self, host_id: str) -> None:
-        self._pool.release(host_id)
+    async def release(self, host_id: str) -> None:
+        (await self._ready()).release(host_id)
 
-    def stats(self) -> dict[str, int]:
-        return self._pool.stats()
+    async def stats(self) -> dict[str, int]:
+        return (await self._ready()).stats()
 
     async def recover(self, run_id: str, suspect: str | None = None) -> str:
         """The host now running `run_id`; if its host (or `suspect`) is dead, resume the run
         on another host first. Safe to call from many readers at once."""
+        return await self._recover(await self._ready(), run_id, suspect)
+
+    async def _recover(self, pool: RunPool, run_id: str, suspect: str | None) -> str:
         lock = self._moving.setdefault(run_id, asyncio.Lock())
         async with lock:
             host_id: str | None = await self._store.host_of.remote(run_id)
             if host_id is None:
                 raise UnknownRun(f"unknown run {run_id!r}", run_id)
-            if await self._alive(host_id, checked=host_id == suspect):
+            if await self._alive(pool, host_id, checked=host_id == suspect):
                 return host_id
-            self._pool.remove_host(host_id)
+            pool.remove_host(host_id)
             for attempt in range(1, _MOVES + 1):
                 new_host = None
                 try:
-                    new_host = await self._pool.acquire()
+                    new_host = await pool.acquire()
                     await self._handle(new_host).resume_run.remote(run_id)
                 except Exception as exc:
                     # The host we got may be dying too (it sat on the same lost node, or was
                     # still starting there): drop it and take another.
                     logger.warning("resuming run %s failed (%d): %r", run_id, attempt, exc)
                     if new_host is not None:
-                        self._pool.remove_host(new_host)
+                        pool.remove_host(new_host)
                     await asyncio.sleep(0.2 * attempt)
                     continue
                 await self._store.move_run.remote(run_id, new_host)
@@ -300,8 +444,8 @@ class RunPoolActor:
                 return new_host
             raise UnknownRun(f"run {run_id!r} could not be resumed on any host", run_id)
 
-    async def _alive(self, host_id: str, checked: bool) -> bool:
-        if not self._pool.has_host(host_id):
+    async def _alive(self, pool: RunPool, host_id: str, checked: bool) -> bool:
+        if not pool.has_host(host_id):
             return False
         if not checked:
             return True
@@ -344,9 +488,9 @@ async def ensure_runtime(settings: RuntimeSettings) -> ActorHandle[Any]:
         name=POOL_ACTOR, namespace=ns, get_if_exists=True, max_concurrency=10_000, **_ON_HEAD
     ).remote(settings)
     BatchRunnerActor.options(  # type: ignore[attr-defined]
-        name=BATCHES_ACTOR, namespace=ns, get_if_exists=True, max_restarts=-1, **_ON_HEAD
+        name=BATCHES_ACTOR, namespace=ns, get_if_exists=True, **_ON_HEAD
     ).remote(settings)
-    await pool.warm_up.remote()
+    await service(settings, POOL_ACTOR, handle=pool).warm_up.remote()
     return pool
 
 
@@ -354,9 +498,17 @@ class Runs:
     """How Serve replicas (and other callers) start runs and reach them by id, following a
     run to another host if its host dies."""
 
-    def __init__(self, settings: RuntimeSettings, pool: ActorHandle[Any]) -> None:
+    def __init__(
+        self,
+        settings: RuntimeSettings,
+        pool: ActorHandle[Any] | None = None,
+        *,
+        recreate: bool = False,
+    ) -> None:
+        """`pool`: the pool's handle if the caller has it (else looked up by name);
+        `recreate`: make the shared actors again if one is gone for good (see `service`)."""
         self._namespace = settings.namespace
-        self._pool = pool
+        self._pool = service(settings, POOL_ACTOR, handle=pool, recreate=recreate)
         self._hosts: dict[str, ActorHandle[Any]] = {}
         self._moved: dict[str, str] = {}  # run id -> its host, for runs not on their first
 
@@ -405,10 +557,16 @@ class Runs:
             primary_run_id=context.shadow_of,
         )
         host = self._handle(host_id)
-        if host is None:
-            raise UnknownRun(f"run host {host_id!r} vanished", host_id)
-        run_id: str = await host.start_run.remote(spec, request, context)
-        return run_id
+        why = "is gone"
+        if host is not None:
+            try:
+                run_id: str = await host.start_run.remote(spec, request, context)
+                return run_id
+            except RayActorError as exc:
+                # Not asked again: the run may exist now (the pool then resumes it).
+                why = f"died while starting a run ({type(exc).__name__})"
+        self._hosts.pop(host_id, None)
+        raise ServiceUnavailable(f"run host {host_id!r} {why}; try again", HOST_PREFIX + host_id)
 
     async def events(self, run_id: str, after: int = 0) -> AsyncIterator[Event]:
         """Every event after seq `after`, live until the terminal one. If the run's host

@@ -69,6 +69,12 @@ class RuntimeSettings(BaseModel):
         default_factory=lambda: str(default_data_dir() / "runs.sqlite"),
         description="SQLite file of the run store (runs and their durable event logs).",
     )
+    restart_wait_s: float = Field(
+        10.0,
+        gt=0,
+        description="How long a call waits for a crashed shared service to come back before "
+        "it fails (HTTP: 503 + Retry-After); only calls safe to repeat wait.",
+    )
     store_timeout_s: float = Field(
         30.0, gt=0, description="How long a new run waits for the store before 503."
     )

@@ -119,7 +119,9 @@ class RunStore:
         )
         await asyncio.to_thread(
             self._write,
-            "INSERT INTO runs (run_id, spec, request, context, host_id) VALUES (?, ?, ?, ?, ?)",
+            # OR IGNORE: a create asked again after the store restarted mid-call is a no-op.
+            "INSERT OR IGNORE INTO runs (run_id, spec, request, context, host_id) "
+            "VALUES (?, ?, ?, ?, ?)",
             [row],
         )
 
@@ -148,6 +150,14 @@ class RunStore:
         """Runs on `host_id` whose terminal event is not durable yet."""
         rows = await asyncio.to_thread(
             self._read, "SELECT run_id FROM runs WHERE host_id = ? AND ended = 0", (host_id,)
+        )
+        return [str(row[0]) for row in rows]
+
+    async def live_hosts(self) -> list[str]:
+        """Hosts with runs whose terminal event is not durable yet (a restarted pool resumes
+        those of hosts that died while it was down)."""
+        rows = await asyncio.to_thread(
+            self._read, "SELECT DISTINCT host_id FROM runs WHERE ended = 0", ()
         )
         return [str(row[0]) for row in rows]
 

@@ -23,7 +23,8 @@
     │   └── AllProvidersFailed
     ├── TenantLimited             over a tenant limit (429 + Retry-After)
     ├── Killed                    a kill switch is on (503; in a run: run.cancelled)
-    └── Overloaded                no capacity to start a run
+    ├── Overloaded                no capacity to start a run
+    └── ServiceUnavailable        a shared service is down or restarting (503 + Retry-After)
 
 Every error crosses Ray boundaries pickled: each class passes all its constructor
 arguments, in order, to `super().__init__`, so `cls(*err.args)` rebuilds it. New
@@ -249,6 +250,19 @@ class Overloaded(RayfleetError):
 
     def __init__(self, message: str, retry_after_s: float = 1.0) -> None:
         super().__init__(message, retry_after_s)
+        self.retry_after_s = retry_after_s
+
+
+class ServiceUnavailable(RayfleetError):
+    """A shared rayfleet service (run store, limiter, run pool, ...) is down or restarting,
+    or died while it handled a call that is not safe to repeat: ask again shortly."""
+
+    code = "service_unavailable"
+    retryable = True
+
+    def __init__(self, message: str, service: str = "", retry_after_s: float = 2.0) -> None:
+        super().__init__(message, service, retry_after_s)
+        self.service = service
         self.retry_after_s = retry_after_s
 
 

@@ -21,7 +21,8 @@ def deployment_name(spec: AgentSpec) -> str:
     # needs only a sliver of CPU (DESIGN.md: Serve's defaults are 5 requests and 1 CPU).
     max_ongoing_requests=1000,
     ray_actor_options={"num_cpus": 0.05},
-    health_check_period_s=10,
+    # A replica that died is noticed at its next health check: keep the outage short.
+    health_check_period_s=2,
 )
 class AgentDeployment(HandleSurface):
     """Starts runs of one agent version. Runs live on run hosts, not in this replica, so a
@@ -38,7 +39,8 @@ class AgentDeployment(HandleSurface):
 
     async def _client(self) -> Runs:
         if self._runs is None:
-            self._runs = Runs(self._settings, await ensure_runtime(self._settings))
+            pool = await ensure_runtime(self._settings)
+            self._runs = Runs(self._settings, pool, recreate=True)
         return self._runs
 
     async def start(

@@ -16,10 +16,9 @@ import uuid
 from collections.abc import AsyncIterator, Coroutine
 from typing import Any, Literal, TypeVar
 
-import ray
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 from ray import serve
-from ray.actor import ActorHandle
+from ray.exceptions import RayError
 from ray.serve.handle import DeploymentHandle
 from sse_starlette import EventSourceResponse
 from starlette.applications import Starlette
@@ -40,6 +39,7 @@ from actors.batches import (
 )
 from actors.credentials import TenantContext
 from actors.limiter import Admission
+from actors.named import NamedActor
 from actors.outcomes import CostReport, VersionStats
 from actors.runtime import (
     LIMITER_ACTOR,
@@ -48,6 +48,7 @@ from actors.runtime import (
     Runs,
     check_agents_package,
     ensure_runtime,
+    service,
 )
 from actors.switches import KILL_PREFIX, KillSwitches
 from agents.errors import (
@@ -69,7 +70,7 @@ from serve_app.config import AppConfig
 from serve_app.deletion import delete_run
 from serve_app.delivery import KILL_ADMIN, ROLLBACK, Delivery
 from serve_app.handle_api import HandleSurface
-from serve_app.http_errors import error_response, problem
+from serve_app.http_errors import as_rayfleet_error, error_response, problem
 from serve_app.idempotency import Idempotency, RemoteKeys
 from serve_app.openapi import openapi_endpoint
 from serve_app.sse import to_sse
@@ -155,6 +156,8 @@ class BatchRequest(BaseModel):
     name="gateway",
     max_ongoing_requests=2000,
     ray_actor_options={"num_cpus": 0.1},
+    # A replica that died is noticed at its next health check: keep the outage short.
+    health_check_period_s=2,
 )
 @serve.ingress()
 class Gateway(HandleSurface):
@@ -187,9 +190,9 @@ class Gateway(HandleSurface):
             versions.setdefault(spec.name, []).append(spec.version)
         self._delivery = Delivery(config.traffic, versions)
         self._runs: Runs | None = None
-        self._limiter: ActorHandle[Any] | None = None
-        self._store: ActorHandle[Any] | None = None
-        self._outcomes: ActorHandle[Any] | None = None
+        self._limiter: NamedActor | None = None
+        self._store: NamedActor | None = None
+        self._outcomes: NamedActor | None = None
         self._batch_driver = BatchDriver(config.runtime)
         self._keys = Idempotency(
             RemoteKeys(lambda: self._store), config.runtime.idempotency_key_ttl_s
@@ -217,10 +220,10 @@ class Gateway(HandleSurface):
     async def _client(self) -> Runs:
         if self._runs is None:
             runtime = self._config.runtime
-            self._runs = Runs(runtime, await ensure_runtime(runtime))
-            self._limiter = ray.get_actor(LIMITER_ACTOR, namespace=runtime.namespace)
-            self._store = ray.get_actor(STORE_ACTOR, namespace=runtime.namespace)
-            self._outcomes = ray.get_actor(OUTCOMES_ACTOR, namespace=runtime.namespace)
+            self._runs = Runs(runtime, await ensure_runtime(runtime), recreate=True)
+            self._limiter = service(runtime, LIMITER_ACTOR, recreate=True)
+            self._store = service(runtime, STORE_ACTOR, recreate=True)
+            self._outcomes = service(runtime, OUTCOMES_ACTOR, recreate=True)
             await self._push_limits()
             await self._delivery.publish(self._store.put_setting.remote)
             self._spawn(self._watch())
@@ -232,11 +235,13 @@ class Gateway(HandleSurface):
         task.add_done_callback(self._background.discard)
 
     async def _watch(self) -> None:
-        """Adopt shared switches and rollbacks every second; judge canaries every few."""
+        """Adopt shared switches and rollbacks every second, and give the limiter the
+        tenants' limits again; judge canaries every few seconds."""
         assert self._store is not None
         for tick in itertools.count():
             try:
                 self._delivery.refresh(await self._delivery_settings())
+                await self._push_limits()  # a restarted limiter starts without them
                 if tick % 5 == 0:
                     await self._judge_canaries()
             except Exception as exc:
@@ -547,6 +552,9 @@ class Gateway(HandleSurface):
             exception_handlers={
                 RayfleetError: _rayfleet_error,  # type: ignore[dict-item]
                 HTTPException: _http_error,  # type: ignore[dict-item]
+                # Anything else, Ray's errors included: problem+json, never a bare 500.
+                RayError: _unexpected_error,
+                Exception: _unexpected_error,
             },
         )
 
@@ -824,6 +832,12 @@ def _validate(model: type[_M], data: Any) -> _M:
 
 async def _rayfleet_error(request: Request, exc: RayfleetError) -> Response:
     return error_response(exc)
+
+
+async def _unexpected_error(request: Request, exc: Exception) -> Response:
+    error = as_rayfleet_error(exc)
+    logger.warning("%s %s failed: %s", request.method, request.url.path, type(exc).__name__)
+    return error_response(error)
 
 
 async def _http_error(request: Request, exc: HTTPException) -> Response:

@@ -5,6 +5,12 @@ from __future__ import annotations
 import math
 from typing import Any
 
+from ray.exceptions import ActorUnschedulableError, RayActorError
+from ray.serve.exceptions import (
+    BackPressureError,
+    DeploymentUnavailableError,
+    ReplicaUnavailableError,
+)
 from starlette.responses import JSONResponse
 
 from agents.errors import (
@@ -16,6 +22,7 @@ from agents.errors import (
     RayfleetError,
     RequestInvalid,
     RequestTooLarge,
+    ServiceUnavailable,
     TenantLimited,
     Unauthorized,
 )
@@ -31,6 +38,7 @@ _STATUS: dict[type[RayfleetError], int] = {
     TenantLimited: 429,
     Overloaded: 503,
     Killed: 503,
+    ServiceUnavailable: 503,
 }
 
 
@@ -78,3 +86,29 @@ def error_response(error: RayfleetError) -> JSONResponse:
         response.headers["RateLimit-Remaining"] = f"{max(0.0, error.remaining or 0.0):g}"
         response.headers["RateLimit-Reset"] = str(math.ceil(error.reset_s or 0.0))
     return response
+
+
+# Ray's ways of saying "that process is gone or restarting": the same answer as our own
+# ServiceUnavailable, so a caller retries after Retry-After instead of seeing a 500.
+_UNAVAILABLE = (
+    RayActorError,
+    ActorUnschedulableError,
+    DeploymentUnavailableError,
+    ReplicaUnavailableError,
+)
+
+
+def as_rayfleet_error(exc: BaseException) -> RayfleetError:
+    """Any exception that escaped a route, as one of ours: a Ray actor or Serve replica that
+    died or is restarting is ServiceUnavailable, Serve's backpressure is Overloaded, anything
+    else an internal error (named by type only: its text may hold what callers must not see)."""
+    if isinstance(exc, RayfleetError):
+        return exc
+    # Serve wraps a replica's death in its own exception, keeping Ray's as the cause.
+    if isinstance(exc, _UNAVAILABLE) or isinstance(exc.__cause__, _UNAVAILABLE):
+        return ServiceUnavailable(
+            f"a rayfleet service is unavailable ({type(exc).__name__}); try again", "", 2.0
+        )
+    if isinstance(exc, BackPressureError):
+        return Overloaded("the service is at capacity; try again", 1.0)
+    return RayfleetError(f"internal error ({type(exc).__name__})")

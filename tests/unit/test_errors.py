@@ -28,6 +28,7 @@ SAMPLE_ARGUMENTS: dict[str, object] = {
     "remaining": 0,
     "reset_s": 12.0,
     "batch_id": "batch-0123",
+    "service": "rayfleet-store",
 }
 
 CLASSES = all_error_classes()

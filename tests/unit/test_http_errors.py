@@ -7,6 +7,8 @@ import json
 from typing import Any
 
 import pytest
+from ray.exceptions import ActorDiedError, ActorUnavailableError
+from ray.serve.exceptions import BackPressureError, RayServeException
 
 from agents.errors import (
     Overloaded,
@@ -17,7 +19,7 @@ from agents.errors import (
     UnknownRun,
     all_error_classes,
 )
-from serve_app.http_errors import error_response, status_for
+from serve_app.http_errors import as_rayfleet_error, error_response, status_for
 from tests.unit.test_errors import build
 
 CLASSES = all_error_classes()
@@ -49,6 +51,7 @@ EXPECTED_STATUS = {
     "AllProvidersFailed": 502,
     "TenantLimited": 429,
     "Overloaded": 503,
+    "ServiceUnavailable": 503,
 }
 
 
@@ -172,3 +175,33 @@ def test_the_title_names_our_class_for_a_ray_wrapped_error(
         del error
         gc.collect()
     assert all(cls.__module__ == "agents.errors" for cls in all_error_classes())
+
+
+def upstream_crash() -> Exception:
+    """What a Serve handle raises when the replica it called died (router.py)."""
+    wrapped = RayServeException("Request to deployment 'support@v1' failed: actor died")
+    wrapped.__cause__ = ActorDiedError()
+    return wrapped
+
+
+@pytest.mark.parametrize(
+    ("exc", "status", "code"),
+    [
+        (ActorUnavailableError("the actor is restarting", None), 503, "service_unavailable"),
+        (ActorDiedError(), 503, "service_unavailable"),
+        (BackPressureError(num_queued_requests=9, max_queued_requests=8), 503, "overloaded"),
+        (upstream_crash(), 503, "service_unavailable"),
+        (RuntimeError("db password=hunter2 rejected"), 500, "internal_error"),
+    ],
+)
+def test_any_other_exception_becomes_problem_json_not_a_bare_500(
+    exc: Exception, status: int, code: str
+) -> None:
+    response = error_response(as_rayfleet_error(exc))
+    assert response.status_code == status
+    assert response.headers["content-type"] == "application/problem+json"
+    body = body_of(response)
+    assert body["code"] == code
+    assert "hunter2" not in body["detail"]  # only the type is named
+    if status == 503:
+        assert int(response.headers["retry-after"]) >= 1

@@ -157,3 +157,15 @@ async def test_concurrent_acquires_waiting_on_a_failing_host_all_fail_and_it_is_
     results = await asyncio.gather(*waiting, return_exceptions=True)
     assert all(isinstance(r, RuntimeError) for r in results)
     assert await pool.acquire() == "h1"
+
+
+async def test_a_restarted_pool_adopts_running_hosts_and_names_new_ones_apart() -> None:
+    spawn = FakeSpawn()
+    pool = RunPool(runs_per_actor=2, warm_hosts=0, spawn=spawn, id_prefix="e1h")
+    pool.adopt({"h0": 2, "h1": 1})
+    assert pool.stats() == {"hosts": 2, "runs": 3, "free_slots": 1}
+    assert await pool.acquire() == "h1"  # the adopted host with a free slot
+    assert await pool.acquire() == "e1h0"  # full: a new host, never an old host's id
+    assert spawn.spawned == ["e1h0"]
+    pool.release("h0")
+    assert pool.stats()["runs"] == 4
