@@ -69,6 +69,7 @@ from serve_app.bodies import read_json
 from serve_app.config import AppConfig
 from serve_app.deletion import delete_run
 from serve_app.delivery import KILL_ADMIN, ROLLBACK, Delivery
+from serve_app.detached import detached, nothing_started
 from serve_app.handle_api import HandleSurface
 from serve_app.http_errors import as_rayfleet_error, error_response, problem
 from serve_app.idempotency import Idempotency, RemoteKeys
@@ -368,14 +369,20 @@ class Gateway(HandleSurface):
                 admission.reset_s,
             )
         context = _context(tenant, admission.lease)
-        try:
-            run_id: str = await self._agents[key].start.remote(
-                request.input, request.thread_id, context, tenant.namespace, assignment
-            )
-        except BaseException:
-            # It never started (or its host already freed the slot): releasing is idempotent.
-            await self._limiter.release_run.remote(admission.lease)
-            raise
+        limiter = self._limiter
+
+        async def start() -> str:
+            try:
+                started: str = await self._agents[key].start.remote(
+                    request.input, request.thread_id, context, tenant.namespace, assignment
+                )
+            except BaseException as exc:
+                if nothing_started(exc):  # releasing is idempotent: its host may have too
+                    await limiter.release_run.remote(admission.lease)
+                raise  # else the run may exist: its lease expires unless it renews it
+            return started
+
+        run_id = await detached(start())
         for shadow in choice.shadows:
             self._spawn(self._shadow(run_id, f"{agent}@{shadow}", tenant, request.input))
         return run_id

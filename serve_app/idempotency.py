@@ -9,7 +9,10 @@ Follows the IETF draft "The Idempotency-Key HTTP Header Field"
   run or batch id; with a different request it is a 422 (the draft's "reuse with a different
   payload"); while the first request is still being handled, a retry waits a little, then
   gets 409 with Retry-After (the draft's "original request still being processed");
-- a first request that fails (429, 404, ...) gives the key back, so a retry may succeed;
+- a first request that rayfleet refused (429, 404, ...) gives the key back, so a retry may
+  succeed; one that failed without proving that nothing was created (a dead actor or
+  replica) keeps its claim pending, and a client that leaves does not stop the creation
+  (serve_app.detached): its run id is still recorded with the key;
 - keys are remembered `idempotency_key_ttl_s` (24 h by default), then forgotten by the
   retention sweep. A claim whose gateway died before answering is taken over after
   `pending_s`: a batch keeps the id it was given (its driver's submit is idempotent), a run
@@ -32,6 +35,7 @@ from pydantic import BaseModel
 
 from actors.store import KeyClaim
 from agents.errors import Conflict, RequestInvalid
+from serve_app.detached import detached, nothing_started
 
 logger = logging.getLogger("rayfleet")
 
@@ -143,13 +147,18 @@ class Idempotency:
         if claim.state == "done":
             assert claim.result is not None
             return Created(claim.result, replayed=True)
-        try:
-            created = await create(claim.result)
-        except BaseException:
-            await self._release(scope)
-            raise
-        await self._finish(scope, created)
-        return Created(created)
+
+        async def create_and_record() -> str:
+            try:
+                created = await create(claim.result)
+            except BaseException as exc:
+                if nothing_started(exc):  # a retry may create: give the key back
+                    await self._release(scope)
+                raise  # else it may exist: the claim stays pending until taken over
+            await self._finish(scope, created)
+            return created
+
+        return Created(await detached(create_and_record()))
 
     async def _claim(self, scope: str, request: str, proposed: str | None) -> KeyClaim:
         """Claim the key; while its first request is being handled, wait for it (bounded)."""

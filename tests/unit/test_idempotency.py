@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from actors.store import RunStore
-from agents.errors import Conflict, RequestInvalid, TenantLimited
+from agents.errors import Conflict, RequestInvalid, ServiceUnavailable, TenantLimited
 from serve_app.gateway import RunRequest
 from serve_app.http_errors import status_for
 from serve_app.idempotency import HEADER, Idempotency, fingerprint, key_of
@@ -181,3 +181,41 @@ def test_key_syntax() -> None:
         with pytest.raises(RequestInvalid) as err:
             key_of(bad)
         assert err.value.field == HEADER
+
+
+async def test_a_caller_that_leaves_mid_creation_still_records_the_run(
+    keys: Idempotency,
+) -> None:
+    """The client disconnects while its run is being started: the start goes on, and a
+    retry with the key gets that run instead of starting a second one."""
+    create = Creator()
+    create.hold = asyncio.Event()
+    first = asyncio.create_task(keys.once(key("k-left"), "acme", "runs", "support", ASK, create))
+    await started(create)
+    first.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await first
+    create.hold.set()
+    create.hold = None
+    retry = await keys.once(key("k-left"), "acme", "runs", "support", ASK, create)
+    assert (retry.id, retry.replayed) == ("run-1", True)
+    assert len(create.calls) == 1
+
+
+async def test_a_failure_that_may_have_created_keeps_the_key(
+    keys: Idempotency, clock: Clock
+) -> None:
+    """A dead actor mid-start proves nothing: the key stays claimed (a retry waits, then
+    gets 409) until the claim is taken over, rather than letting a retry start a second
+    run at once."""
+    create = Creator()
+    create.fail = ServiceUnavailable("the run host died", "run host", 1.0)
+    with pytest.raises(ServiceUnavailable):
+        await keys.once(key("k-dead"), "acme", "runs", "support", ASK, create)
+    create.fail = None
+    with pytest.raises(Conflict):
+        await keys.once(key("k-dead"), "acme", "runs", "support", ASK, create)
+    assert len(create.calls) == 1
+    clock.now += 61  # past pending_s: the dead claim is taken over
+    taken_over = await keys.once(key("k-dead"), "acme", "runs", "support", ASK, create)
+    assert not taken_over.replayed and len(create.calls) == 2
