@@ -492,17 +492,20 @@ async def _tool_turn(run: _Run, call: ToolCall) -> Message:
 
 async def _call_tool(run: _Run, tool: ToolSpec, call: ToolCall, position: int) -> ToolOutcome:
     """A function tool's call, keyed by what the durable log holds (agents.calls)."""
-    timeout_s = run.budget.call_timeout_s(tool.timeout_s or run.spec.timeouts.tool_call_timeout_s)
+    tool_timeout_s = tool.timeout_s or run.spec.timeouts.tool_call_timeout_s
+    timeout_s = run.budget.call_timeout_s(tool_timeout_s)
     if tool.side_effects:
         # Only a side effect waits for its tool.call to be stored (one group commit): a
         # read-only call that a crash makes the run repeat costs nothing, and most calls are
         # read-only, so the common step pays no store round trip.
-        loop = asyncio.get_running_loop()
-        asked_at = loop.time()
-        if not await _durable(run, asked_at + timeout_s):
+        if not await _durable(run, asyncio.get_running_loop().time() + timeout_s):
             error = f"the run store did not record the call in {timeout_s:g}s: not called"
             return ToolOutcome(ok=False, output="", error=error)
-        timeout_s = max(1e-3, timeout_s - (loop.time() - asked_at))
+        # The tool gets its whole timeout after the wait (within the run's): one cut short
+        # mid-effect by a slow store would be asked for again under a new step's key.
+        timeout_s = run.budget.call_timeout_s(tool_timeout_s)
+        if timeout_s <= 0:
+            return ToolOutcome(ok=False, output="", error="the run's time ran out: not called")
     key = idempotency_key(run.log.run_id, run.state.step, position, tool.name, call.arguments)
     return await run.ports.tools.call(
         tool, call, idempotency_key=key, timeout_s=timeout_s, tenant=run.request.tenant
