@@ -135,11 +135,15 @@ class _ShadowTools:
         if self._recorded is None:
             record = await self._store.load_run(self._primary)
             events = record.events if record is not None else []
-            calls = {e.call_id: e for e in events if isinstance(e, ToolCalled)}
+            # Providers may reuse call ids from step to step: a call is its id in its step.
+            calls = {(e.step, e.call_id): e for e in events if isinstance(e, ToolCalled)}
             self._recorded = {}
             for event in events:
-                if isinstance(event, ToolResulted) and event.call_id in calls:
-                    key = (event.tool, canonical_json(calls[event.call_id].arguments))
+                if not isinstance(event, ToolResulted):
+                    continue
+                called = calls.get((event.step, event.call_id))
+                if called is not None:
+                    key = (event.tool, canonical_json(called.arguments))
                     outcome = ToolOutcome(ok=event.ok, output=event.output, error=event.error)
                     self._recorded.setdefault(key, outcome)
         return self._recorded

@@ -195,3 +195,39 @@ async def test_a_sub_agent_uses_its_own_response_cache(host: RunHost, sim: Sim) 
     again = await calls("Where is order 1003?")
     assert first == [("sub", False), ("sub", False), ("own", False), ("own", False)]
     assert again == [("sub", True), ("sub", True), ("own", False), ("own", False)]
+
+
+async def test_a_shadow_gets_the_primary_result_of_the_same_call_when_ids_repeat() -> None:
+    """Providers may reuse a call id in every step: the shadow must match a side effect to
+    the primary's call of the same step, not to another step's arguments."""
+    from types import SimpleNamespace
+
+    from actors.run_host import _ShadowTools
+    from agents.events import ToolCalled, ToolResulted
+    from agents.messages import ToolCall
+
+    run = "run-p"
+    events = [
+        ToolCalled(run_id=run, seq=1, step=1, call_id="call_0", tool="issue_refund",
+                   arguments={"order_id": 1, "reason": "late"}),
+        ToolResulted(run_id=run, seq=2, step=1, call_id="call_0", tool="issue_refund",
+                     ok=True, output="refund of order 1"),
+        ToolCalled(run_id=run, seq=3, step=2, call_id="call_0", tool="issue_refund",
+                   arguments={"order_id": 2, "reason": "late"}),
+        ToolResulted(run_id=run, seq=4, step=2, call_id="call_0", tool="issue_refund",
+                     ok=True, output="refund of order 2"),
+    ]  # fmt: skip
+
+    class Store:
+        async def load_run(self, run_id: str) -> SimpleNamespace:
+            return SimpleNamespace(events=events)
+
+    spec = next(s for s in example_specs() if s.name == "support")
+    refund = next(t for t in spec.tools if t.name == "issue_refund")
+    shadow = _ShadowTools(ToolPool(), Store(), run)  # type: ignore[arg-type]
+    for order in (1, 2):
+        call = ToolCall(
+            id="x", name="issue_refund", arguments={"order_id": order, "reason": "late"}
+        )
+        outcome = await shadow.call(refund, call, idempotency_key="k", timeout_s=1.0)
+        assert outcome.output == f"refund of order {order}"
