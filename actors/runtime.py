@@ -79,7 +79,7 @@ RETRY_SAFE: dict[str, frozenset[str]] = {
     STORE_ACTOR: frozenset(
         {"create_run", "append_events", "move_run", "load_run", "host_of"}
         | {"live_runs_on", "live_hosts", "put_setting", "settings", "purge_keys"}
-        | {"purge_ended", "finish_key", "release_key"}
+        | {"purge_ended", "finish_key"}
     ),
     # A tool call carries its idempotency key: the pool's effect ledger answers a repeat.
     TOOLS_ACTOR: frozenset({"call", "purge_effects"}),
