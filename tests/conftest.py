@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import atexit
 import ipaddress
 import os
+import shutil
 import socket
+import tempfile
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -23,6 +26,13 @@ os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"
 CANARY_ENV = "RAYFLEET_TEST_CANARY_KEY"
 CANARY = "sk-canary-696b10d2be179319be66d960"
 os.environ[CANARY_ENV] = CANARY
+
+# State the tests do not place themselves goes to a private directory of this session, never
+# to the developer's own data directory. Set before anything reads it; Ray workers and
+# subprocesses inherit it.
+_DATA_DIR = tempfile.mkdtemp(prefix="rayfleet-tests-")  # mode 0700, as the stores demand
+os.environ["RAYFLEET_DATA_DIR"] = _DATA_DIR
+atexit.register(shutil.rmtree, _DATA_DIR, ignore_errors=True)
 
 pytest_plugins = ["tests.fixtures_sim"]
 

@@ -365,6 +365,7 @@ def main() -> int:
                 memory_path=str(data / "memory.sqlite"),
                 ledger_path=str(data / "effects.sqlite"),
                 outcomes_path=str(data / "outcomes.sqlite"),
+                limiter_path=str(data / "limiter.sqlite"),
                 cache=CacheSettings(directory=str(data / "cache")),
                 runs_per_actor=8,
             )
