@@ -104,3 +104,14 @@ class RecordedSleeps:
     async def __call__(self, seconds: float) -> None:
         self.delays.append(seconds)
         await asyncio.sleep(0)
+
+
+def wait_while_held(hold: str) -> str:
+    """Read-only, for the restart test: waits while the file `hold` exists (at most 120 s),
+    so its runs are still in flight when the test kills the whole service."""
+    path = Path(hold)
+    for _ in range(12_000):
+        if not path.exists():
+            break
+        time.sleep(0.01)  # sync tools run in a worker thread of the tool pool
+    return f"released {path.name}"

@@ -1,0 +1,289 @@
+"""`rayfleet serve` on the embedded SQLite state, killed hard and started again on the same data
+directory: what the first life made durable is all there in the second.
+
+First life: run A completes (with an outcome) on `support`; an admin switches `support` off;
+runs B1..B3 of `held` wait in a tool (its hold files exist) with their first events stored.
+Then every process of that life is SIGKILLed (its process group, and every process that
+carries this life's marker in its environment: Ray's daemons and workers), the hold files go,
+and a second `rayfleet serve` starts on new ports. In it: A's body, events and costs are as
+they were, the tenant's spend today is intact, `support` is still switched off, and each B
+resumes from its last stored event and ends in exactly one `run.completed`.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager, suppress
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx2
+import pytest
+import yaml
+
+from agents.examples import EXAMPLES_DIR
+from serve_app.tenancy import new_api_key
+from tests.helpers import wait_for
+from tests.slow.test_make_serve import ROOT, answers, free_ports
+
+pytestmark = pytest.mark.slow
+
+MARKER = "RAYFLEET_TEST_SERVE_LIFE"
+"""Set in each life's environment: Ray's daemons and workers inherit it, so the test finds
+(and kills) every process of a life, even one that left the process group."""
+
+Event = dict[str, Any]
+TERMINAL = {"run.completed", "run.failed", "run.cancelled"}
+
+
+@dataclass
+class Life:
+    """One `rayfleet serve` process tree."""
+
+    proc: subprocess.Popen[bytes]
+    marker: str
+    base: str
+    log: Path
+
+    def tail(self) -> str:
+        return self.log.read_text(errors="replace")[-5000:]
+
+
+def marked_pids(marker: str) -> list[int]:
+    """Live processes whose environment holds `MARKER=marker` (zombies have none)."""
+    wanted = f"{MARKER}={marker}".encode()
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit() or int(entry.name) == os.getpid():
+            continue
+        try:
+            environ = (entry / "environ").read_bytes()
+        except OSError:  # gone meanwhile, or a kernel thread
+            continue
+        if wanted in environ.split(b"\0"):
+            found.append(int(entry.name))
+    return found
+
+
+def kill_hard(life: Life) -> None:
+    """SIGKILL the life's process group and every marked process, until none is left."""
+    with suppress(ProcessLookupError):
+        os.killpg(life.proc.pid, signal.SIGKILL)
+
+    def none_left() -> bool:
+        pids = marked_pids(life.marker)
+        for pid in pids:
+            with suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+        return not pids
+
+    wait_for(none_left, 30, 0.1)
+    life.proc.wait(timeout=10)
+
+
+def stop(life: Life) -> None:
+    """What Ctrl-C does, then whatever is left is killed."""
+    if life.proc.poll() is None:
+        life.proc.send_signal(signal.SIGINT)
+        with suppress(subprocess.TimeoutExpired):
+            life.proc.wait(timeout=60)
+    kill_hard(life)
+
+
+@contextmanager
+def serving(tmp: Path, name: str, config: Path) -> Iterator[Life]:
+    """A `rayfleet serve` on the data directory in `tmp`, on new ports; stopped at the end."""
+    port, sim_port = free_ports(2)
+    marker = uuid.uuid4().hex
+    env = {
+        **os.environ,
+        "PYTHONPATH": str(ROOT),
+        "RAYFLEET_DATA_DIR": str(tmp / "data"),
+        MARKER: marker,
+    }
+    command = [sys.executable, "-m", "serve_app.cli", "serve", "--port", str(port)]
+    command += ["--sim-port", str(sim_port), "--num-cpus", "2", "--config", str(config)]
+    log = tmp / f"{name}.log"
+    with open(log, "wb") as out:
+        proc = subprocess.Popen(
+            command, cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True
+        )
+    life = Life(proc, marker, f"http://127.0.0.1:{port}", log)
+    try:
+        wait_for(lambda: answers(f"{life.base}/v1/agents") or proc.poll() is not None, 240, 0.5)
+        assert proc.poll() is None, life.tail()
+        yield life
+    finally:
+        stop(life)
+
+
+def write_config(tmp: Path, admin_key_digest: str) -> Path:
+    """The app config: `support`, plus `held` whose one tool waits on a hold file; the
+    default tenant with a daily budget (so its spend is kept); an admin key."""
+    held = yaml.safe_load((EXAMPLES_DIR / "support.yaml").read_text())
+    held |= {
+        "name": "held",
+        "description": "Waits in its tool while a hold file exists.",
+        "tools": [
+            {
+                "name": "wait_while_held",
+                "description": "Wait while the hold file exists.",
+                "function": "tests.tools_for_tests:wait_while_held",
+                "parameters": {
+                    "type": "object",
+                    "properties": {"hold": {"type": "string", "description": "A file path."}},
+                    "required": ["hold"],
+                },
+            }
+        ],
+        "timeouts": {"model_call_timeout_s": 60, "tool_call_timeout_s": 150},
+    }
+    (tmp / "held.yaml").write_text(yaml.safe_dump(held))
+    config = {
+        "agents": ["example:support.yaml", str(tmp / "held.yaml")],
+        "tenancy": {
+            "tenants": [{"id": "default", "limits": {"daily_budget_usd": 100.0}}],
+            "anonymous_tenant": "default",
+            "admin_key_sha256": [admin_key_digest],
+        },
+    }
+    path = tmp / "serve.yaml"
+    path.write_text(yaml.safe_dump(config))
+    return path
+
+
+def sse_events(lines: Iterator[str]) -> Iterator[Event]:
+    """The events of an SSE stream, as the JSON objects the service sent."""
+    data: list[str] = []
+    for line in lines:
+        if line.startswith("data:"):
+            data.append(line[5:].removeprefix(" "))
+        elif line == "" and data:
+            yield json.loads("\n".join(data))
+            data = []
+
+
+def read_events(base: str, run_id: str, until: set[str], timeout_s: float) -> list[Event]:
+    """A run's events from the first, read until one of kind `until` arrives (bounded)."""
+    events: list[Event] = []
+    deadline = time.monotonic() + timeout_s
+    url = f"{base}/v1/runs/{run_id}/events?after=0"
+    with httpx2.stream("GET", url, timeout=httpx2.Timeout(10.0, read=timeout_s)) as response:
+        assert response.status_code == 200, response.read()
+        for event in sse_events(response.iter_lines()):
+            events.append(event)
+            if event["kind"] in until:
+                return events
+            assert time.monotonic() < deadline, (run_id, [e["kind"] for e in events])
+    raise AssertionError(f"stream of {run_id} ended before {until}: {events}")
+
+
+def get_json(url: str, key: str | None = None) -> Any:
+    headers = {"Authorization": f"Bearer {key}"} if key else {}
+    response = httpx2.get(url, headers=headers, timeout=30)
+    assert response.status_code == 200, (url, response.status_code, response.text)
+    return response.json()
+
+
+def support_costs(base: str, admin: str) -> list[Any]:
+    report = get_json(f"{base}/v1/admin/costs", admin)
+    return [c for c in report["versions"] + report["agents"] if c["agent"] == "support"]
+
+
+def spent_today(base: str, admin: str) -> float:
+    tenants = get_json(f"{base}/v1/admin/tenants", admin)["tenants"]
+    return float(next(t for t in tenants if t["id"] == "default")["usage"]["spent_usd"])
+
+
+def test_a_hard_killed_service_restarts_with_its_state(tmp_path: Path) -> None:
+    started = time.monotonic()
+    admin, admin_digest = new_api_key()
+    config = write_config(tmp_path, admin_digest)
+    holds = [tmp_path / f"hold-{i}" for i in (1, 2, 3)]
+    for hold in holds:
+        hold.touch()
+
+    # -- first life ----------------------------------------------------------------------
+    with serving(tmp_path, "first", config) as first:
+        base = first.base
+        done = httpx2.post(
+            f"{base}/v1/agents/support/runs",
+            json={"input": "Where is order 1001?"},
+            headers={"Accept": "text/event-stream"},
+            timeout=120,
+        )
+        assert done.status_code == 200 and "event: run.completed" in done.text, done.text[-500:]
+        run_a = done.headers["X-Run-Id"]
+        a_events = read_events(base, run_a, TERMINAL, 60)
+        a_body = get_json(f"{base}/v1/runs/{run_a}")
+        assert a_body["status"] == "completed" and a_body["last_seq"] == len(a_events)
+        outcome = httpx2.post(
+            f"{base}/v1/runs/{run_a}/outcome", json={"success": True, "score": 0.9}, timeout=30
+        )
+        assert outcome.status_code == 200, outcome.text
+        kill = httpx2.post(
+            f"{base}/v1/admin/kill",
+            json={"scope": "agents", "name": "support", "reason": "restart test"},
+            headers={"Authorization": f"Bearer {admin}"},
+            timeout=30,
+        )
+        assert kill.status_code == 200, kill.text
+        costs = support_costs(base, admin)
+        assert any(c["stats"]["successes"] == 1 for c in costs), costs
+        spent = spent_today(base, admin)
+        assert spent > 0
+
+        b_runs: list[str] = []
+        for hold in holds:
+            created = httpx2.post(
+                f"{base}/v1/agents/held/runs", json={"input": str(hold)}, timeout=60
+            )
+            assert created.status_code == 202, created.text
+            b_runs.append(created.json()["run_id"])
+        # Readers see only stored events: once a B's tool call shows, it is durable, and the
+        # run waits in its tool until the hold file goes.
+        b_before = {run: read_events(base, run, {"tool.call"}, 90) for run in b_runs}
+        kill_hard(first)
+    assert first.proc.returncode == -signal.SIGKILL, first.tail()
+    for hold in holds:
+        hold.unlink()
+    killed_at = time.monotonic()
+
+    # -- second life, same data directory ------------------------------------------------
+    with serving(tmp_path, "second", config) as second:
+        base = second.base
+        assert read_events(base, run_a, TERMINAL, 60) == a_events
+        assert get_json(f"{base}/v1/runs/{run_a}") == a_body
+        assert support_costs(base, admin) == costs
+        assert spent_today(base, admin) >= spent
+
+        refused = httpx2.post(
+            f"{base}/v1/agents/support/runs", json={"input": "Where is order 1002?"}, timeout=60
+        )
+        assert refused.status_code == 503, refused.text
+        assert refused.json()["code"] == "killed", refused.text
+
+        for run, before in b_before.items():
+            events = read_events(base, run, TERMINAL, 90)
+            kinds = [e["kind"] for e in events]
+            assert [e["seq"] for e in events] == list(range(1, len(events) + 1)), kinds
+            assert events[: len(before)] == before, (kinds, [e["kind"] for e in before])
+            assert kinds.count("run.created") == 1, kinds
+            assert [k for k in kinds if k in TERMINAL] == ["run.completed"], kinds
+            assert kinds[-1] == "run.completed", kinds
+            body = get_json(f"{base}/v1/runs/{run}")
+            assert body["status"] == "completed" and body["last_seq"] == len(events), body
+        assert spent_today(base, admin) > spent  # the resumed runs' model calls, on top
+
+    print(
+        f"restart test: first life {killed_at - started:.0f}s, "
+        f"whole test {time.monotonic() - started:.0f}s"
+    )
