@@ -30,6 +30,7 @@ import pytest
 import yaml
 
 from agents.examples import EXAMPLES_DIR
+from serve_app.join import forget_head
 from serve_app.tenancy import new_api_key
 from tests.helpers import wait_for
 from tests.slow.test_make_serve import ROOT, answers, free_ports
@@ -52,9 +53,23 @@ class Life:
     marker: str
     base: str
     log: Path
+    head: str | None = None
+    """Its Ray head's GCS address, which it records in /tmp/ray/ray_current_cluster."""
 
     def tail(self) -> str:
         return self.log.read_text(errors="replace")[-5000:]
+
+
+def head_address(marker: str) -> str | None:
+    """The GCS address of the life's Ray head, from its gcs_server's command line."""
+    for pid in marked_pids(marker):
+        with suppress(OSError):
+            args = Path(f"/proc/{pid}/cmdline").read_bytes().decode().split("\0")
+            if "gcs_server" in Path(args[0]).name:
+                ports = [a.partition("=")[2] for a in args if a.startswith("--gcs_server_port=")]
+                if ports:
+                    return f"127.0.0.1:{ports[0]}"
+    return None
 
 
 def marked_pids(marker: str) -> list[int]:
@@ -99,8 +114,9 @@ def stop(life: Life) -> None:
 
 
 @contextmanager
-def serving(tmp: Path, name: str, config: Path) -> Iterator[Life]:
-    """A `rayfleet serve` on the data directory in `tmp`, on new ports; stopped at the end."""
+def serving(tmp: Path, name: str, config: Path, heads: list[str]) -> Iterator[Life]:
+    """A `rayfleet serve` on the data directory in `tmp`, on new ports; stopped at the end.
+    Its head's address goes to `heads`."""
     port, sim_port = free_ports(2)
     marker = uuid.uuid4().hex
     env = {
@@ -120,6 +136,9 @@ def serving(tmp: Path, name: str, config: Path) -> Iterator[Life]:
     try:
         wait_for(lambda: answers(f"{life.base}/v1/agents") or proc.poll() is not None, 240, 0.5)
         assert proc.poll() is None, life.tail()
+        life.head = head_address(marker)
+        if life.head is not None:
+            heads.append(life.head)
         yield life
     finally:
         stop(life)
@@ -203,7 +222,18 @@ def spent_today(base: str, admin: str) -> float:
     return float(next(t for t in tenants if t["id"] == "default")["usage"]["spent_usd"])
 
 
-def test_a_hard_killed_service_restarts_with_its_state(tmp_path: Path) -> None:
+@pytest.fixture
+def heads() -> Iterator[list[str]]:
+    """Heads started by the test; a killed one leaves its record in
+    /tmp/ray/ray_current_cluster, removed at the end (not before the second life: a
+    restart after a crash meets it too)."""
+    started: list[str] = []
+    yield started
+    for address in started:
+        forget_head(address)
+
+
+def test_a_hard_killed_service_restarts_with_its_state(tmp_path: Path, heads: list[str]) -> None:
     started = time.monotonic()
     admin, admin_digest = new_api_key()
     config = write_config(tmp_path, admin_digest)
@@ -212,7 +242,7 @@ def test_a_hard_killed_service_restarts_with_its_state(tmp_path: Path) -> None:
         hold.touch()
 
     # -- first life ----------------------------------------------------------------------
-    with serving(tmp_path, "first", config) as first:
+    with serving(tmp_path, "first", config, heads) as first:
         base = first.base
         done = httpx2.post(
             f"{base}/v1/agents/support/runs",
@@ -258,7 +288,7 @@ def test_a_hard_killed_service_restarts_with_its_state(tmp_path: Path) -> None:
     killed_at = time.monotonic()
 
     # -- second life, same data directory ------------------------------------------------
-    with serving(tmp_path, "second", config) as second:
+    with serving(tmp_path, "second", config, heads) as second:
         base = second.base
         assert read_events(base, run_a, TERMINAL, 60) == a_events
         assert get_json(f"{base}/v1/runs/{run_a}") == a_body
