@@ -1,12 +1,14 @@
 """`rayfleet serve` on the embedded SQLite state, killed hard and started again on the same data
 directory: what the first life made durable is all there in the second.
 
-First life: run A completes (with an outcome) on `support`; an admin switches `support` off;
-runs B1..B3 of `held` wait in a tool (its hold files exist) with their first events stored.
+First life: run A completes (with an outcome) on `support`; an admin switches `support` off
+and rolls back `held`'s canary; runs B1..B3 of `held` wait in a tool (their hold files
+exist) with their first events stored.
 Then every process of that life is SIGKILLed (its process group, and every process that
 carries this life's marker in its environment: Ray's daemons and workers), the hold files go,
 and a second `rayfleet serve` starts on new ports. In it: A's body, events and costs are as
-they were, the tenant's spend today is intact, `support` is still switched off, and each B
+they were, the tenant's spend today is intact, `support` is still switched off and `held`
+still rolled back, and each B
 resumes from its last stored event and ends in exactly one `run.completed`.
 """
 
@@ -145,8 +147,9 @@ def serving(tmp: Path, name: str, config: Path, heads: list[str]) -> Iterator[Li
 
 
 def write_config(tmp: Path, admin_key_digest: str) -> Path:
-    """The app config: `support`, plus `held` whose one tool waits on a hold file; the
-    default tenant with a daily budget (so its spend is kept); an admin key."""
+    """The app config: `support`, plus `held` (v1, and v2 as a canary) whose one tool waits
+    on a hold file; the default tenant with a daily budget (so its spend is kept); an admin
+    key."""
     held = yaml.safe_load((EXAMPLES_DIR / "support.yaml").read_text())
     held |= {
         "name": "held",
@@ -166,8 +169,10 @@ def write_config(tmp: Path, admin_key_digest: str) -> Path:
         "timeouts": {"model_call_timeout_s": 60, "tool_call_timeout_s": 150},
     }
     (tmp / "held.yaml").write_text(yaml.safe_dump(held))
+    (tmp / "held-v2.yaml").write_text(yaml.safe_dump(held | {"version": "v2"}))
     config = {
-        "agents": ["example:support.yaml", str(tmp / "held.yaml")],
+        "agents": ["example:support.yaml", str(tmp / "held.yaml"), str(tmp / "held-v2.yaml")],
+        "traffic": {"agents": {"held": {"weights": {"v1": 1, "v2": 1}, "canary": "v2"}}},
         "tenancy": {
             "tenants": [{"id": "default", "limits": {"daily_budget_usd": 100.0}}],
             "anonymous_tenant": "default",
@@ -215,6 +220,11 @@ def get_json(url: str, key: str | None = None) -> Any:
 def support_costs(base: str, admin: str) -> list[Any]:
     report = get_json(f"{base}/v1/admin/costs", admin)
     return [c for c in report["versions"] + report["agents"] if c["agent"] == "support"]
+
+
+def traffic(base: str) -> dict[str, Any]:
+    """Each agent's live traffic state: weights, rollback, kill switches."""
+    return {a["name"]: a["traffic"] for a in get_json(f"{base}/v1/agents")["agents"]}
 
 
 def spent_today(base: str, admin: str) -> float:
@@ -266,6 +276,14 @@ def test_a_hard_killed_service_restarts_with_its_state(tmp_path: Path, heads: li
             timeout=30,
         )
         assert kill.status_code == 200, kill.text
+        rollback = httpx2.post(
+            f"{base}/v1/admin/agents/held/rollback",
+            headers={"Authorization": f"Bearer {admin}"},
+            timeout=30,
+        )
+        assert rollback.status_code == 200, rollback.text
+        switched = traffic(base)
+        assert switched["support"]["killed"] and switched["held"]["rolled_back"], switched
         costs = support_costs(base, admin)
         assert any(c["stats"]["successes"] == 1 for c in costs), costs
         spent = spent_today(base, admin)
@@ -294,6 +312,7 @@ def test_a_hard_killed_service_restarts_with_its_state(tmp_path: Path, heads: li
         assert get_json(f"{base}/v1/runs/{run_a}") == a_body
         assert support_costs(base, admin) == costs
         assert spent_today(base, admin) >= spent
+        assert traffic(base) == switched
 
         refused = httpx2.post(
             f"{base}/v1/agents/support/runs", json={"input": "Where is order 1002?"}, timeout=60
@@ -311,6 +330,7 @@ def test_a_hard_killed_service_restarts_with_its_state(tmp_path: Path, heads: li
             assert kinds[-1] == "run.completed", kinds
             body = get_json(f"{base}/v1/runs/{run}")
             assert body["status"] == "completed" and body["last_seq"] == len(events), body
+            assert body["version"] == "v1", body  # v2, the canary, was rolled back
         assert spent_today(base, admin) > spent  # the resumed runs' model calls, on top
 
     print(
