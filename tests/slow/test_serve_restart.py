@@ -8,8 +8,8 @@ Then every process of that life is SIGKILLed (its process group, and every proce
 carries this life's marker in its environment: Ray's daemons and workers), the hold files go,
 and a second `rayfleet serve` starts on new ports. In it: A's body, events and costs are as
 they were, the tenant's spend today is intact, `support` is still switched off and `held`
-still rolled back, and each B
-resumes from its last stored event and ends in exactly one `run.completed`.
+still rolled back, and each B resumes from its last stored event and ends in exactly one
+`run.completed`.
 """
 
 from __future__ import annotations
