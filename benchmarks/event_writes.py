@@ -11,8 +11,11 @@ A writer is a run host's flush loop in its own OS process: one commit in flight 
 each commit one `append_events` call carrying `--runs-per-commit` runs x
 `--events-per-run` events (default 8 x 4 = 32), a realistic mix of ModelDelta, ToolCalled,
 ToolResulted, StepStarted and ModelCompleted (their JSON size is printed). The writers
-start together (a start file) and each writes for `--seconds`; commits/s and events/s are
-totals over the whole window, latency is per `append_events` call.
+start together (a start file) and each writes for `--seconds`. Per case: commits/s and
+events/s (totals over the whole window), latency per `append_events` call, the writers' CPU
+per commit inside `append_events` (serialising, the driver, SQLite itself; building the
+events is the run loop's and stays outside), and PostgreSQL's (its postmaster and every
+child: backends, WAL writer, checkpointer) per commit.
 
 Baseline, measured in the same run: raw `sqlite3` in this process, the same rows already
 serialised, WAL + FULL, one `executemany` per commit: what the disk allows with no state
@@ -146,21 +149,53 @@ async def worker(writer: int, args: argparse.Namespace) -> dict[str, Any]:
             await asyncio.sleep(0.001)
         latencies: list[float] = []
         events = 0
+        cpu = 0.0
         start = time.time()
         end_at = time.monotonic() + args.seconds
         while time.monotonic() < end_at:
-            flush = next(plan)
-            began = time.perf_counter()
+            flush = next(plan)  # built by the run loop in a host, not by the flush
+            began, cpu_began = time.perf_counter(), time.process_time()
             await state.runs.append_events(flush)
             latencies.append(time.perf_counter() - began)
+            cpu += time.process_time() - cpu_began  # this process's threads: SQLite's too
             events += sum(len(es) for es in flush.values())
-        return {"start": start, "end": time.time(), "events": events, "latencies": latencies}
+        return {
+            "start": start,
+            "end": time.time(),
+            "cpu_s": cpu,
+            "events": events,
+            "latencies": latencies,
+        }
     finally:
         await state.close()
 
 
-def run_case(url: str, writers: int, args: argparse.Namespace) -> dict[str, float]:
-    """`writers` worker processes on `url`, started together; totals and latencies."""
+def process_tree_cpu_s(pid: int) -> float:
+    """CPU seconds of process `pid` and of its children, live or exited (from /proc: a
+    PostgreSQL backend exits with its connection, and is then counted in its parent's
+    cutime/cstime)."""
+    tick = os.sysconf("SC_CLK_TCK")
+
+    def fields(p: int | str) -> list[str]:
+        with open(f"/proc/{p}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()  # after the command name
+
+    own = fields(pid)  # [1] = ppid, [11..14] = utime stime cutime cstime
+    total = sum(int(x) for x in own[11:15])
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            with contextlib.suppress(OSError, IndexError):
+                child = fields(entry)
+                if int(child[1]) == pid:
+                    total += int(child[11]) + int(child[12])
+    return total / tick
+
+
+def run_case(
+    url: str, writers: int, args: argparse.Namespace, server_pid: int | None = None
+) -> dict[str, float]:
+    """`writers` worker processes on `url`, started together; totals and latencies.
+    `server_pid`: the PostgreSQL postmaster, whose CPU is counted too."""
     barrier = Path(tempfile.mkdtemp(prefix="event-writes-"))
     env = {**os.environ, STATE_URL_ENV: url}
     command = [sys.executable, __file__, "--seconds", str(args.seconds)]
@@ -176,6 +211,7 @@ def run_case(url: str, writers: int, args: argparse.Namespace) -> dict[str, floa
             if time.monotonic() > deadline or any(p.poll() is not None for p in procs):
                 raise RuntimeError(f"the {writers} writers did not all get ready")
             time.sleep(0.01)
+        server_cpu = process_tree_cpu_s(server_pid) if server_pid else 0.0
         (barrier / "go").touch()
         reports = []
         for p in procs:
@@ -183,6 +219,8 @@ def run_case(url: str, writers: int, args: argparse.Namespace) -> dict[str, floa
             if p.returncode != 0:
                 raise RuntimeError(f"a writer exited with {p.returncode}")
             reports.append(json.loads(out.strip().splitlines()[-1]))
+        if server_pid:
+            server_cpu = process_tree_cpu_s(server_pid) - server_cpu
     finally:
         for p in procs:
             if p.poll() is None:
@@ -191,13 +229,25 @@ def run_case(url: str, writers: int, args: argparse.Namespace) -> dict[str, floa
         shutil.rmtree(barrier, ignore_errors=True)
     wall = max(r["end"] for r in reports) - min(r["start"] for r in reports)
     latencies = [x for r in reports for x in r["latencies"]]
-    return summary(len(latencies), sum(r["events"] for r in reports), wall, latencies)
+    events, cpu_s = sum(r["events"] for r in reports), sum(r["cpu_s"] for r in reports)
+    return summary(len(latencies), events, wall, cpu_s, latencies, server_cpu)
 
 
-def summary(commits: int, events: int, wall: float, latencies: list[float]) -> dict[str, float]:
+def summary(
+    commits: int,
+    events: int,
+    wall: float,
+    cpu_s: float,
+    latencies: list[float],
+    server_cpu_s: float = 0.0,
+) -> dict[str, float]:
     return {
         "commits_per_s": commits / wall,
         "events_per_s": events / wall,
+        # The writer's own CPU (building, serialising, the driver): the database server's
+        # (PostgreSQL's backends) is not in it.
+        "cpu_ms_per_commit": cpu_s * 1000 / commits,
+        "server_cpu_ms_per_commit": server_cpu_s * 1000 / commits,
         "p50_ms": c.percentile(latencies, 50) * 1000,
         "p99_ms": c.percentile(latencies, 99) * 1000,
     }
@@ -223,7 +273,7 @@ def baseline(path: Path, args: argparse.Namespace) -> dict[str, float]:
     per_run = args.events_per_run
     latencies: list[float] = []
     events = 0
-    start = time.perf_counter()
+    start, cpu = time.perf_counter(), time.process_time()
     end_at = start + args.seconds
     for n in itertools.count():
         if time.perf_counter() >= end_at:
@@ -239,9 +289,9 @@ def baseline(path: Path, args: argparse.Namespace) -> dict[str, float]:
         db.execute("COMMIT")
         latencies.append(time.perf_counter() - began)
         events += len(rows)
-    wall = time.perf_counter() - start
+    wall, cpu = time.perf_counter() - start, time.process_time() - cpu
     db.close()
-    return summary(len(latencies), events, wall, latencies)
+    return summary(len(latencies), events, wall, cpu, latencies)
 
 
 # -- the parent ----------------------------------------------------------------------------
@@ -252,7 +302,11 @@ def postgres() -> Iterator[Any]:
     """A private PostgreSQL server with fsync on."""
     from tests.postgres import PostgresServer
 
-    with PostgresServer(fsync=True) as server:
+    class Server(PostgresServer):
+        def postmaster_pid(self) -> int:
+            return int((self.data_dir / "postmaster.pid").read_text().split()[0])
+
+    with Server(fsync=True) as server:
         yield server
 
 
@@ -305,7 +359,8 @@ def main() -> None:
                         url = f"sqlite://{where / f'state-{writers}'}"
                     else:
                         url = server.url(server.create_database(f"writers_{writers}"))
-                    result = run_case(url, writers, args)
+                    pid = None if server is None else server.postmaster_pid()
+                    result = run_case(url, writers, args, pid)
                     results.append((backend, str(writers), result))
                     print(
                         f"  {backend} x{writers}: {result['events_per_s']:.0f} events/s", flush=True
@@ -313,12 +368,14 @@ def main() -> None:
         last = baseline(where / "last.sqlite", args)
         floor = (first["events_per_s"] + last["events_per_s"]) / 2
         columns = f"{'backend':<16} {'writers':>7} {'commits/s':>10} {'events/s':>10}"
-        print(f"{columns} {'p50 ms':>8} {'p99 ms':>8} {'x baseline':>10}")
+        columns += f" {'p50 ms':>8} {'p99 ms':>8} {'CPU ms/commit':>13} {'server CPU':>10}"
+        print(f"{columns} {'x baseline':>10}")
         rows = [("raw sqlite3 first", "1", first), *results, ("raw sqlite3 last", "1", last)]
         for backend, writers, r in rows:
             print(
                 f"{backend:<16} {writers:>7} {r['commits_per_s']:>10.0f} "
                 f"{r['events_per_s']:>10.0f} {r['p50_ms']:>8.2f} {r['p99_ms']:>8.2f} "
+                f"{r['cpu_ms_per_commit']:>13.2f} {r['server_cpu_ms_per_commit']:>10.2f} "
                 f"{c.ratio(r['events_per_s'], floor):>10.2f}"
             )
     finally:
