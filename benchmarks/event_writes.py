@@ -316,6 +316,24 @@ def event_sizes(args: argparse.Namespace) -> str:
     return f"{min(sizes)}-{max(sizes)} bytes, mean {sum(sizes) / len(sizes):.0f}"
 
 
+def print_table(rows: list[tuple[str, str, dict[str, float]]]) -> None:
+    """The cases between the two baselines (the first and last rows), each with its ratio
+    to the baselines' mean events/s."""
+    floor = (rows[0][2]["events_per_s"] + rows[-1][2]["events_per_s"]) / 2
+    columns = f"{'backend':<17} {'writers':>7} {'commits/s':>10} {'events/s':>10}"
+    columns += f" {'p50 ms':>8} {'p99 ms':>8} {'CPU ms/commit':>13} {'server CPU':>10}"
+    print(f"{columns} {'x baseline':>10}")
+    for backend, writers, r in rows:
+        server = r["server_cpu_ms_per_commit"]
+        print(
+            f"{backend:<17} {writers:>7} {r['commits_per_s']:>10.0f} "
+            f"{r['events_per_s']:>10.0f} {r['p50_ms']:>8.2f} {r['p99_ms']:>8.2f} "
+            f"{r['cpu_ms_per_commit']:>13.2f} "
+            f"{f'{server:.2f}' if backend == 'postgresql' else '-':>10} "
+            f"{c.ratio(r['events_per_s'], floor):>10.2f}"
+        )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--quick", action="store_true", help="1 s per case")
@@ -366,18 +384,7 @@ def main() -> None:
                         f"  {backend} x{writers}: {result['events_per_s']:.0f} events/s", flush=True
                     )
         last = baseline(where / "last.sqlite", args)
-        floor = (first["events_per_s"] + last["events_per_s"]) / 2
-        columns = f"{'backend':<16} {'writers':>7} {'commits/s':>10} {'events/s':>10}"
-        columns += f" {'p50 ms':>8} {'p99 ms':>8} {'CPU ms/commit':>13} {'server CPU':>10}"
-        print(f"{columns} {'x baseline':>10}")
-        rows = [("raw sqlite3 first", "1", first), *results, ("raw sqlite3 last", "1", last)]
-        for backend, writers, r in rows:
-            print(
-                f"{backend:<16} {writers:>7} {r['commits_per_s']:>10.0f} "
-                f"{r['events_per_s']:>10.0f} {r['p50_ms']:>8.2f} {r['p99_ms']:>8.2f} "
-                f"{r['cpu_ms_per_commit']:>13.2f} {r['server_cpu_ms_per_commit']:>10.2f} "
-                f"{c.ratio(r['events_per_s'], floor):>10.2f}"
-            )
+        print_table([("raw sqlite3 first", "1", first), *results, ("raw sqlite3 last", "1", last)])
     finally:
         shutil.rmtree(where, ignore_errors=True)
 
