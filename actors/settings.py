@@ -135,14 +135,20 @@ class RuntimeSettings(BaseModel):
 
     @field_validator("state_url")
     @classmethod
-    def _no_password_in_state_url(cls, url: str | None) -> str | None:
+    def _state_url_without_password(cls, url: str | None) -> str | None:
         # Settings are logged, shown and passed to every actor: no secret may be in them.
         # ConfigError, not ValueError: pydantic would quote the URL in its error.
-        if url is not None and _has_password(url):
-            shown = describe(url.split("?", 1)[0])
+        if url is None:
+            return None
+        shown = describe(url.split("?", 1)[0])
+        if _has_password(url):
             raise ConfigError(
                 f"runtime.state_url {shown!r} holds a password: put the URL in "
                 f"${STATE_URL_ENV} or the password in PGPASSWORD"
+            )
+        if not url.startswith(("postgresql://", "postgres://", "sqlite:///")):
+            raise ConfigError(
+                f"runtime.state_url {shown!r}: expected postgresql://... or sqlite:///<dir>"
             )
         return url
 
