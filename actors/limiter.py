@@ -23,9 +23,9 @@ was lost) expires and frees its slot.
 With a `state` (actors.state.limiter), what a restart must not lose is written there before a
 call answers: dollars settled today, live leases, the last limits pushed. It is read back
 before the first call is answered; reloaded leases get a full TTL from the restart (their
-hosts renew them by then). Token buckets and reservations
-in flight are not kept: buckets restart full (at most one minute's worth of extra requests
-or tokens per restart), and a call in flight across a restart settles unknown, uncharged.
+hosts renew them by then). Token buckets and reservations in flight are not kept: buckets
+restart full (at most one minute's worth of extra requests or tokens per restart), and a
+call in flight across a restart settles unknown, uncharged.
 
 A plain class with no Ray: time comes from `clock` (monotonic: buckets, reservation and lease
 TTLs) and `wall_clock` (Unix time: the UTC day). The Ray shell is at the bottom.
