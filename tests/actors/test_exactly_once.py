@@ -89,9 +89,14 @@ def lines(path: Path) -> list[str]:
     return path.read_text().splitlines() if path.exists() else []
 
 
-def ledger_holds_a_record(ledger_path: str) -> bool:
-    db = sqlite3.connect(ledger_path, timeout=10)
+def ledger_holds_a_record(ledger_file: str) -> bool:
+    if not Path(ledger_file).exists():
+        return False
+    db = sqlite3.connect(ledger_file, timeout=10)
     try:
+        # The ledger creates its table on first use.
+        if not db.execute("SELECT 1 FROM sqlite_master WHERE name = 'effects'").fetchone():
+            return False
         return bool(db.execute("SELECT count(*) FROM effects").fetchone()[0])
     finally:
         db.close()
@@ -117,6 +122,7 @@ async def test_killing_the_host_around_a_side_effect_pays_exactly_once(
     settings_for: Settings, namespace: str, sim: Sim, tmp_path: Path, moment: str
 ) -> None:
     settings = settings_for()
+    ledger_file = str(tmp_path / "effects.sqlite")  # in the state directory, settings.state_url
     runs = Runs(settings, await ensure_runtime(settings))
     await ray.get_actor(STORE_ACTOR, namespace=namespace).host_of.remote("none")  # it is up
     counter = tmp_path / "paid"
@@ -144,7 +150,7 @@ async def test_killing_the_host_around_a_side_effect_pays_exactly_once(
     elif moment == "tool-acting":
         await asyncio.to_thread(wait_for, lambda: lines(counter), 30)
     else:
-        await asyncio.to_thread(wait_for, lambda: ledger_holds_a_record(settings.ledger_path), 30)
+        await asyncio.to_thread(wait_for, lambda: ledger_holds_a_record(ledger_file), 30)
     await kill_9_host_of(run_id, namespace)
     await asyncio.to_thread(Path(f"{counter}.hold").unlink, missing_ok=True)
     if lift is not None:

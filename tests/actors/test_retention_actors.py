@@ -29,7 +29,7 @@ async def test_a_sweep_over_the_actors_deletes_an_old_run_everywhere(
 ) -> None:
     store = RunStoreActor.remote(str(tmp_path / "runs.sqlite"))
     outcomes = OutcomeStoreActor.remote(str(tmp_path / "outcomes.sqlite"))
-    tools = ToolPoolActor.remote(ledger_path=str(tmp_path / "effects.sqlite"))
+    tools = ToolPoolActor.remote(state_url=f"sqlite://{tmp_path}")
     try:
         run_id = "run-h0-00000000000000000001"
         request = RunInput(run_id=run_id, input="hi", tenant="acme")

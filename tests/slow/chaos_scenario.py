@@ -364,9 +364,8 @@ def main() -> int:
                 namespace=NAMESPACE,
                 store_path=str(data / "runs.sqlite"),
                 memory_path=str(data / "memory.sqlite"),
-                ledger_path=str(data / "effects.sqlite"),
                 outcomes_path=str(data / "outcomes.sqlite"),
-                limiter_path=str(data / "limiter.sqlite"),
+                state_url=f"sqlite://{data}",
                 cache=CacheSettings(directory=str(data / "cache")),
                 runs_per_actor=8,
             )

@@ -9,9 +9,9 @@ from pathlib import Path
 import pytest
 
 from actors.credentials import TenantContext
-from actors.ledger import SqliteEffectLedger
 from actors.outcomes import OutcomeStore, RunOutcome
 from actors.retention import DAY_S, sweep, sweep_forever
+from actors.state import State
 from actors.store import RunStore
 from agents.events import RunCompleted, RunCreated
 from agents.examples import example_specs
@@ -201,7 +201,8 @@ async def test_a_store_from_before_retention_gets_end_times(tmp_path: Path) -> N
 async def test_a_sweep_forgets_effects_recorded_before_the_cutoff(
     store: RunStore, clock: Clock, tmp_path: Path
 ) -> None:
-    ledger = SqliteEffectLedger(str(tmp_path / "effects.sqlite"), clock=clock)
+    state = State(f"sqlite://{tmp_path / 'state'}", clock=clock)
+    ledger = state.ledger
     await ledger.record("run-old:1:0", ToolOutcome(ok=True, output="refunded"))
     clock.now += 31 * DAY_S
     await ledger.record("run-new:1:0", ToolOutcome(ok=True, output="refunded"))
@@ -212,6 +213,9 @@ async def test_a_sweep_forgets_effects_recorded_before_the_cutoff(
         async def purge_effects(self, before: float) -> int:
             return await ledger.purge(before)
 
-    await sweep(store, None, now=clock.now, retention_days=30, key_ttl_s=60, effects=Effects())
-    assert await ledger.recall("run-old:1:0") is None
-    assert await ledger.recall("run-new:1:0") is not None
+    try:
+        await sweep(store, None, now=clock.now, retention_days=30, key_ttl_s=60, effects=Effects())
+        assert await ledger.recall("run-old:1:0") is None
+        assert await ledger.recall("run-new:1:0") is not None
+    finally:
+        await state.close()
