@@ -65,9 +65,10 @@ class RuntimeSettings(BaseModel):
         10_000, ge=1, description="Finished runs each host keeps for status and replay."
     )
     namespace: str = Field("rayfleet", description="Ray namespace of rayfleet's named actors.")
-    store_path: str = Field(
-        default_factory=lambda: str(default_data_dir() / "runs.sqlite"),
-        description="SQLite file of the run store (runs and their durable event logs).",
+    state_url: str | None = Field(
+        None,
+        description="Where the state lives: postgresql://... or sqlite:///<dir>; null: "
+        "$RAYFLEET_STATE_URL, else SQLite in the data directory (see actors.state).",
     )
     restart_wait_s: float = Field(
         10.0,
@@ -92,10 +93,6 @@ class RuntimeSettings(BaseModel):
     )
     tool_retry: ToolRetrySettings = Field(
         default_factory=ToolRetrySettings, description="Retries of transient tool failures."
-    )
-    outcomes_path: str = Field(
-        default_factory=lambda: str(default_data_dir() / "outcomes.sqlite"),
-        description="SQLite file of run outcomes (per-version stats, canary gates).",
     )
     cache: CacheSettings = Field(
         default_factory=CacheSettings,
@@ -126,8 +123,4 @@ class RuntimeSettings(BaseModel):
         gt=0,
         description="A run slot not renewed for this long is freed (its run's host died); "
         "hosts renew every third of it.",
-    )
-    memory_path: str = Field(
-        default_factory=lambda: str(default_data_dir() / "memory.sqlite"),
-        description="SQLite file of the memory store (on the node that hosts its actor).",
     )
