@@ -34,7 +34,7 @@ _DATA_DIR = tempfile.mkdtemp(prefix="rayfleet-tests-")  # mode 0700, as the stor
 os.environ["RAYFLEET_DATA_DIR"] = _DATA_DIR
 atexit.register(shutil.rmtree, _DATA_DIR, ignore_errors=True)
 
-pytest_plugins = ["tests.fixtures_sim"]
+pytest_plugins = ["tests.fixtures_sim", "tests.fixtures_pg"]
 
 _real_connect = socket.socket.connect
 
