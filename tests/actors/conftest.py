@@ -40,10 +40,8 @@ def settings_for(
             {
                 "providers": simulator_providers(sim_server.base_url),
                 "namespace": namespace,
-                "store_path": str(tmp_path / "runs.sqlite"),
-                "memory_path": str(tmp_path / "memory.sqlite"),
+                "state_url": f"sqlite://{tmp_path}",
                 "ledger_path": str(tmp_path / "effects.sqlite"),
-                "outcomes_path": str(tmp_path / "outcomes.sqlite"),
                 "limiter_path": str(tmp_path / "limiter.sqlite"),
                 "cache": {"directory": str(tmp_path / "cache")},
                 "router": {"breaker_open_s": 1.0},

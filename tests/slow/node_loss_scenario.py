@@ -39,10 +39,8 @@ async def scenario(cluster: Cluster, sim: SimServer, data: Path) -> None:
     settings = RuntimeSettings(
         providers=simulator_providers(sim.base_url),
         namespace="node-loss",
-        store_path=str(data / "runs.sqlite"),
-        memory_path=str(data / "memory.sqlite"),
+        state_url=f"sqlite://{data}",
         ledger_path=str(data / "effects.sqlite"),
-        outcomes_path=str(data / "outcomes.sqlite"),
         limiter_path=str(data / "limiter.sqlite"),
         cache=CacheSettings(directory=str(data / "cache")),
         runs_per_actor=2,
