@@ -8,11 +8,11 @@ from pathlib import Path
 
 import pytest
 import ray
+from actors.store import RunStoreActor
 
 from actors.credentials import TenantContext
 from actors.outcomes import OutcomeStoreActor
 from actors.retention import DAY_S, RemoteRetention, sweep
-from actors.store import RunStoreActor
 from actors.tool_pool import ToolPoolActor
 from agents.events import RunCompleted, RunCreated
 from agents.examples import example_specs

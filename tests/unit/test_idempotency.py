@@ -6,8 +6,8 @@ import asyncio
 from pathlib import Path
 
 import pytest
-
 from actors.store import RunStore
+
 from agents.errors import Conflict, RequestInvalid, ServiceUnavailable, TenantLimited
 from serve_app.gateway import RunRequest
 from serve_app.http_errors import status_for

@@ -7,12 +7,12 @@ import sqlite3
 from pathlib import Path
 
 import pytest
+from actors.store import RunStore
 
 from actors.credentials import TenantContext
 from actors.ledger import SqliteEffectLedger
 from actors.outcomes import OutcomeStore, RunOutcome
 from actors.retention import DAY_S, sweep, sweep_forever
-from actors.store import RunStore
 from agents.events import RunCompleted, RunCreated
 from agents.examples import example_specs
 from agents.loop import RunInput

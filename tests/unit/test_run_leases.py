@@ -11,13 +11,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
+from actors.store import RunStore
 
 from actors.caches import CacheSettings
 from actors.credentials import TenantContext
 from actors.limiter import Admission, TenantLimiter, TenantLimits
 from actors.run_host import RunHost, new_run_id
 from actors.settings import RuntimeSettings, simulator_providers
-from actors.store import RunStore
 from actors.tool_pool import ToolPool
 from agents.errors import Overloaded
 from agents.events import Event
