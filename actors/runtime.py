@@ -427,13 +427,13 @@ async def ensure_runtime(settings: RuntimeSettings) -> ActorHandle[Any]:
         # Tools that use the shared actors (embeddings) find them in this namespace.
         runtime_env={"env_vars": {NAMESPACE_ENV: ns}},
         **_ON_HEAD,
-    ).remote(retry=settings.tool_retry, ledger_path=settings.ledger_path)
+    ).remote(retry=settings.tool_retry, state_url=settings.state_url)
     EmbeddingBatcherActor.options(
         name=EMBEDDINGS_ACTOR, namespace=ns, get_if_exists=True, **_ON_HEAD
     ).remote(settings.embeddings, settings.providers, settings.prices, settings.cache)
     TenantLimiterActor.options(
         name=LIMITER_ACTOR, namespace=ns, get_if_exists=True, **_ON_HEAD
-    ).remote(None, path=settings.limiter_path, lease_ttl_s=settings.run_lease_ttl_s)
+    ).remote(None, state_url=settings.state_url, lease_ttl_s=settings.run_lease_ttl_s)
     pool: ActorHandle[Any] = RunPoolActor.options(  # type: ignore[attr-defined]
         name=POOL_ACTOR, namespace=ns, get_if_exists=True, max_concurrency=10_000, **_ON_HEAD
     ).remote(settings)

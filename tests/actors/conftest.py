@@ -41,8 +41,6 @@ def settings_for(
                 "providers": simulator_providers(sim_server.base_url),
                 "namespace": namespace,
                 "state_url": f"sqlite://{tmp_path}",
-                "ledger_path": str(tmp_path / "effects.sqlite"),
-                "limiter_path": str(tmp_path / "limiter.sqlite"),
                 "cache": {"directory": str(tmp_path / "cache")},
                 "router": {"breaker_open_s": 1.0},
                 **fields,

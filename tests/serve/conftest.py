@@ -47,8 +47,6 @@ def service(
     settings = RuntimeSettings(
         providers=simulator_providers(sim_server.base_url),
         state_url=f"sqlite://{data}",
-        ledger_path=str(data / "effects.sqlite"),
-        limiter_path=str(data / "limiter.sqlite"),
         cache=CacheSettings(directory=str(data / "cache")),
         # Breakers are per process and this app lives all session: keep an opened one short
         # so one test's scripted failures do not skip a provider in the next test.

@@ -360,8 +360,6 @@ def main() -> int:
                 providers=simulator_providers(sim.base_url),
                 namespace=NAMESPACE,
                 state_url=f"sqlite://{data}",
-                ledger_path=str(data / "effects.sqlite"),
-                limiter_path=str(data / "limiter.sqlite"),
                 cache=CacheSettings(directory=str(data / "cache")),
                 runs_per_actor=8,
             )

@@ -40,8 +40,6 @@ async def scenario(cluster: Cluster, sim: SimServer, data: Path) -> None:
         providers=simulator_providers(sim.base_url),
         namespace="node-loss",
         state_url=f"sqlite://{data}",
-        ledger_path=str(data / "effects.sqlite"),
-        limiter_path=str(data / "limiter.sqlite"),
         cache=CacheSettings(directory=str(data / "cache")),
         runs_per_actor=2,
         warm_run_hosts=1,

@@ -36,8 +36,6 @@ def test_every_default_path_is_in_the_data_dir() -> None:
     env = {STATE_URL_ENV: "postgresql://rayfleet@db.internal/rayfleet"}
     assert resolve_state_url(None, environ=env) == env[STATE_URL_ENV]
     assert resolve_state_url("sqlite:///srv/state", environ=env) == "sqlite:///srv/state"
-    files = [settings.ledger_path, settings.limiter_path]
-    assert {Path(p).parent for p in files} == {base}
     assert Path(settings.cache.directory) == Path(CacheSettings().directory) == base / "cache"
 
 
