@@ -75,7 +75,7 @@ _ON_HEAD: dict[str, Any] = {
 }
 RETRY_SAFE: dict[str, frozenset[str]] = {
     # A tool call carries its idempotency key: the pool's effect ledger answers a repeat.
-    TOOLS_ACTOR: frozenset({"call", "purge_effects"}),
+    TOOLS_ACTOR: frozenset({"call"}),
     # admit_run and reserve take: each must happen once. settle ignores a settled
     # reservation, release_run a released lease; renew_runs and update_limits set.
     LIMITER_ACTOR: frozenset({"settle", "update_limits", "usage", "release_run", "renew_runs"}),
