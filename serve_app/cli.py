@@ -96,7 +96,7 @@ def serve(
         _deploy(port, args, sim.base_url)
         console.print(f"rayfleet is serving at [bold]http://127.0.0.1:{port}[/] (Ctrl-C stops it)")
         console.print(f"  provider simulator: {sim.base_url} (its /_sim control API off)")
-        console.print(f"  state: {state_url}")
+        console.print(f"  state: {state_url}", soft_wrap=True)  # a long URL on one line
         example = '{"input": "Where is order 1234?"}'
         console.print(
             f"  try: curl -N -H 'Accept: text/event-stream' -d '{example}' "
