@@ -11,7 +11,6 @@ from urllib.parse import parse_qsl, urlsplit
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from actors.caches import CacheSettings
-from actors.datadir import default_data_dir
 from actors.embeddings import EmbeddingSettings
 from actors.router import RouterSettings
 from actors.state import STATE_URL_ENV, describe
@@ -68,10 +67,6 @@ class RuntimeSettings(BaseModel):
         10_000, ge=1, description="Finished runs each host keeps for status and replay."
     )
     namespace: str = Field("rayfleet", description="Ray namespace of rayfleet's named actors.")
-    store_path: str = Field(
-        default_factory=lambda: str(default_data_dir() / "runs.sqlite"),
-        description="SQLite file of the run store (runs and their durable event logs).",
-    )
     restart_wait_s: float = Field(
         10.0,
         gt=0,
@@ -91,10 +86,6 @@ class RuntimeSettings(BaseModel):
     )
     tool_retry: ToolRetrySettings = Field(
         default_factory=ToolRetrySettings, description="Retries of transient tool failures."
-    )
-    outcomes_path: str = Field(
-        default_factory=lambda: str(default_data_dir() / "outcomes.sqlite"),
-        description="SQLite file of run outcomes (per-version stats, canary gates).",
     )
     cache: CacheSettings = Field(
         default_factory=CacheSettings,
@@ -121,10 +112,6 @@ class RuntimeSettings(BaseModel):
         gt=0,
         description="A run slot not renewed for this long is freed (its run's host died); "
         "hosts renew every third of it.",
-    )
-    memory_path: str = Field(
-        default_factory=lambda: str(default_data_dir() / "memory.sqlite"),
-        description="SQLite file of the memory store (on the node that hosts its actor).",
     )
     state_url: str | None = Field(
         None,

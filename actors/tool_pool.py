@@ -452,13 +452,7 @@ class _ToolPoolHost(ToolPool):
         retry: ToolRetrySettings | None = None,
         state_url: str | None = None,
     ) -> None:
-        ledger = process_state(state_url).ledger
-        super().__init__(max_concurrency, retry=retry, ledger=ledger)
-        self._effects = ledger
-
-    async def purge_effects(self, before: float) -> int:
-        """Retention (actors.retention): forget effects recorded before `before`."""
-        return await self._effects.purge(before)
+        super().__init__(max_concurrency, retry=retry, ledger=process_state(state_url).ledger)
 
 
 # Ray's stubs lack actor options (max_concurrency) in the keyword overload of `remote`.

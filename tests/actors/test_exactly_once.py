@@ -24,8 +24,9 @@ import pytest
 import ray
 
 from actors.run_host import host_of
-from actors.runtime import HOST_PREFIX, STORE_ACTOR, Runs, ensure_runtime
+from actors.runtime import HOST_PREFIX, Runs, ensure_runtime
 from actors.settings import RuntimeSettings
+from actors.state import open_state
 from agents.events import Event, is_terminal
 from agents.examples import example_specs
 from agents.spec import AgentSpec, ToolSpec
@@ -63,6 +64,15 @@ def reply(counter: Path, pay_id: str) -> dict[str, Any]:
         "arguments": {"counter": str(counter)},
         "more": [pay],
     }
+
+
+async def create_run_store(settings: RuntimeSettings) -> None:
+    """Open the run store once, so its tables exist before a trigger is put on them."""
+    state = open_state(settings.state_url)
+    try:
+        await state.runs.host_of("none")
+    finally:
+        await state.close()
 
 
 def refuse(store_path: str, kind: str) -> Callable[[], None]:
@@ -122,9 +132,10 @@ async def test_killing_the_host_around_a_side_effect_pays_exactly_once(
     settings_for: Settings, namespace: str, sim: Sim, tmp_path: Path, moment: str
 ) -> None:
     settings = settings_for()
-    ledger_file = str(tmp_path / "effects.sqlite")  # in the state directory, settings.state_url
+    # In the state directory, settings.state_url:
+    ledger_file, runs_file = str(tmp_path / "effects.sqlite"), str(tmp_path / "runs.sqlite")
     runs = Runs(settings, await ensure_runtime(settings))
-    await ray.get_actor(STORE_ACTOR, namespace=namespace).host_of.remote("none")  # it is up
+    await create_run_store(settings)
     counter = tmp_path / "paid"
     notes = Path(f"{counter}.notes")
     answer = {"type": "text", "text": "Paid."}
@@ -133,7 +144,7 @@ async def test_killing_the_host_around_a_side_effect_pays_exactly_once(
         # The call never reaches the log, so the resumed run asks the model again (and gets
         # a new provider id, as from a real provider).
         sim.script(reply(counter, FIRST_PAY_ID), reply(counter, "pay-redone"), answer)
-        refuse(settings.store_path, "tool.call")  # for the first call's id, for ever
+        refuse(runs_file, "tool.call")  # for the first call's id, for ever
     else:
         # The call is in the log: the resumed run re-issues it; the model is not asked again
         # (the sim fixture fails the test if a scripted reply is left unused).
@@ -141,7 +152,7 @@ async def test_killing_the_host_around_a_side_effect_pays_exactly_once(
         if moment == "tool-acting":
             await asyncio.to_thread(Path(f"{counter}.hold").touch)
         else:
-            lift = refuse(settings.store_path, "tool.result")
+            lift = refuse(runs_file, "tool.result")
 
     run_id = await runs.start(agent(), "pay 42")
     reader = asyncio.create_task(collect(runs, run_id))  # a client attached across the kill
