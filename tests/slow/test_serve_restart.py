@@ -63,14 +63,13 @@ class Life:
 
 
 def head_address(marker: str) -> str | None:
-    """The GCS address of the life's Ray head, from its gcs_server's command line."""
+    """The GCS address of the life's Ray head, from the command line of its raylet."""
     for pid in marked_pids(marker):
         with suppress(OSError):
             args = Path(f"/proc/{pid}/cmdline").read_bytes().decode().split("\0")
-            if "gcs_server" in Path(args[0]).name:
-                ports = [a.partition("=")[2] for a in args if a.startswith("--gcs_server_port=")]
-                if ports:
-                    return f"127.0.0.1:{ports[0]}"
+            found = [a.partition("=")[2] for a in args if a.startswith("--gcs-address=")]
+            if found:
+                return found[0]
     return None
 
 
@@ -137,12 +136,13 @@ def serving(tmp: Path, name: str, config: Path, heads: list[str]) -> Iterator[Li
     life = Life(proc, marker, f"http://127.0.0.1:{port}", log)
     try:
         wait_for(lambda: answers(f"{life.base}/v1/agents") or proc.poll() is not None, 240, 0.5)
-        assert proc.poll() is None, life.tail()
         life.head = head_address(marker)
-        if life.head is not None:
-            heads.append(life.head)
+        assert proc.poll() is None, life.tail()
         yield life
     finally:
+        head = life.head or head_address(marker)  # a life that failed to start has none yet
+        if head is not None:
+            heads.append(head)
         stop(life)
 
 
