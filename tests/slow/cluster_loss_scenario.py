@@ -299,6 +299,15 @@ def sql(url: str, statement: str) -> list[tuple[Any, ...]]:
         return cursor.fetchall() if cursor.description else []
 
 
+def sessions(url: str) -> int:
+    """Other sessions open on the database (the clusters' connections)."""
+    query = (
+        "SELECT count(*) FROM pg_stat_activity "
+        "WHERE datname = current_database() AND pid <> pg_backend_pid()"
+    )
+    return int(sql(url, query)[0][0])
+
+
 def effects_recorded(url: str) -> bool:
     try:
         return bool(sql(url, "SELECT count(*) FROM effects")[0][0])
@@ -468,6 +477,9 @@ def scenario(base: Path) -> None:
                 before = before_the_loss(http, url, sim.base_url, counter)
             before["day"] = utc_day()
             killed = first.kill_9()
+            # The loss is complete once the database has dropped the dead cluster's sessions
+            # (a statement a killed process had sent could still be running).
+            wait_until(lambda: not sessions(url), 60, "cluster 1's database sessions gone")
             in_flight = {str(row[0]) for row in sql(url, "SELECT run_id FROM runs WHERE ended = 0")}
             sql(url, "DROP TRIGGER refuse_pay_result ON events")
             assert before["p"] in in_flight and before["a"] not in in_flight, in_flight
@@ -495,6 +507,8 @@ def main() -> int:
     if sys.argv[1:2] == ["cluster"]:
         workdir, sim_url, pay_spec = sys.argv[2:5]
         return serve_cluster(Path(workdir), sim_url, Path(pay_spec))
+    # Stopped from outside (the test's timeout): clean up in the finally blocks all the same.
+    signal.signal(signal.SIGTERM, lambda _signum, _frame: sys.exit(143))
     with tempfile.TemporaryDirectory(prefix="rayfleet-loss-") as base:
         scenario(Path(base))
     return 0
