@@ -393,16 +393,17 @@ def before_the_loss(http: httpx2.Client, url: str, sim_url: str, counter: Path) 
 
     sql(url, _REFUSE_PAY_RESULT)
     script_pay(sim_url, counter)
-    # P first: it pays after one model turn, while each B needs two (a lookup, an answer).
+    # P first: it pays after one model turn, while each B takes three (the simulator's
+    # policy calls tools until `steps=3` turns are done).
     p = start_run(http, "Pay 42.", version="pay")
-    bs = [start_run(http, f"Where is order {1002 + i}?") for i in range(3)]
+    bs = [start_run(http, f"Where is order {1002 + i}? steps=3") for i in range(3)]
     wait_until(lambda: effects_recorded(url), 60, "pay's outcome in the effect ledger")
     spent = spent_usd(http)  # read at the last moment: no less may be left after the loss
     return {"a": a, "a_events": a_events, "a_body": a_body, "p": p, "bs": bs, "spent": spent}
 
 
 def after_the_loss(http: httpx2.Client, before: dict[str, Any], sim_url: str, counter: Path) -> int:
-    """Cluster 2's part: check every promise; how many runs were resumed."""
+    """Cluster 2's part: check every promise; returns how many runs it checked."""
     # First request of the new cluster: the kill switch holds from the start.
     refused = http.post(
         RUNS_URL, json={"input": "Hello"}, headers={"authorization": f"Bearer {OTHER_KEY}"}
