@@ -293,10 +293,16 @@ CREATE TRIGGER refuse_pay_result BEFORE INSERT ON events
 """
 
 
-def sql(url: str, statement: str) -> list[tuple[Any, ...]]:
+def sql(url: str, statement: str, params: tuple[Any, ...] | None = None) -> list[tuple[Any, ...]]:
     with psycopg.connect(url, autocommit=True, connect_timeout=10) as db:
-        cursor = db.execute(statement.encode())
+        cursor = db.execute(statement.encode(), params)
         return cursor.fetchall() if cursor.description else []
+
+
+def run_slot_freed(url: str, run_id: str) -> bool:
+    """The run's limiter lease is gone: its host ended the run (in memory, at least)."""
+    context = json.loads(sql(url, "SELECT context FROM runs WHERE run_id = %s", (run_id,))[0][0])
+    return not sql(url, "SELECT 1 FROM limiter_leases WHERE lease = %s", (context["lease"],))
 
 
 def sessions(url: str) -> int:
@@ -363,15 +369,19 @@ def utc_day() -> int:
 
 
 def script_pay(sim_url: str, counter: Path) -> None:
-    """P's model turns: call `pay`, then answer. An answer each for the turn cluster 1 may
-    have asked for before the loss and the resumed run's, and one to spare: a turn left to
-    the simulator's policy could call `pay` again, with other arguments."""
+    """P's model turns: call `pay`, then answer. Cluster 1's answer costs less than the one
+    the resumed run gets (so an outcome recorded from an end that was never stored shows),
+    and one answer is to spare: a turn left to the simulator's policy could call `pay` again,
+    with other arguments."""
     pay = {"counter": str(counter), "amount": 42}
     call = {"type": "tool_call", "model": PAY_MODEL, "name": "pay", "arguments": pay}
-    answer = {"type": "text", "model": PAY_MODEL, "text": "Paid 42."}
-    scripted = httpx2.post(
-        f"{sim_url}/_sim/script", json={"replies": [call, answer, answer, answer]}, timeout=10
-    )
+
+    def answer(output_tokens: int) -> dict[str, Any]:
+        usage = {"output_tokens": output_tokens}
+        return {"type": "text", "model": PAY_MODEL, "text": "Paid 42.", "usage": usage}
+
+    replies = [call, answer(5), answer(500), answer(500)]
+    scripted = httpx2.post(f"{sim_url}/_sim/script", json={"replies": replies}, timeout=10)
     assert scripted.status_code == 200, scripted.text
 
 
@@ -393,11 +403,14 @@ def before_the_loss(http: httpx2.Client, url: str, sim_url: str, counter: Path) 
 
     sql(url, _REFUSE_PAY_RESULT)
     script_pay(sim_url, counter)
-    # P first: it pays after one model turn, while each B takes three (the simulator's
-    # policy calls tools until `steps=3` turns are done).
+    # P first: it ends after two model turns (pay, answer), while each B takes four (the
+    # simulator's policy calls tools until `steps=4` turns are done).
     p = start_run(http, "Pay 42.", version="pay")
-    bs = [start_run(http, f"Where is order {1002 + i}? steps=3") for i in range(3)]
+    bs = [start_run(http, f"Where is order {1002 + i}? steps=4") for i in range(3)]
     wait_until(lambda: effects_recorded(url), 60, "pay's outcome in the effect ledger")
+    # Worse still: P has ended on its host, but not in the store (its tool.result, hence
+    # everything after it, is refused).
+    wait_until(lambda: run_slot_freed(url, p), 60, "P ended in cluster 1")
     spent = spent_usd(http)  # read at the last moment: no less may be left after the loss
     return {"a": a, "a_events": a_events, "a_body": a_body, "p": p, "bs": bs, "spent": spent}
 
@@ -423,10 +436,9 @@ def after_the_loss(http: httpx2.Client, before: dict[str, Any], sim_url: str, co
     assert len(paid) == 1, f"paid {len(paid)} times: {paid}"  # counted at the tool
     results = [e for e in ended[before["p"]] if e.kind == "tool.result" and e.tool == "pay"]
     assert len(results) == 1 and results[0].ok, results
-    # The resumed P asked the model once (the answer), not for the call again; cluster 1
-    # may have asked for the answer before the loss.
+    # The resumed P asked the model once (for the answer), not for the call again.
     pending = httpx2.get(f"{sim_url}/_sim/script", timeout=10).json()["pending"]
-    assert pending in (1, 2), f"{pending} of P's 3 scripted answers left"
+    assert pending == 1, f"{pending} of P's 3 scripted answers left"
 
     agents = http.get("/v1/agents", headers=AUTH).json()["agents"]
     support = next(a for a in agents if a["name"] == "support")["traffic"]
