@@ -18,7 +18,7 @@ A refusal by the tenant's limits (requests/min, concurrent runs) is waited out, 
 batch's agent, version or tenant stops it: nothing new starts (running runs are stopped by
 their hosts) and the batch ends `cancelled` with the switch's reason.
 
-State lives in memory and in the run store's settings, so a restarted actor (Ray restarts it)
+State lives in memory and in the state's settings, so a restarted actor (Ray restarts it)
 answers for every batch and resumes the running ones. Four keys per batch, whatever its size
 (the settings table is also where kill switches are polled from, every second):
     batch/<id>                 header: status, reason, ended_at
@@ -56,6 +56,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from actors.credentials import TenantContext
 from actors.limiter import Admission
 from actors.settings import RuntimeSettings
+from actors.state import process_state
 from actors.switches import KILL_PREFIX, ROLLBACK_PREFIX, KillSwitches
 from agents.errors import RayfleetError, RequestInvalid, ServiceUnavailable, TenantLimited
 from agents.events import Event, RunCancelled, RunCompleted, RunFailed
@@ -204,7 +205,7 @@ class AdmissionPort(Protocol):
 
 
 class SettingsPort(Protocol):
-    """The run store's settings."""
+    """The state's settings (actors.state.runs.SettingsStore)."""
 
     async def put_setting(self, key: str, value: str | None) -> None: ...
 
@@ -784,32 +785,20 @@ class _RemoteAdmission:
         await self._actor.release_run.remote(lease)
 
 
-class _RemoteSettings:
-    """SettingsPort over the run store's actor."""
-
-    def __init__(self, actor: Any) -> None:
-        self._actor = actor
-
-    async def put_setting(self, key: str, value: str | None) -> None:
-        await self._actor.put_setting.remote(key, value)
-
-    async def settings(self, prefix: str) -> dict[str, str]:
-        found: dict[str, str] = await self._actor.settings.remote(prefix)
-        return found
-
-
 @ray.remote
 class BatchRunnerActor:
     """The cluster's one batch driver (detached, on the head node, restarted by Ray)."""
 
     def __init__(self, settings: RuntimeSettings) -> None:
         # Imported here: actors.runtime creates this actor, so it imports this module.
-        from actors.runtime import LIMITER_ACTOR, STORE_ACTOR, Runs, check_agents_package, service
+        from actors.runtime import LIMITER_ACTOR, Runs, check_agents_package, service
 
         check_agents_package()
         runs = _FollowedRuns(Runs(settings))
         limiter = _RemoteAdmission(service(settings, LIMITER_ACTOR))
-        self._runner = BatchRunner(runs, limiter, _RemoteSettings(service(settings, STORE_ACTOR)))
+        # Batch journals are settings in the state, opened by this process itself.
+        journals = process_state(settings.state_url).settings
+        self._runner = BatchRunner(runs, limiter, journals)
         # An async actor builds itself in its event loop: resume what was running now.
         self._restore = asyncio.get_running_loop().create_task(self._runner.restore())
 

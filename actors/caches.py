@@ -5,9 +5,12 @@
     CachedModel    ModelPort: answers repeated deterministic model calls from the store
 
 Plain classes, no Ray. diskcache is SQLite plus files and is process-safe, so every run-host
-process on a node shares one directory (and so one cache). A cache is an optimisation: any
-failure of the store (a full or broken disk, a locked database, a garbled entry) is a miss
-and a logged warning, never a failed run.
+process on a node shares one directory (and so one cache); a cluster has one cache per node.
+A cache is an optimisation: any failure of the store (a full or broken disk, a locked
+database, a garbled entry) is a miss and a logged warning, never a failed run.
+
+Entries are str or bytes, never pickles: diskcache pickles any other value and unpickles any
+entry stored that way, whoever wrote it, and unpickling runs code. `StrDisk` refuses both.
 """
 
 from __future__ import annotations
@@ -35,6 +38,47 @@ _REOPEN_S = 30.0
 """After the store failed to open, try again at most this often (not on every call)."""
 _WARN_EVERY_S = 60.0
 """A broken disk fails every call: warn at most this often, with the count in between."""
+
+
+class PickledEntry(Exception):
+    """A cache entry (or key) stored with pickle: rayfleet never writes one, so it came from
+    elsewhere, and it is never unpickled."""
+
+
+class StrDisk(diskcache.Disk):  # type: ignore[misc]  # diskcache has no type hints
+    """diskcache's serializer for str keys and str or bytes values: it never pickles and
+    never unpickles.
+
+    diskcache's own Disk pickles any other value (MODE_PICKLE) and unpickles such an entry
+    on every read. Here storing anything else is a TypeError (a programming error), and a
+    pickled entry found on read raises `PickledEntry` instead of being loaded."""
+
+    _READABLE = (diskcache.core.MODE_RAW, diskcache.core.MODE_BINARY, diskcache.core.MODE_TEXT)
+
+    def put(self, key: object) -> tuple[Any, bool]:
+        # Non-str keys would be pickled (and unpickled by iteration and `peekitem`).
+        if type(key) is not str:
+            raise TypeError(f"cache keys are str, not {type(key).__name__}")
+        db_key, raw = super().put(key)
+        return db_key, bool(raw)
+
+    def get(self, key: Any, raw: bool) -> Any:
+        if not raw:
+            raise PickledEntry("a cache key stored with pickle: never unpickled")
+        return super().get(key, raw)
+
+    def store(self, value: object, read: bool, key: Any = diskcache.core.UNKNOWN) -> Any:
+        if read or type(value) not in (str, bytes):
+            raise TypeError(
+                f"cache values are str or bytes, not {type(value).__name__}: "
+                "serialize them first (e.g. model_dump_json)"
+            )
+        return super().store(value, read, key=key)
+
+    def fetch(self, mode: int, filename: str | None, value: Any, read: bool) -> Any:
+        if mode not in self._READABLE:
+            raise PickledEntry(f"a cache entry stored in mode {mode} (pickle): never loaded")
+        return super().fetch(mode, filename, value, read)
 
 
 class CacheSettings(BaseModel):
@@ -101,19 +145,29 @@ class CacheStore:
             lock_timeout_s=settings.lock_timeout_s,
         )
 
-    def get(self, key: str) -> Any | None:
-        """The live entry under `key`, or None (missing, expired, or the store failed)."""
+    def get(self, key: str) -> str | bytes | None:
+        """The live entry under `key`, or None (missing, expired, pickled, or the store
+        failed)."""
         cache = self._open()
         if cache is None:
             return None
         try:
-            return cache.get(key, default=None, retry=False)
+            found = cache.get(key, default=None, retry=False)
+        except PickledEntry as exc:
+            self._warn("read", exc)
+            self._drop(cache, key)
+            return None
         except Exception as exc:
             self._warn("read", exc)
             return None
+        # Only str and bytes are ever stored; a number in a raw row came from elsewhere.
+        return found if isinstance(found, (str, bytes)) else None
 
-    def set(self, key: str, value: Any, ttl_s: float) -> None:
-        """Store `value` (str, bytes or numbers) for `ttl_s` seconds; a failure is logged."""
+    def set(self, key: str, value: str | bytes, ttl_s: float) -> None:
+        """Store `value` for `ttl_s` seconds; a failure of the store is logged. Anything
+        but str or bytes is a TypeError: it would be pickled."""
+        if type(value) not in (str, bytes):
+            raise TypeError(f"cache values are str or bytes, not {type(value).__name__}")
         cache = self._open()
         if cache is None:
             return
@@ -121,6 +175,13 @@ class CacheStore:
             cache.set(key, value, expire=ttl_s, retry=False)
         except Exception as exc:
             self._warn("write", exc)
+
+    def _drop(self, cache: diskcache.Cache, key: str) -> None:
+        # A pickled entry would be a miss (and a warning) on every lookup until it expires.
+        try:
+            cache.delete(key, retry=False)
+        except Exception as exc:
+            self._warn("delete", exc)
 
     def close(self) -> None:
         if self._cache is not None:
@@ -136,7 +197,10 @@ class CacheStore:
         try:
             private_dir(self.directory)
             self._cache = diskcache.Cache(
-                self.directory, timeout=self._lock_timeout_s, size_limit=self._size_limit
+                self.directory,
+                timeout=self._lock_timeout_s,
+                size_limit=self._size_limit,
+                disk=StrDisk,
             )
         except Exception as exc:
             self._open_failed_at = now

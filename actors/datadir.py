@@ -2,7 +2,7 @@
 
 The data directory is `$RAYFLEET_DATA_DIR`, else `$XDG_DATA_HOME/rayfleet`, else
 `~/.local/share/rayfleet`: never under /tmp, which is wiped on reboot and where another local
-user can create the directory first and plant files (diskcache unpickles what it reads).
+user can create the directory first and plant files (stores and caches read what they find).
 Every store opens its directory through `private_dir`, so a directory another user owns or
 can write to is refused, wherever it is configured.
 """

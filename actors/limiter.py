@@ -20,11 +20,12 @@ slot, only the run that took a slot frees it, and freeing it twice frees it once
 renewed for `lease_ttl_s` (its run's host died and the run was never resumed, or its release
 was lost) expires and frees its slot.
 
-With a `path`, what a restart must not lose is written there (actors.limiter_file) before a
-call answers: dollars settled today, live leases, the last limits pushed. Reloaded leases get
-a full TTL from the restart (their hosts renew them by then). Token buckets and reservations
-in flight are not kept: buckets restart full (at most one minute's worth of extra requests
-or tokens per restart), and a call in flight across a restart settles unknown, uncharged.
+With a `state` (actors.state.limiter), what a restart must not lose is written there before a
+call answers: dollars settled today, live leases, the last limits pushed. It is read back
+before the first call is answered; reloaded leases get a full TTL from the restart (their
+hosts renew them by then). Token buckets and reservations in flight are not kept: buckets
+restart full (at most one minute's worth of extra requests or tokens per restart), and a
+call in flight across a restart settles unknown, uncharged.
 
 A plain class with no Ray: time comes from `clock` (monotonic: buckets, reservation and lease
 TTLs) and `wall_clock` (Unix time: the UTC day). The Ray shell is at the bottom.
@@ -32,6 +33,7 @@ TTLs) and `wall_clock` (Unix time: the UTC day). The Ray shell is at the bottom.
 
 from __future__ import annotations
 
+import asyncio
 import itertools
 import json
 import logging
@@ -46,7 +48,17 @@ from typing import Literal
 import ray
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from actors.limiter_file import LimiterFile, add_spend, drop_lease, put_lease, put_limits
+from actors.state import process_state
+from actors.state.limiter import (
+    LimiterState,
+    Saved,
+    Write,
+    add_spend,
+    drop_lease,
+    put_lease,
+    put_limits,
+)
+from agents.errors import Overloaded
 
 logger = logging.getLogger("rayfleet")
 LimitName = Literal["requests_per_min", "tokens_per_min", "concurrent_runs", "daily_budget_usd"]
@@ -180,7 +192,8 @@ class TenantLimiter:
 
     Every method is free of `await` between checking a limit and taking from it, so on one
     event loop (the async actor) each call is atomic: concurrent callers can never both take
-    the last unit, and a refusal by one limit takes nothing from the others.
+    the last unit, and a refusal by one limit takes nothing from the others. (Each first
+    awaits `_ready()`, before it looks at anything: the stored state, read once.)
     """
 
     def __init__(
@@ -191,9 +204,9 @@ class TenantLimiter:
         *,
         reservation_ttl_s: float = 600.0,
         lease_ttl_s: float = 60.0,
-        path: str | None = None,
+        state: LimiterState | None = None,
     ) -> None:
-        """`limits` None: the last ones stored at `path` (none: every tenant unlimited)."""
+        """`limits` None: the last ones stored in `state` (none: every tenant unlimited)."""
         if reservation_ttl_s <= 0 or lease_ttl_s <= 0:
             raise ValueError(f"TTLs must be > 0, not {reservation_ttl_s}, {lease_ttl_s}")
         self._clock = clock
@@ -211,13 +224,38 @@ class TenantLimiter:
         self._leases: OrderedDict[str, _Lease] = OrderedDict()
         self._ids = itertools.count(1)
         self._prefix = uuid.uuid4().hex[:12]
-        self._file = None if path is None else LimiterFile(path)
-        self._load(limits)
+        self._state = state
+        self._given = None if limits is None else dict(limits)
+        self._loading: asyncio.Task[None] | None = None
+        self._loaded = state is None
+        if state is None:
+            self._apply(self._given, None)
 
     # -- configuration -------------------------------------------------------------------
 
-    def _load(self, limits: Mapping[str, TenantLimits] | None) -> None:
-        saved = None if self._file is None else self._file.load(self._day())
+    async def _ready(self) -> None:
+        """Read the stored state, once, before anything is answered. A failed read (the
+        state is down) fails the calls waiting for it; the next call tries again."""
+        if self._loaded:
+            return
+        if self._loading is None or (
+            self._loading.done() and self._loading.exception() is not None
+        ):
+            self._loading = asyncio.get_running_loop().create_task(self._load())
+        await asyncio.shield(self._loading)
+
+    async def _load(self) -> None:
+        assert self._state is not None
+        try:
+            saved = await self._state.load(self._day())
+        except Exception as exc:
+            logger.warning("limiter state read failed: %r", exc)
+            raise Overloaded(f"the tenant limiter cannot read its state: {exc}", 5.0) from exc
+        if not self._loaded:
+            self._apply(self._given, saved)
+            self._loaded = True
+
+    def _apply(self, limits: Mapping[str, TenantLimits] | None, saved: Saved | None) -> None:
         if limits is None:
             limits = {}
             if saved is not None and saved.limits is not None:
@@ -239,6 +277,7 @@ class TenantLimiter:
         clipped to the new capacity; a new limit starts full; a tenant left out is unlimited.
         Counters (running runs, dollars spent and reserved) are kept. Stored: a restarted
         limiter starts with them."""
+        await self._ready()
         self._apply_limits(limits)
         body = {name: limit.model_dump(mode="json") for name, limit in self._limits.items()}
         await self._durable(put_limits(json.dumps(body, sort_keys=True)))
@@ -257,6 +296,7 @@ class TenantLimiter:
     async def admit_run(self, tenant: str) -> Admission:
         """Take one request token and one concurrent-run slot, both or neither. Admitted,
         the answer carries the slot's lease, to store with the run and release once."""
+        await self._ready()
         state = self._tenant(tenant)
         limits = state.limits
         refusals: list[_Quota] = []
@@ -284,12 +324,14 @@ class TenantLimiter:
     async def release_run(self, lease: str) -> None:
         """Free the run slot of `lease`. Idempotent: an unknown, expired or already released
         lease frees nothing."""
+        await self._ready()
         if self._free(lease):
             await self._durable(drop_lease(lease))
 
     async def renew_runs(self, leases: Sequence[str]) -> list[str]:
         """Keep these leases (a host's live runs) for another TTL, in one call per host.
         Returns those it does not hold (expired or released): they are not taken again."""
+        await self._ready()
         self._expire()
         expires = self._clock() + self._lease_ttl_s
         unknown = []
@@ -307,6 +349,7 @@ class TenantLimiter:
     async def reserve(self, tenant: str, tokens: int, cost_usd: float) -> Admission:
         """Before a model call: reserve its estimated tokens (tokens/min) and dollars (daily
         budget: spent + reserved + this <= budget), both or neither."""
+        await self._ready()
         if tokens < 0 or not cost_usd >= 0 or math.isinf(cost_usd):
             raise ValueError(f"tokens and cost_usd must be >= 0, not {tokens}, {cost_usd}")
         state = self._tenant(tenant)
@@ -340,6 +383,7 @@ class TenantLimiter:
         """Replace a reservation by the actual usage. The tokens/min bucket gets back (or
         loses, possibly below zero) the difference; the dollars are spent. An unknown or
         already settled id is ignored; one released by the TTL is still charged, once."""
+        await self._ready()
         if tokens < 0 or not cost_usd >= 0 or math.isinf(cost_usd):
             raise ValueError(f"tokens and cost_usd must be >= 0, not {tokens}, {cost_usd}")
         self._expire()
@@ -365,6 +409,7 @@ class TenantLimiter:
     async def usage(self, tenant: str) -> dict[str, float]:
         """Counters for one tenant: dollars spent today and reserved, tokens reserved, runs
         in progress, and the bucket levels of the limits it has."""
+        await self._ready()
         state = self._tenant(tenant)
         out = {
             "spent_usd": state.spent_usd,
@@ -415,8 +460,8 @@ class TenantLimiter:
             if run.expires > now:
                 break
             self._free(lease)
-            if self._file is not None:
-                self._file.write_soon(drop_lease(lease))
+            if self._state is not None:
+                self._state.write_soon(drop_lease(lease))
         cutoff = now - self._ttl_s
         while self._released:
             rid, held = next(iter(self._released.items()))
@@ -443,9 +488,9 @@ class TenantLimiter:
         state.running = max(0, state.running - 1)
         return True
 
-    async def _durable(self, *writes: tuple[str, tuple[object, ...]]) -> None:
-        if self._file is not None:
-            await self._file.write(*writes)
+    async def _durable(self, *writes: Write) -> None:
+        if self._state is not None:
+            await self._state.write(*writes)
 
     def _day(self) -> int:
         return int(self._wall_clock() // _DAY_S)
@@ -522,7 +567,35 @@ def _admitted(
     )
 
 
+class _TenantLimiterHost(TenantLimiter):
+    """The TenantLimiter inside its actor: opens its state from a URL in the actor's own
+    process (connections do not pickle), and starts reading it at once."""
+
+    def __init__(
+        self,
+        limits: Mapping[str, TenantLimits] | None,
+        *,
+        state_url: str | None = None,
+        reservation_ttl_s: float = 600.0,
+        lease_ttl_s: float = 60.0,
+    ) -> None:
+        super().__init__(
+            limits,
+            reservation_ttl_s=reservation_ttl_s,
+            lease_ttl_s=lease_ttl_s,
+            state=process_state(state_url).limiter,
+        )
+        # An async actor builds itself in its event loop; the first call awaits this read.
+        self._loading = asyncio.get_running_loop().create_task(self._load())
+        self._loading.add_done_callback(_retrieved)
+
+
+def _retrieved(task: asyncio.Task[None]) -> None:
+    if not task.cancelled():
+        task.exception()  # a failed read is logged, and raised to the calls that wait for it
+
+
 # Ray's stubs lack actor options (max_concurrency) in the keyword overload of `remote`.
 # An async actor runs every method (sync ones too) on one event loop, and no method awaits
 # between its check and its take: each call is atomic by construction, with no lock.
-TenantLimiterActor = ray.remote(num_cpus=0, max_concurrency=1000)(TenantLimiter)  # type: ignore[call-overload]
+TenantLimiterActor = ray.remote(num_cpus=0, max_concurrency=1000)(_TenantLimiterHost)  # type: ignore[call-overload]

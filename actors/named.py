@@ -1,10 +1,10 @@
 """A handle to a named shared actor that outlives the actor's crashes.
 
-rayfleet's shared services (run store, tool pool, memory, limiter, outcomes, embeddings, run
-pool, batch driver) are named, detached actors created with `max_restarts=-1`: after a crash
-Ray restarts one under the same name and id, and calls made meanwhile wait for it. A call in
-flight when it died fails with `ActorUnavailableError` or `ActorDiedError`, and Ray cannot
-say whether it ran. An actor killed for good is gone from its name until it is made again.
+rayfleet's shared services (tool pool, limiter, embeddings, run pool, batch driver) are
+named, detached actors created with `max_restarts=-1`: after a crash Ray restarts one under
+the same name and id, and calls made meanwhile wait for it. A call in flight when it died
+fails with `ActorUnavailableError` or `ActorDiedError`, and Ray cannot say whether it ran.
+An actor killed for good is gone from its name until it is made again.
 
 `NamedActor` is how every caller holds such a service. It looks the actor up by name, and
 when a call fails because the actor died:

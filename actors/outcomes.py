@@ -1,9 +1,10 @@
-"""The outcome store: how each run ended and what it cost, for cost per successful run (C11)
-and for comparing agent versions (C13: canary rollback, shadow runs), in SQLite.
+"""Outcomes: how each run ended and what it cost, for cost per successful run (C11) and for
+comparing agent versions (C13: canary rollback, shadow runs). The models and the folding
+of rows into statistics live here; the store is actors.state.outcomes.OutcomeStore.
 
-Two tables. `runs` holds one row per finished run, written by whoever saw it end; the first
-record of a run stands (a resumed run may report its end twice). `outcomes` holds the
-explicit outcome a caller posts (`POST /v1/runs/{id}/outcome`), before or after the run ends.
+One record per finished run, written by whoever saw it end; the first record of a run
+stands (a resumed run may report its end twice). An explicit outcome is what a caller
+posts (`POST /v1/runs/{id}/outcome`), before or after the run ends.
 
 Success: an explicit outcome, when there is one, decides; otherwise a completed run is a
 success and a failed or cancelled run is not, nor is one that ran over a budget (it wrapped
@@ -20,81 +21,24 @@ primary runs by `shadow_pairs`.
 
 Per tenant (C11): `version_stats(..., tenant=)`, `stats_by_tenant` and `cost_report` (every
 tenant's figures per agent version, per agent and overall). The same figures go out as
-Ray metrics through an `OutcomeMetrics` sink (the actor shell's is `RayOutcomeMetrics`):
-counters as runs are recorded, gauges recomputed from the store every few seconds for the
-(agent, version, tenant) groups that changed, so explicit outcomes count there too.
+Ray metrics through an `OutcomeMetrics` sink (`RayOutcomeMetrics`): counters as runs are
+recorded (by the run host that records them), gauges recomputed from the store every few
+seconds (by the run pool), so explicit outcomes count there too.
 """
 
 from __future__ import annotations
 
-import asyncio
-import logging
 import math
-import threading
-import time
-from collections import defaultdict
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from typing import Any, Literal, Protocol, get_args
 
-import ray
 from pydantic import BaseModel, ConfigDict, Field, model_validator
-
-from actors.sqlite_file import connect
 
 Assignment = Literal["stable", "canary", "shadow", "pinned"]
 RunStatus = Literal["completed", "failed", "cancelled"]
 
 _ASSIGNMENTS: tuple[str, ...] = get_args(Assignment)
-logger = logging.getLogger("rayfleet")
 
-_SCHEMA = (
-    """CREATE TABLE IF NOT EXISTS runs (
-        run_id TEXT PRIMARY KEY,
-        agent TEXT NOT NULL,
-        version TEXT NOT NULL,
-        tenant TEXT NOT NULL,
-        assignment TEXT NOT NULL,
-        status TEXT NOT NULL,
-        cost_usd REAL NOT NULL,
-        run_s REAL NOT NULL,
-        ended_at REAL NOT NULL,
-        primary_run_id TEXT,
-        output TEXT,
-        steps INTEGER NOT NULL,
-        recorded_at REAL NOT NULL
-    )""",
-    "CREATE INDEX IF NOT EXISTS runs_by_version ON runs (agent, version, ended_at)",
-    "CREATE INDEX IF NOT EXISTS runs_by_agent ON runs (agent, assignment, ended_at)",
-    "CREATE INDEX IF NOT EXISTS runs_by_tenant ON runs (tenant, ended_at)",
-    """CREATE TABLE IF NOT EXISTS outcomes (
-        run_id TEXT PRIMARY KEY,
-        success INTEGER NOT NULL,
-        score REAL,
-        set_at REAL NOT NULL
-    )""",
-)
-
-# One row per run, joined with its explicit outcome (if any): what the statistics fold.
-_STATS_SELECT = (
-    "SELECT r.tenant, r.status, o.success, o.score, r.cost_usd, r.run_s "
-    "FROM runs r LEFT JOIN outcomes o ON o.run_id = r.run_id "
-)
-# The same with the group columns in front: cost_report folds `row[2:]` per group.
-_REPORT_SELECT = (
-    "SELECT r.agent, r.version, r.tenant, r.status, o.success, o.score, r.cost_usd, r.run_s "
-    "FROM runs r LEFT JOIN outcomes o ON o.run_id = r.run_id "
-)
-# Runs, successes (explicit outcome first) and cost per (agent, version, tenant), in SQL:
-# what the metric gauges need, cheap enough to run every few seconds.
-_GROUP_TOTALS = (
-    "SELECT r.agent, r.version, r.tenant, COUNT(*), "
-    "SUM(CASE WHEN COALESCE(o.success, r.status = 'completed') THEN 1 ELSE 0 END), "
-    "SUM(r.cost_usd) "
-    "FROM runs r LEFT JOIN outcomes o ON o.run_id = r.run_id "
-    "WHERE r.assignment != 'shadow'"
-)
-_GROUP_KEYS_PER_QUERY = 300
-"""(agent, version, tenant) triples per IN list: 900 parameters, under SQLite's 999."""
 _Row = tuple[Any, ...]
 Group = tuple[str, str, str]
 """(agent, version, tenant)."""
@@ -237,267 +181,6 @@ class ShadowComparison(BaseModel):
     """Shadow runs that ended with status failed."""
 
 
-class OutcomeStore:
-    """Run outcomes and explicit outcomes. SQLite calls run in a worker thread, one at a
-    time. No Ray in here. `clock` (unix seconds) stamps when rows were written."""
-
-    def __init__(
-        self,
-        path: str,
-        clock: Callable[[], float] = time.time,
-        metrics: OutcomeMetrics | None = None,
-    ) -> None:
-        # Statistics, not a ledger: losing the last commits in a power cut is acceptable.
-        self._db = connect(path, synchronous="NORMAL", schema=_SCHEMA)
-        self._lock = threading.Lock()
-        self._clock = clock
-        self._metrics = metrics
-        self._dirty: set[Group] | None = None
-        """Groups whose gauges are stale; None: all of them (nothing published yet)."""
-
-    async def record_run(self, outcome: RunOutcome) -> None:
-        """Record how a run ended. The first record of a run stands; later ones are ignored
-        (a resumed run may report its end twice)."""
-        o = outcome
-        row = (
-            o.run_id,
-            o.agent,
-            o.version,
-            o.tenant,
-            o.assignment,
-            o.status,
-            o.cost_usd,
-            o.run_s,
-            o.ended_at,
-            o.primary_run_id,
-            o.output,
-            o.steps,
-            self._clock(),
-        )
-        inserted = await asyncio.to_thread(
-            self._write,
-            "INSERT OR IGNORE INTO runs VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-            row,
-        )
-        if inserted and o.over_budget:  # the automatic outcome; a caller's own one wins
-            await asyncio.to_thread(
-                self._write,
-                "INSERT OR IGNORE INTO outcomes (run_id, success, score, set_at) "
-                "VALUES (?, 0, NULL, ?)",
-                (o.run_id, self._clock()),
-            )
-        if inserted and o.assignment != "shadow":
-            self._mark_dirty((o.agent, o.version, o.tenant))
-            if self._metrics is not None:
-                self._metrics.run_recorded(o)
-
-    async def set_outcome(self, run_id: str, success: bool, score: float | None = None) -> bool:
-        """Store the caller's explicit outcome of a run; it wins over the automatic one. The
-        latest call stands (a caller may correct itself).
-
-        The run need not be recorded yet: the caller may judge a run before its end reaches
-        this store, so the outcome is kept and applies once it does. Whether the run exists
-        and belongs to the caller is the gateway's check (against the run store), made
-        before this call; so this returns True once stored."""
-        if score is not None and not math.isfinite(score):
-            raise ValueError(f"score must be a finite number, not {score!r}")
-        await asyncio.to_thread(
-            self._write,
-            "INSERT OR REPLACE INTO outcomes (run_id, success, score, set_at) VALUES (?, ?, ?, ?)",
-            (run_id, int(success), score, self._clock()),
-        )
-        if self._metrics is not None:  # the run's group changes only if it is recorded
-            found = await asyncio.to_thread(
-                self._read,
-                "SELECT agent, version, tenant FROM runs "
-                "WHERE run_id = ? AND assignment != 'shadow'",
-                (run_id,),
-            )
-            for agent, version, tenant in found:
-                self._mark_dirty((agent, version, tenant))
-        return True
-
-    async def version_stats(
-        self,
-        agent: str,
-        version: str,
-        since: float | None = None,
-        assignment: str | None = None,
-        tenant: str | None = None,
-    ) -> VersionStats:
-        """Outcomes of one version's runs that ended at or after `since`, optionally of one
-        assignment and/or tenant. Without `assignment`, every assignment but shadow."""
-        where, args = _filters(agent, since, assignment)
-        where += " AND r.version = ?"
-        args.append(version)
-        if tenant is not None:
-            where += " AND r.tenant = ?"
-            args.append(tenant)
-        rows = await asyncio.to_thread(self._read, _STATS_SELECT + where, tuple(args))
-        return _fold(rows)
-
-    async def stats_by_tenant(
-        self, agent: str, since: float | None = None, version: str | None = None
-    ) -> dict[str, VersionStats]:
-        """Outcomes per tenant (with runs) of an agent's runs that ended at or after `since`,
-        across its versions or of one `version`. Shadow runs are excluded."""
-        where, args = _filters(agent, since, None)
-        if version is not None:
-            where += " AND r.version = ?"
-            args.append(version)
-        rows = await asyncio.to_thread(self._read, _STATS_SELECT + where, tuple(args))
-        by_tenant: dict[str, list[_Row]] = defaultdict(list)
-        for row in rows:
-            by_tenant[row[0]].append(row)
-        return {tenant: _fold(by_tenant[tenant]) for tenant in sorted(by_tenant)}
-
-    async def cost_report(
-        self, since: float | None = None, tenant: str | None = None
-    ) -> CostReport:
-        """Cost per successful run per tenant: per agent version, per agent and overall, of
-        the runs that ended at or after `since`; of one `tenant` only if given (what a
-        tenant may see of itself). Shadow runs are excluded."""
-        where = "WHERE r.assignment != 'shadow'"
-        args: list[object] = []
-        if since is not None:
-            where += " AND r.ended_at >= ?"
-            args.append(since)
-        if tenant is not None:
-            where += " AND r.tenant = ?"
-            args.append(tenant)
-        rows = await asyncio.to_thread(self._read, _REPORT_SELECT + where, tuple(args))
-        versions: dict[tuple[str, str, str], list[_Row]] = defaultdict(list)
-        agents: dict[tuple[str, str], list[_Row]] = defaultdict(list)
-        tenants: dict[str, list[_Row]] = defaultdict(list)
-        for row in rows:
-            agent, version, who = str(row[0]), str(row[1]), str(row[2])
-            versions[(agent, version, who)].append(row[2:])
-            agents[(agent, who)].append(row[2:])
-            tenants[who].append(row[2:])
-        return CostReport(
-            since=since,
-            versions=[
-                TenantCost(tenant=t, agent=a, version=v, stats=_fold(versions[(a, v, t)]))
-                for a, v, t in sorted(versions)
-            ],
-            agents=[
-                TenantCost(tenant=t, agent=a, stats=_fold(agents[(a, t)]))
-                for a, t in sorted(agents)
-            ],
-            tenants=[TenantCost(tenant=t, stats=_fold(tenants[t])) for t in sorted(tenants)],
-        )
-
-    async def publish_metrics(self) -> int:
-        """Send the current totals of every group that changed since the last call (all of
-        them on the first call) to the metrics sink; returns how many groups were sent."""
-        if self._metrics is None:
-            return 0
-        dirty, self._dirty = self._dirty, set()
-        try:
-            totals = await asyncio.to_thread(self._group_totals, dirty)
-        except BaseException:
-            self._dirty = None if dirty is None else self._dirty | dirty  # try again later
-            raise
-        for agent, version, tenant, runs, successes, cost in totals:
-            group = (str(agent), str(version), str(tenant))
-            self._metrics.group_totals(group, int(runs), int(successes or 0), float(cost or 0.0))
-        return len(totals)
-
-    async def publish_metrics_every(self, interval_s: float) -> None:
-        """Publish the gauges every `interval_s` seconds, for ever (the actor runs this)."""
-        while True:
-            try:
-                await self.publish_metrics()
-            except Exception as exc:
-                logger.warning("publishing outcome metrics failed: %r", exc)
-            await asyncio.sleep(interval_s)
-
-    def _mark_dirty(self, group: Group) -> None:
-        if self._dirty is not None:
-            self._dirty.add(group)
-
-    def _group_totals(self, groups: set[Group] | None) -> list[_Row]:
-        if groups is None:
-            return self._read(_GROUP_TOTALS + " GROUP BY r.agent, r.version, r.tenant", ())
-        found: list[_Row] = []
-        ordered = sorted(groups)
-        for start in range(0, len(ordered), _GROUP_KEYS_PER_QUERY):
-            chunk = ordered[start : start + _GROUP_KEYS_PER_QUERY]
-            values = ", ".join(["(?, ?, ?)"] * len(chunk))
-            sql = (
-                f"{_GROUP_TOTALS} AND (r.agent, r.version, r.tenant) IN (VALUES {values}) "
-                "GROUP BY r.agent, r.version, r.tenant"
-            )
-            found += self._read(sql, tuple(part for group in chunk for part in group))
-        return found
-
-    async def shadow_pairs(self, agent: str, since: float | None = None) -> list[ShadowComparison]:
-        """Each (primary version, shadow version) of an agent, comparing the shadow runs that
-        ended at or after `since` with their primary runs; ordered by the two versions. A
-        shadow run whose primary is not recorded (yet) is left out."""
-        sql = (
-            "SELECT p.version, s.version, p.output, s.output, p.steps, s.steps, "
-            "p.cost_usd, s.cost_usd, p.run_s, s.run_s, p.status, s.status "
-            "FROM runs s JOIN runs p ON p.run_id = s.primary_run_id "
-            "WHERE s.agent = ? AND s.assignment = 'shadow'"
-        )
-        args: list[object] = [agent]
-        if since is not None:
-            sql += " AND s.ended_at >= ?"
-            args.append(since)
-        rows = await asyncio.to_thread(self._read, sql, tuple(args))
-        groups: dict[tuple[str, str], list[_Row]] = defaultdict(list)
-        for row in rows:
-            groups[(str(row[0]), str(row[1]))].append(row)
-        return [_compare(p, s, groups[(p, s)]) for p, s in sorted(groups)]
-
-    async def forget_runs(self, run_ids: list[str]) -> int:
-        """Delete these runs' records and outcomes (a run deleted, or past retention);
-        returns how many records went. Their groups' gauges are published again."""
-        gone, groups = await asyncio.to_thread(self._forget, run_ids)
-        for group in groups:
-            self._mark_dirty(group)
-        return gone
-
-    def _forget(self, run_ids: list[str]) -> tuple[int, list[Group]]:
-        keys = [(run_id,) for run_id in run_ids]
-        with self._lock:
-            groups = [
-                (str(agent), str(version), str(tenant))
-                for run_id in run_ids
-                for agent, version, tenant in self._db.execute(
-                    "SELECT agent, version, tenant FROM runs "
-                    "WHERE run_id = ? AND assignment != 'shadow'",
-                    (run_id,),
-                )
-            ]
-            self._db.execute("BEGIN")
-            try:
-                self._db.executemany("DELETE FROM outcomes WHERE run_id = ?", keys)
-                gone = sum(
-                    self._db.execute("DELETE FROM runs WHERE run_id = ?", key).rowcount
-                    for key in keys
-                )
-                self._db.execute("COMMIT")
-            except BaseException:
-                self._db.execute("ROLLBACK")
-                raise
-        return gone, groups
-
-    def close(self) -> None:
-        with self._lock:
-            self._db.close()
-
-    def _write(self, sql: str, row: tuple[object, ...]) -> int:
-        """Run one statement; returns how many rows it changed."""
-        with self._lock:
-            return self._db.execute(sql, row).rowcount
-
-    def _read(self, sql: str, args: tuple[object, ...]) -> list[_Row]:
-        with self._lock:
-            return list(self._db.execute(sql, args).fetchall())
-
-
 def _filters(agent: str, since: float | None, assignment: str | None) -> tuple[str, list[object]]:
     """The WHERE clause common to the statistics: agent, window, assignment (default: all
     but shadow)."""
@@ -630,18 +313,3 @@ class RayOutcomeMetrics:
         self._successes.set(successes, tags=tags)
         # NaN (Prometheus' "undefined") while the group has no success, not a stale figure.
         self._per_success.set(cost_usd / successes if successes else math.nan, tags=tags)
-
-
-class _OutcomeStoreShell(OutcomeStore):
-    """The store in its actor, publishing Ray metrics."""
-
-    def __init__(self, path: str) -> None:
-        super().__init__(path, metrics=RayOutcomeMetrics())
-        # An async actor builds itself inside its event loop: the publisher lives there.
-        self._publisher = asyncio.get_running_loop().create_task(
-            self.publish_metrics_every(METRICS_INTERVAL_S)
-        )
-
-
-# Ray's stubs lack actor options (max_concurrency) in the keyword overload of `remote`.
-OutcomeStoreActor = ray.remote(num_cpus=0, max_concurrency=64)(_OutcomeStoreShell)  # type: ignore[call-overload]

@@ -2,11 +2,10 @@
 and outcomes, effects recorded longer ago leave the effect ledger (a run that ended cannot
 resume, so its keys are never asked again), and expired idempotency keys are forgotten.
 
-The run pool (the one actor that outlives everything and already owns the store's handle)
-sweeps every `SWEEP_EVERY_S`. A sweep deletes in bounded batches, each one transaction, so
-it never holds the store for long; a run whose terminal event is not durable is never
-touched (the store only deletes ended runs). No Ray in here: the ports are actor handles'
-adapters in the shell, or the stores themselves in tests.
+The run pool (the one actor that outlives everything) sweeps every `SWEEP_EVERY_S`, on the
+state it opened itself. A sweep deletes in bounded batches, each one transaction, so it
+never holds the state for long; a run whose terminal event is not durable is never touched
+(the run store only deletes ended runs). No Ray in here: the ports are the state's stores.
 """
 
 from __future__ import annotations
@@ -15,7 +14,7 @@ import asyncio
 import logging
 import time
 from collections.abc import Awaitable, Callable
-from typing import Any, Protocol
+from typing import Protocol
 
 logger = logging.getLogger("rayfleet")
 
@@ -24,34 +23,39 @@ SWEEP_EVERY_S = 600.0
 DAY_S = 86_400.0
 
 
-class RetentionStore(Protocol):
-    """The run store's deleting side (actors.store.RunStore)."""
+class PurgeRuns(Protocol):
+    """The run store's deleting side (actors.state.runs.RunStore)."""
 
     async def purge_ended(self, before: float, limit: int = 500) -> list[str]: ...
+
+
+class PurgeKeys(Protocol):
+    """The idempotency keys' deleting side (actors.state.runs.IdempotencyKeys)."""
 
     async def purge_keys(self, before: float) -> None: ...
 
 
 class ForgetOutcomes(Protocol):
-    """The outcome store's deleting side (actors.outcomes.OutcomeStore)."""
+    """The outcome store's deleting side (actors.state.outcomes.OutcomeStore)."""
 
     async def forget_runs(self, run_ids: list[str]) -> int: ...
 
 
 class PurgeEffects(Protocol):
-    """The effect ledger's deleting side (the tool pool's `purge_effects`)."""
+    """The effect ledger's deleting side (actors.state.ledger.EffectLedger)."""
 
-    async def purge_effects(self, before: float) -> int: ...
+    async def purge(self, before: float) -> int: ...
 
 
 async def sweep(
-    store: RetentionStore,
-    outcomes: ForgetOutcomes | None,
+    runs: PurgeRuns,
+    keys: PurgeKeys,
+    outcomes: ForgetOutcomes | None = None,
+    effects: PurgeEffects | None = None,
     *,
     now: float,
     retention_days: float,
     key_ttl_s: float,
-    effects: PurgeEffects | None = None,
     batch_size: int = 500,
     max_batches: int = 200,
 ) -> int:
@@ -60,25 +64,26 @@ async def sweep(
     before = now - retention_days * DAY_S
     deleted = 0
     for _ in range(max_batches):
-        run_ids = await store.purge_ended(before, batch_size)
+        run_ids = await runs.purge_ended(before, batch_size)
         if run_ids and outcomes is not None:
             await outcomes.forget_runs(run_ids)
         deleted += len(run_ids)
         if len(run_ids) < batch_size:
             break
     if effects is not None:
-        await effects.purge_effects(before)
-    await store.purge_keys(now - key_ttl_s)
+        await effects.purge(before)
+    await keys.purge_keys(now - key_ttl_s)
     return deleted
 
 
 async def sweep_forever(
-    store: RetentionStore,
-    outcomes: ForgetOutcomes | None,
+    runs: PurgeRuns,
+    keys: PurgeKeys,
+    outcomes: ForgetOutcomes | None = None,
+    effects: PurgeEffects | None = None,
     *,
     retention_days: float | None,
     key_ttl_s: float,
-    effects: PurgeEffects | None = None,
     interval_s: float = SWEEP_EVERY_S,
     clock: Callable[[], float] = time.time,
     sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
@@ -89,15 +94,16 @@ async def sweep_forever(
         await sleep(interval_s)
         try:
             if retention_days is None:
-                await store.purge_keys(clock() - key_ttl_s)
+                await keys.purge_keys(clock() - key_ttl_s)
                 continue
             deleted = await sweep(
-                store,
+                runs,
+                keys,
                 outcomes,
+                effects,
                 now=clock(),
                 retention_days=retention_days,
                 key_ttl_s=key_ttl_s,
-                effects=effects,
             )
             if deleted:
                 logger.info(
@@ -105,28 +111,3 @@ async def sweep_forever(
                 )
         except Exception as exc:
             logger.warning("retention sweep failed: %r", exc)
-
-
-class RemoteRetention:
-    """RetentionStore, ForgetOutcomes and PurgeEffects over the run store's, the outcome
-    store's and the tool pool's actors."""
-
-    def __init__(self, store: Any, outcomes: Any, tools: Any) -> None:
-        self._store = store
-        self._outcomes = outcomes
-        self._tools = tools
-
-    async def purge_ended(self, before: float, limit: int = 500) -> list[str]:
-        run_ids: list[str] = await self._store.purge_ended.remote(before, limit)
-        return run_ids
-
-    async def purge_keys(self, before: float) -> None:
-        await self._store.purge_keys.remote(before)
-
-    async def forget_runs(self, run_ids: list[str]) -> int:
-        gone: int = await self._outcomes.forget_runs.remote(run_ids)
-        return gone
-
-    async def purge_effects(self, before: float) -> int:
-        gone: int = await self._tools.purge_effects.remote(before)
-        return gone

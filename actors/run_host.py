@@ -44,7 +44,7 @@ from agents.spec import AgentSpec, TierSpec, ToolSpec
 from agents.summary import RunSummary, summarize
 
 if TYPE_CHECKING:
-    from actors.store import RunRecord
+    from actors.state.runs import RunRecord
 
 logger = logging.getLogger("rayfleet")
 
@@ -65,7 +65,7 @@ def host_of(run_id: str) -> str:
 
 
 class RunStorePort(Protocol):
-    """What a run host needs of the run store (actors.store.RunStore, or its actor)."""
+    """What a run host needs of the run store (actors.state.runs.RunStore)."""
 
     async def create_run(
         self, spec: AgentSpec, request: RunInput, context: TenantContext, host_id: str
@@ -74,6 +74,10 @@ class RunStorePort(Protocol):
     async def append_events(self, batch: dict[str, list[Event]]) -> None: ...
 
     async def load_run(self, run_id: str) -> RunRecord | None: ...
+
+
+class SettingsReader(Protocol):
+    """Where a run host reads the kill switches (actors.state.runs.SettingsStore)."""
 
     async def settings(self, prefix: str) -> dict[str, str]: ...
 
@@ -172,7 +176,7 @@ class _ShadowTools:
 
 
 class OutcomePort(Protocol):
-    """Where a finished run's outcome goes (actors.outcomes.OutcomeStore, or its actor)."""
+    """Where a finished run's outcome goes (actors.state.outcomes.OutcomeStore)."""
 
     async def record_run(self, outcome: RunOutcome) -> None: ...
 
@@ -230,7 +234,9 @@ class RunHost:
         on_run_end: Callable[[str], None] | None = None,
         limiter: LimiterPort | None = None,
         outcomes: OutcomePort | None = None,
+        switches: SettingsReader | None = None,
     ) -> None:
+        """`switches`: where the kill switches are stored (none: no run is ever killed)."""
         self.host_id = host_id
         self._settings = settings
         self._switches = KillSwitches()
@@ -241,6 +247,7 @@ class RunHost:
         self._tools = _GuardedTools(CachedTools(tools, self._cache), lambda: self._switches)
         self._memory = memory
         self._store = store
+        self._stored_switches = switches
         self._limiter = limiter
         self._outcomes = outcomes
         self._prices = PriceTable(settings.prices)
@@ -358,15 +365,15 @@ class RunHost:
         return self._switches.run_killed(spec.name, spec.version, tenant)
 
     def _watch_switches(self) -> None:
-        if self._store is not None and self._switch_watch is None:
-            self._switch_watch = asyncio.create_task(self._poll_switches(self._store))
+        if self._stored_switches is not None and self._switch_watch is None:
+            self._switch_watch = asyncio.create_task(self._poll_switches(self._stored_switches))
 
-    async def _poll_switches(self, store: RunStorePort) -> None:
-        """Kill switches live in the store; a running run sees a new one within a poll."""
+    async def _poll_switches(self, stored: SettingsReader) -> None:
+        """Kill switches live in the state; a running run sees a new one within a poll."""
         while True:
             try:
                 asked_at = time.monotonic()
-                self._switches = KillSwitches.from_settings(await store.settings(KILL_PREFIX))
+                self._switches = KillSwitches.from_settings(await stored.settings(KILL_PREFIX))
                 self._switches_read_at = asked_at
             except Exception as exc:  # keep the last known switches; try again
                 logger.warning("reading kill switches failed: %r", exc)

@@ -2,12 +2,10 @@
 
 Named, detached actors in one namespace, so a run outlives the Serve replica that started it
 and any replica can find it by id:
-    rayfleet-pool              RunPool       hands out run slots; watches hosts, resumes runs
-    rayfleet-store             RunStore      runs and their durable event logs
+    rayfleet-pool              RunPool       hands out run slots; watches hosts, resumes runs;
+                                             retention sweeps and outcome gauges
     rayfleet-tools             ToolPool      Python function tools
-    rayfleet-memory            MemoryStore   conversation threads
     rayfleet-limiter           TenantLimiter tenant limits, exact across replicas
-    rayfleet-outcomes          OutcomeStore  runs' outcomes, per-version stats
     rayfleet-embeddings        EmbeddingBatcher  embedding micro-batches for all runs (+ cache)
     rayfleet-batches           BatchRunner   bulk runs with bounded concurrency
     rayfleet-runhost-<host>    RunHost       the runs themselves
@@ -16,6 +14,10 @@ Every singleton restarts by itself after a crash (`max_restarts=-1`) and callers
 through `service()` (an `actors.named.NamedActor`), which finds it again and repeats only the
 calls listed as safe to repeat in RETRY_SAFE. The restarted pool rebuilds its membership
 from the live run hosts and resumes the runs of hosts that died while it was down.
+
+What must not be lost (runs and their events, settings, outcomes, memory) is in the state
+layer (actors.state), which every process opens itself: no actor stands between a run host
+and its events, and losing an actor loses none of it.
 """
 
 from __future__ import annotations
@@ -38,14 +40,14 @@ from actors.embeddings import (
     EmbeddingBatcherActor,
 )
 from actors.limiter import Admission, TenantLimiterActor
-from actors.memory import MemoryStoreActor
 from actors.named import NamedActor
-from actors.outcomes import OutcomeStoreActor, RunOutcome
-from actors.retention import RemoteRetention, sweep_forever
+from actors.outcomes import METRICS_INTERVAL_S, RayOutcomeMetrics
+from actors.retention import sweep_forever
 from actors.run_host import RunHost, host_of, new_run_id
 from actors.run_pool import RunPool
 from actors.settings import RuntimeSettings
-from actors.store import RunRecord, RunStoreActor
+from actors.state import State, process_state
+from actors.state.outcomes import OutcomeStore
 from actors.tool_pool import ToolPoolActor
 from agents.errors import ServiceUnavailable, UnknownRun
 from agents.events import Event, is_terminal
@@ -58,11 +60,8 @@ from agents.summary import RunSummary
 logger = logging.getLogger("rayfleet")
 
 POOL_ACTOR = "rayfleet-pool"
-STORE_ACTOR = "rayfleet-store"
 TOOLS_ACTOR = "rayfleet-tools"
-MEMORY_ACTOR = "rayfleet-memory"
 LIMITER_ACTOR = "rayfleet-limiter"
-OUTCOMES_ACTOR = "rayfleet-outcomes"
 BATCHES_ACTOR = "rayfleet-batches"
 HOST_PREFIX = "rayfleet-runhost-"
 # I/O-bound actors: a small reservation, many concurrent calls (every live stream is one).
@@ -75,24 +74,11 @@ _ON_HEAD: dict[str, Any] = {
     "max_restarts": -1,
 }
 RETRY_SAFE: dict[str, frozenset[str]] = {
-    # SQLite, reopened on restart; every write is an insert-or-ignore or a set.
-    STORE_ACTOR: frozenset(
-        {"create_run", "append_events", "move_run", "load_run", "host_of"}
-        | {"live_runs_on", "live_hosts", "put_setting", "settings", "purge_keys"}
-        | {"purge_ended", "finish_key"}
-    ),
     # A tool call carries its idempotency key: the pool's effect ledger answers a repeat.
-    TOOLS_ACTOR: frozenset({"call", "purge_effects"}),
-    # append_thread appends: a repeat would write the turn twice (the loop degrades instead).
-    MEMORY_ACTOR: frozenset({"load_thread"}),
+    TOOLS_ACTOR: frozenset({"call"}),
     # admit_run and reserve take: each must happen once. settle ignores a settled
     # reservation, release_run a released lease; renew_runs and update_limits set.
     LIMITER_ACTOR: frozenset({"settle", "update_limits", "usage", "release_run", "renew_runs"}),
-    # The first record of a run stands; an outcome is set, not added.
-    OUTCOMES_ACTOR: frozenset(
-        {"record_run", "set_outcome", "version_stats", "stats_by_tenant", "cost_report"}
-        | {"shadow_pairs", "forget_runs"}
-    ),
     EMBEDDINGS_ACTOR: EMBEDDINGS_RETRY_SAFE,
     # A restarted pool rebuilds its hosts' loads from the hosts, so an acquire lost in its
     # crash took nothing: asking again takes one slot. `release` goes by `tell`.
@@ -167,41 +153,19 @@ class RemoteTools:
         return outcome
 
 
-class RemoteMemory:
-    """MemoryPort over the memory-store actor; the loop degrades if these calls fail."""
+class StateMemory:
+    """MemoryPort over the state's memory store, opened at the first call: memory is
+    optional, so a memory database that cannot open fails the call (the loop degrades and
+    says so), never the run host."""
 
-    def __init__(self, actor: NamedActor) -> None:
-        self._actor = actor
+    def __init__(self, state: State) -> None:
+        self._state = state
 
     async def load_thread(self, namespace: str, thread_id: str) -> list[Message]:
-        messages: list[Message] = await self._actor.load_thread.remote(namespace, thread_id)
-        return messages
+        return await self._state.memory.load_thread(namespace, thread_id)
 
     async def append_thread(self, namespace: str, thread_id: str, messages: list[Message]) -> None:
-        await self._actor.append_thread.remote(namespace, thread_id, messages)
-
-
-class RemoteStore:
-    """The run store's actor as a RunStorePort."""
-
-    def __init__(self, actor: NamedActor) -> None:
-        self._actor = actor
-
-    async def create_run(
-        self, spec: AgentSpec, request: RunInput, context: TenantContext, host_id: str
-    ) -> None:
-        await self._actor.create_run.remote(spec, request, context, host_id)
-
-    async def append_events(self, batch: dict[str, list[Event]]) -> None:
-        await self._actor.append_events.remote(batch)
-
-    async def load_run(self, run_id: str) -> RunRecord | None:
-        record: RunRecord | None = await self._actor.load_run.remote(run_id)
-        return record
-
-    async def settings(self, prefix: str) -> dict[str, str]:
-        found: dict[str, str] = await self._actor.settings.remote(prefix)
-        return found
+        await self._state.memory.append_thread(namespace, thread_id, messages)
 
 
 class RemoteLimiter:
@@ -225,35 +189,25 @@ class RemoteLimiter:
         return unknown
 
 
-class RemoteOutcomes:
-    """The outcome store's actor as an OutcomePort."""
-
-    def __init__(self, actor: NamedActor) -> None:
-        self._actor = actor
-
-    async def record_run(self, outcome: RunOutcome) -> None:
-        await self._actor.record_run.remote(outcome)
-
-
 @ray.remote
 class RunHostActor(RunHost):
     def __init__(self, host_id: str, settings: RuntimeSettings) -> None:
         check_agents_package()
-
-        def named(name: str) -> NamedActor:
-            return service(settings, name)
-
-        pool = named(POOL_ACTOR)
+        state = process_state(settings.state_url)
+        pool = service(settings, POOL_ACTOR)
         super().__init__(
             host_id,
             settings,
-            RemoteTools(named(TOOLS_ACTOR)),
-            RemoteMemory(named(MEMORY_ACTOR)),
-            RemoteStore(named(STORE_ACTOR)),
+            RemoteTools(service(settings, TOOLS_ACTOR)),
+            StateMemory(state),
+            state.runs,
             # Lost if the pool is down: a restarted pool counts loads from the hosts.
             on_run_end=lambda h: pool.tell("release", h),
-            limiter=RemoteLimiter(named(LIMITER_ACTOR)),
-            outcomes=RemoteOutcomes(named(OUTCOMES_ACTOR)),
+            limiter=RemoteLimiter(service(settings, LIMITER_ACTOR)),
+            # The host that records a run counts it (rayfleet_runs_total and its cost); the
+            # pool publishes the per-version gauges.
+            outcomes=OutcomeStore(state.database("outcomes"), metrics=RayOutcomeMetrics()),
+            switches=state.settings,
         )
 
     def ready(self) -> bool:
@@ -265,7 +219,7 @@ class RunHostActor(RunHost):
 
 
 POOL_EPOCH = "pool.epoch"
-"""Store setting: how many run pools have started on this store. Each names its hosts apart
+"""Stored setting: how many run pools have started on this store. Each names its hosts apart
 (h0, h1, ... then e1h0, ...), so a host id, hence a run id, never names two hosts."""
 
 
@@ -273,29 +227,34 @@ POOL_EPOCH = "pool.epoch"
 class RunPoolActor:
     """The cluster's one RunPool: creates run hosts as load requires, watches them, and
     resumes the runs of a host that died on another host. Restarted after a crash, it adopts
-    the live hosts and resumes the runs of hosts that died while it was down."""
+    the live hosts and resumes the runs of hosts that died while it was down.
+
+    The one long-lived process of the runtime, it also deletes what is past retention and
+    publishes the outcome gauges (per agent version and tenant)."""
 
     def __init__(self, settings: RuntimeSettings) -> None:
         check_agents_package()
         self._settings = settings
-        self._store = service(settings, STORE_ACTOR)
+        state = process_state(settings.state_url)
+        self._runs = state.runs
+        self._stored = state.settings
         self._watchers: set[asyncio.Task[None]] = set()
         self._moving: dict[str, asyncio.Lock] = {}
-        # The pool outlives every replica: it deletes what is past retention.
-        remote = RemoteRetention(
-            self._store, service(settings, OUTCOMES_ACTOR), service(settings, TOOLS_ACTOR)
-        )
-        self._retention = asyncio.get_running_loop().create_task(
+        loop = asyncio.get_running_loop()
+        outcomes = OutcomeStore(state.database("outcomes"), metrics=RayOutcomeMetrics())
+        self._metrics = loop.create_task(outcomes.publish_metrics_every(METRICS_INTERVAL_S))
+        self._retention = loop.create_task(
             sweep_forever(
-                remote,
-                remote,
+                state.runs,
+                state.keys,
+                outcomes,
+                state.ledger,
                 retention_days=settings.retention_days,
                 key_ttl_s=settings.idempotency_key_ttl_s,
-                effects=remote,
             )
         )
         # An async actor builds itself in its event loop; every method waits for this.
-        self._starting = asyncio.get_running_loop().create_task(self._start())
+        self._starting = loop.create_task(self._start())
 
     async def _ready(self) -> RunPool:
         if self._starting.done() and self._starting.exception() is not None:
@@ -303,9 +262,9 @@ class RunPoolActor:
         return await asyncio.shield(self._starting)
 
     async def _start(self) -> RunPool:
-        found: dict[str, str] = await self._store.settings.remote(POOL_EPOCH)
+        found = await self._stored.settings(POOL_EPOCH)
         epoch = int(found.get(POOL_EPOCH, "0"))
-        await self._store.put_setting.remote(POOL_EPOCH, str(epoch + 1))
+        await self._stored.put_setting(POOL_EPOCH, str(epoch + 1))
         settings = self._settings
         pool = RunPool(
             settings.runs_per_actor,
@@ -317,7 +276,7 @@ class RunPoolActor:
         pool.adopt(loads)
         for host_id in loads:  # a host that died meanwhile is caught by its watcher
             self._watch_host(host_id, self._handle(host_id))
-        orphaned = set(await self._store.live_hosts.remote()) - set(loads)
+        orphaned = set(await self._runs.live_hosts()) - set(loads)
         for host_id in orphaned:  # died while no pool watched it
             self._in_background(self._resume_runs_of(pool, host_id))
         if loads or orphaned:
@@ -392,7 +351,7 @@ class RunPoolActor:
         await self._resume_runs_of(pool, host_id)
 
     async def _resume_runs_of(self, pool: RunPool, host_id: str) -> None:
-        for run_id in await self._store.live_runs_on.remote(host_id):
+        for run_id in await self._runs.live_runs_on(host_id):
             try:
                 await self._recover(pool, run_id, suspect=host_id)
             except Exception:
@@ -420,7 +379,7 @@ class RunPoolActor:
     async def _recover(self, pool: RunPool, run_id: str, suspect: str | None) -> str:
         lock = self._moving.setdefault(run_id, asyncio.Lock())
         async with lock:
-            host_id: str | None = await self._store.host_of.remote(run_id)
+            host_id = await self._runs.host_of(run_id)
             if host_id is None:
                 raise UnknownRun(f"unknown run {run_id!r}", run_id)
             if await self._alive(pool, host_id, checked=host_id == suspect):
@@ -439,7 +398,7 @@ class RunPoolActor:
                         pool.remove_host(new_host)
                     await asyncio.sleep(0.2 * attempt)
                     continue
-                await self._store.move_run.remote(run_id, new_host)
+                await self._runs.move_run(run_id, new_host)
                 logger.warning("run %s moved from host %s to %s", run_id, host_id, new_host)
                 return new_host
             raise UnknownRun(f"run {run_id!r} could not be resumed on any host", run_id)
@@ -460,9 +419,6 @@ class RunPoolActor:
 async def ensure_runtime(settings: RuntimeSettings) -> ActorHandle[Any]:
     """Get or create the shared actors; returns the pool once its warm hosts are ready."""
     ns = settings.namespace
-    RunStoreActor.options(name=STORE_ACTOR, namespace=ns, get_if_exists=True, **_ON_HEAD).remote(
-        settings.store_path
-    )
     ToolPoolActor.options(
         name=TOOLS_ACTOR,
         namespace=ns,
@@ -471,19 +427,13 @@ async def ensure_runtime(settings: RuntimeSettings) -> ActorHandle[Any]:
         # Tools that use the shared actors (embeddings) find them in this namespace.
         runtime_env={"env_vars": {NAMESPACE_ENV: ns}},
         **_ON_HEAD,
-    ).remote(retry=settings.tool_retry, ledger_path=settings.ledger_path)
+    ).remote(retry=settings.tool_retry, state_url=settings.state_url)
     EmbeddingBatcherActor.options(
         name=EMBEDDINGS_ACTOR, namespace=ns, get_if_exists=True, **_ON_HEAD
     ).remote(settings.embeddings, settings.providers, settings.prices, settings.cache)
-    MemoryStoreActor.options(
-        name=MEMORY_ACTOR, namespace=ns, get_if_exists=True, **_ON_HEAD
-    ).remote(settings.memory_path)
-    OutcomeStoreActor.options(
-        name=OUTCOMES_ACTOR, namespace=ns, get_if_exists=True, **_ON_HEAD
-    ).remote(settings.outcomes_path)
     TenantLimiterActor.options(
         name=LIMITER_ACTOR, namespace=ns, get_if_exists=True, **_ON_HEAD
-    ).remote(None, path=settings.limiter_path, lease_ttl_s=settings.run_lease_ttl_s)
+    ).remote(None, state_url=settings.state_url, lease_ttl_s=settings.run_lease_ttl_s)
     pool: ActorHandle[Any] = RunPoolActor.options(  # type: ignore[attr-defined]
         name=POOL_ACTOR, namespace=ns, get_if_exists=True, max_concurrency=10_000, **_ON_HEAD
     ).remote(settings)

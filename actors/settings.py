@@ -6,14 +6,16 @@ Embedded in the deploy config (serve_app.config) and passed to actors as one fro
 from __future__ import annotations
 
 from typing import Literal
+from urllib.parse import parse_qsl, urlsplit
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from actors.caches import CacheSettings
-from actors.datadir import default_data_dir
 from actors.embeddings import EmbeddingSettings
 from actors.router import RouterSettings
+from actors.state import STATE_URL_ENV, describe
 from actors.tool_pool import ToolRetrySettings
+from agents.errors import ConfigError
 from agents.pricing import DEFAULT_PRICES, ModelPrice
 
 
@@ -65,10 +67,6 @@ class RuntimeSettings(BaseModel):
         10_000, ge=1, description="Finished runs each host keeps for status and replay."
     )
     namespace: str = Field("rayfleet", description="Ray namespace of rayfleet's named actors.")
-    store_path: str = Field(
-        default_factory=lambda: str(default_data_dir() / "runs.sqlite"),
-        description="SQLite file of the run store (runs and their durable event logs).",
-    )
     restart_wait_s: float = Field(
         10.0,
         gt=0,
@@ -82,20 +80,12 @@ class RuntimeSettings(BaseModel):
         default_factory=dict,
         description="Custom Ray resources each run host needs, to place run hosts on nodes.",
     )
-    ledger_path: str = Field(
-        default_factory=lambda: str(default_data_dir() / "effects.sqlite"),
-        description="SQLite file of the effect ledger (side-effecting tool calls by key).",
-    )
     router: RouterSettings = Field(
         default_factory=RouterSettings,
         description="Retries, Retry-After cap, backoff and circuit breakers of the model router.",
     )
     tool_retry: ToolRetrySettings = Field(
         default_factory=ToolRetrySettings, description="Retries of transient tool failures."
-    )
-    outcomes_path: str = Field(
-        default_factory=lambda: str(default_data_dir() / "outcomes.sqlite"),
-        description="SQLite file of run outcomes (per-version stats, canary gates).",
     )
     cache: CacheSettings = Field(
         default_factory=CacheSettings,
@@ -117,17 +107,40 @@ class RuntimeSettings(BaseModel):
     idempotency_key_ttl_s: float = Field(
         86_400.0, gt=0, description="How long an Idempotency-Key is remembered (default 24 h)."
     )
-    limiter_path: str = Field(
-        default_factory=lambda: str(default_data_dir() / "limiter.sqlite"),
-        description="SQLite file of the tenant limiter (today's spend, live run leases).",
-    )
     run_lease_ttl_s: float = Field(
         60.0,
         gt=0,
         description="A run slot not renewed for this long is freed (its run's host died); "
         "hosts renew every third of it.",
     )
-    memory_path: str = Field(
-        default_factory=lambda: str(default_data_dir() / "memory.sqlite"),
-        description="SQLite file of the memory store (on the node that hosts its actor).",
+    state_url: str | None = Field(
+        None,
+        description="Where the state lives: postgresql://... or sqlite:///dir; None: "
+        "$RAYFLEET_STATE_URL, else SQLite in the data directory; a password in it is refused "
+        "— put the URL in $RAYFLEET_STATE_URL or the password in PGPASSWORD.",
     )
+
+    @field_validator("state_url")
+    @classmethod
+    def _state_url_without_password(cls, url: str | None) -> str | None:
+        # Settings are logged, shown and passed to every actor: no secret may be in them.
+        # ConfigError, not ValueError: pydantic would quote the URL in its error.
+        if url is None:
+            return None
+        shown = describe(url.split("?", 1)[0])
+        if _has_password(url):
+            raise ConfigError(
+                f"runtime.state_url {shown!r} holds a password: put the URL in "
+                f"${STATE_URL_ENV} or the password in PGPASSWORD"
+            )
+        if not url.startswith(("postgresql://", "postgres://", "sqlite:///")):
+            raise ConfigError(
+                f"runtime.state_url {shown!r}: expected postgresql://... or sqlite:///<dir>"
+            )
+        return url
+
+
+def _has_password(url: str) -> bool:
+    parts = urlsplit(url)
+    query = {key.lower() for key, _ in parse_qsl(parts.query, keep_blank_values=True)}
+    return parts.password is not None or "password" in query

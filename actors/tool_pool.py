@@ -34,7 +34,7 @@ from tenacity import (
 )
 from tenacity.stop import stop_base
 
-from actors.ledger import SqliteEffectLedger
+from actors.state import process_state
 from agents.errors import ToolFailed
 from agents.messages import ToolCall
 from agents.ports import EffectLedger, ToolOutcome
@@ -442,23 +442,17 @@ def _of(attempts: _Attempts) -> str:
 
 
 class _ToolPoolHost(ToolPool):
-    """The ToolPool inside its actor: opens its effect ledger from a path in the actor's own
-    process (a SQLite connection does not pickle)."""
+    """The ToolPool inside its actor: opens its effect ledger from the state URL in the
+    actor's own process (connections do not pickle)."""
 
     def __init__(
         self,
         max_concurrency: int = 64,
         *,
         retry: ToolRetrySettings | None = None,
-        ledger_path: str | None = None,
+        state_url: str | None = None,
     ) -> None:
-        ledger = SqliteEffectLedger(ledger_path) if ledger_path is not None else None
-        super().__init__(max_concurrency, retry=retry, ledger=ledger)
-        self._ledger_file = ledger
-
-    async def purge_effects(self, before: float) -> int:
-        """Retention (actors.retention): forget effects recorded before `before`."""
-        return 0 if self._ledger_file is None else await self._ledger_file.purge(before)
+        super().__init__(max_concurrency, retry=retry, ledger=process_state(state_url).ledger)
 
 
 # Ray's stubs lack actor options (max_concurrency) in the keyword overload of `remote`.

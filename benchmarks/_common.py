@@ -172,23 +172,50 @@ def app_config(
     sim: Simulator, agents: tuple[Path, ...] = (), tenancy: Any = None, **runtime: Any
 ) -> Any:
     """The app's config; `tenancy` (a serve_app.tenancy.TenancyConfig) replaces the default
-    single anonymous tenant. The SQLite stores go to a fresh private directory unless given:
-    the defaults in the data directory are shared with every other rayfleet of this user
-    (and may hold another schema version)."""
+    single anonymous tenant. The state is $RAYFLEET_STATE_URL if set (see `state_server`),
+    else SQLite in a fresh private directory: the data directory's is shared with every
+    other rayfleet of this user (and may hold another schema version)."""
     import tempfile
 
     from actors.settings import RuntimeSettings, simulator_providers
+    from actors.state import STATE_URL_ENV
     from serve_app.config import AppConfig
 
-    private = Path(tempfile.mkdtemp(prefix="rayfleet-bench-"))
-    for name in ("store", "ledger", "memory", "limiter"):
-        runtime.setdefault(f"{name}_path", str(private / f"{name}.sqlite"))
+    if not os.environ.get(STATE_URL_ENV):
+        private = Path(tempfile.mkdtemp(prefix="rayfleet-bench-"))
+        runtime.setdefault("state_url", f"sqlite://{private}")
     extra = {} if tenancy is None else {"tenancy": tenancy}
     return AppConfig(
         agents=tuple(str(p) for p in agents),
         runtime=RuntimeSettings(providers=simulator_providers(sim.base_url), **runtime),
         **extra,
     )
+
+
+@contextlib.contextmanager
+def state_server(backend: str) -> Iterator[str]:
+    """The state backend for a benchmark's rayfleet: "sqlite" (the embedded default, in a
+    private directory: see `app_config`) or "postgresql" (a private PostgreSQL 15 server on
+    127.0.0.1 with fsync on, as in production, its URL exported as $RAYFLEET_STATE_URL for
+    every Ray process started afterwards). Yields what to print."""
+    from actors.state import STATE_URL_ENV, describe
+
+    if backend == "sqlite":
+        yield "SQLite (WAL, synchronous=FULL), one file per concern"
+        return
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+    from tests.postgres import PostgresServer
+
+    with PostgresServer(fsync=True) as server:
+        url = server.url(server.create_database("rayfleet"))
+        os.environ[STATE_URL_ENV] = url
+        pid_file = server.data_dir / "postmaster.pid"
+        STATE_SERVER_PIDS.append(int(pid_file.read_text().split()[0]))
+        try:
+            yield f"PostgreSQL 15 (private server, fsync on) at {describe(url)}"
+        finally:
+            os.environ.pop(STATE_URL_ENV, None)
+            STATE_SERVER_PIDS.clear()
 
 
 @contextlib.asynccontextmanager
@@ -237,6 +264,8 @@ async def rayfleet(config: Any, sim: Simulator) -> AsyncIterator[Rayfleet]:
 
 
 def _kind(cmdline: str) -> str:
+    if cmdline.startswith("postgres"):
+        return "postgresql"
     if "gcs_server" in cmdline:
         return "gcs"
     if "raylet" in cmdline and "ray::" not in cmdline:
@@ -258,7 +287,16 @@ def server_processes(exclude: set[int]) -> list[Any]:
     for pid in exclude:
         with contextlib.suppress(psutil.Error):
             skip.update(c.pid for c in psutil.Process(pid).children(recursive=True))
-    return [p for p in psutil.Process().children(recursive=True) if p.pid not in skip]
+    found = [p for p in psutil.Process().children(recursive=True) if p.pid not in skip]
+    for pid in STATE_SERVER_PIDS:  # a daemon, not our child: its server processes count too
+        with contextlib.suppress(psutil.Error):
+            postmaster = psutil.Process(pid)
+            found += [postmaster, *postmaster.children(recursive=True)]
+    return found
+
+
+STATE_SERVER_PIDS: list[int] = []
+"""The PostgreSQL postmaster started by `state_server`, if any."""
 
 
 @dataclass

@@ -70,8 +70,8 @@ model), and every cacheable prefix here is shorter, so that figure is the one to
 real Anthropic models.
 
 In process, no Ray: a RunHost (actors/run_host.py) per arm, with an in-process ToolPool, a
-SQLite MemoryStore and a diskcache CacheStore in a private temporary directory; the
-simulator in its own process on 127.0.0.1.
+SQLite memory store (actors.state) and a diskcache CacheStore in a private temporary
+directory; the simulator in its own process on 127.0.0.1.
 
 Usage: .venv/bin/python benchmarks/cost.py [--runs 240] [--seed 7] [--concurrency 8]
        [--ttft-ms 2] [--quick]
@@ -100,9 +100,9 @@ import httpx2
 from pydantic import JsonValue
 
 from actors.caches import CacheSettings
-from actors.memory import MemoryStore
 from actors.run_host import RunHost, new_run_id
 from actors.settings import RuntimeSettings, simulator_providers
+from actors.state import State
 from actors.tool_pool import ToolPool
 from agents.events import (
     ContextPruned,
@@ -475,9 +475,9 @@ async def run_arm(
             providers=simulator_providers(sim.base_url),
             cache=CacheSettings(directory=str(Path(tmp) / "cache")),
         )
-        memory = MemoryStore(str(Path(tmp) / "memory.sqlite"))
+        state = State(f"sqlite://{tmp}")
         host_id = re.sub(r"[^a-z0-9]", "", name)[:16]
-        host = RunHost(host_id, settings, ToolPool(max_concurrency=64), memory=memory)
+        host = RunHost(host_id, settings, ToolPool(max_concurrency=64), memory=state.memory)
         results: list[list[RunResult]] = []
         started = time.perf_counter()
         try:
@@ -489,7 +489,7 @@ async def run_arm(
             results = await c.bounded(len(threads), concurrency, thread_job)
         finally:
             await host.aclose()
-            memory.close()
+            await state.close()
         wall_s = time.perf_counter() - started
     return [r for thread_results in results for r in thread_results], wall_s
 

@@ -9,7 +9,11 @@ proxy with SSE. Same five-step input (four tool calls, then an answer).
     server CPU per step    = CPU of our Ray's processes (gcs, raylet, workers) / steps
     floor CPU per step     = CPU of the floor process / steps
 
+The state backend (`--state sqlite|postgresql`): SQLite files (the embedded default) or a
+private PostgreSQL server with fsync on; "state" in the by-process figures is that server.
+
 Usage: .venv/bin/python benchmarks/step_overhead.py [--quick] [--runs N] [--concurrency C]
+       [--state sqlite|postgresql]
 """
 
 from __future__ import annotations
@@ -128,13 +132,20 @@ async def amain(args: argparse.Namespace) -> None:
         floor = await floor_phase(sim, args.runs, args.concurrency)
         print(f"floor done: {floor['runs']} runs in {floor['wall_s']:.1f} s", flush=True)
         sim_cpu0 = sim.cpu_s()
-        async with c.rayfleet(c.app_config(sim), sim) as fleet:
-            others = [await http_phase(fleet, args.runs, args.concurrency)]
-            print(f"HTTP done in {others[0]['wall_s']:.1f} s", flush=True)
-            if not args.no_handle:
-                others.append(await handle_phase(fleet, args.runs, args.concurrency))
+        with c.state_server(args.state) as backend:
+            print(f"state: {backend}", flush=True)
+            others = await rayfleet_phases(sim, args)
         print(f"(simulator process CPU during rayfleet phases: {sim.cpu_s() - sim_cpu0:.1f} s)")
     report(floor, others)
+
+
+async def rayfleet_phases(sim: c.Simulator, args: argparse.Namespace) -> list[dict[str, Any]]:
+    async with c.rayfleet(c.app_config(sim), sim) as fleet:
+        others = [await http_phase(fleet, args.runs, args.concurrency)]
+        print(f"HTTP done in {others[0]['wall_s']:.1f} s", flush=True)
+        if not args.no_handle:
+            others.append(await handle_phase(fleet, args.runs, args.concurrency))
+    return others
 
 
 def main() -> None:
@@ -144,6 +155,9 @@ def main() -> None:
     parser.add_argument("--concurrency", type=int, default=4, help="runs in flight per phase")
     parser.add_argument("--ttft-ms", type=float, default=200.0)
     parser.add_argument("--no-handle", action="store_true", help="skip the handle-API phase")
+    parser.add_argument(
+        "--state", choices=("sqlite", "postgresql"), default="sqlite", help="state backend"
+    )
     args = parser.parse_args()
     if args.runs is None:
         args.runs = 8 if args.quick else 60

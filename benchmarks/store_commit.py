@@ -19,13 +19,15 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Literal
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import _common as c
 
 from actors.datadir import default_data_dir, private_dir
-from actors.store import RunStore
+from actors.state.db import SqliteDatabase
+from actors.state.runs import RunStore
 from agents.events import Event, ModelDelta
 
 RUNS_PER_COMMIT = 8
@@ -33,11 +35,10 @@ TEXT = "x" * 64
 
 
 async def measure(
-    path: Path, synchronous: str, batch: int, writers: int, seconds: float
+    path: Path, synchronous: Literal["NORMAL", "FULL"], batch: int, writers: int, seconds: float
 ) -> dict[str, float]:
-    store = RunStore(str(path))
-    # The benchmark's one liberty: the baseline switches its own connection back to NORMAL.
-    store._db.execute(f"PRAGMA synchronous={synchronous}")
+    db = SqliteDatabase(path, synchronous=synchronous)
+    store = RunStore(db)
     seqs = [0] * (writers * RUNS_PER_COMMIT)
     commits = 0
     deadline = time.perf_counter() + seconds
@@ -59,7 +60,7 @@ async def measure(
     start = time.perf_counter()
     await asyncio.gather(*(writer(w) for w in range(writers)))
     wall = time.perf_counter() - start
-    store.close()
+    await db.close()
     return {"commits_per_s": commits / wall, "events_per_s": commits * batch / wall}
 
 
@@ -76,6 +77,7 @@ async def main() -> None:
         print(f"{'events/commit':>13} {'synchronous':>11} {'commits/s':>10} {'events/s':>10}")
         for batch in (1, 16, 128):
             results = {}
+            synchronous: Literal["NORMAL", "FULL"]
             for synchronous in ("NORMAL", "FULL"):
                 path = where / f"{synchronous}-{batch}.sqlite"
                 results[synchronous] = await measure(

@@ -60,12 +60,22 @@ def serve(
     sim_port: Annotated[
         int, typer.Option(help="Port of the provider simulator on 127.0.0.1; 0: a free one.")
     ] = 0,
+    state: Annotated[
+        str | None,
+        typer.Option(
+            help="Where the state lives: postgresql://user:password@host/db or sqlite:///dir "
+            "(default: SQLite in the data directory).",
+            envvar="RAYFLEET_STATE_URL",
+            show_envvar=True,
+        ),
+    ] = None,
 ) -> None:
     """Start a local Ray head with the rayfleet Serve app and its simulator; Ctrl-C stops all."""
     for name, value in SERVE_ENV.items():
         os.environ.setdefault(name, value)  # before Ray starts: its processes inherit it
     args: dict[str, Any] = yaml.safe_load(config.read_text()) if config else {}
     _check_data_dir()
+    state_url = _check_state(state, args.get("runtime", {}).get("state_url"))
     sim = _start_simulator(sim_port)
     import ray
 
@@ -86,6 +96,7 @@ def serve(
         _deploy(port, args, sim.base_url)
         console.print(f"rayfleet is serving at [bold]http://127.0.0.1:{port}[/] (Ctrl-C stops it)")
         console.print(f"  provider simulator: {sim.base_url} (its /_sim control API off)")
+        console.print(f"  state: {state_url}", soft_wrap=True)  # a long URL on one line
         example = '{"input": "Where is order 1234?"}'
         console.print(
             f"  try: curl -N -H 'Accept: text/event-stream' -d '{example}' "
@@ -112,6 +123,45 @@ def _check_data_dir() -> None:
     except ConfigError as exc:
         err.print(f"[red]{exc}[/]")
         raise typer.Exit(2) from None
+
+
+def _check_state(url: str | None, configured: str | None) -> str:
+    """Refuse a state URL that is malformed or whose database does not answer, then put it
+    in this process's environment: every Ray process started from here inherits it (the
+    deploy config would show a password to whoever can read it). `configured`: the deploy
+    config's `runtime.state_url`, which wins in every process. Returns the URL to show:
+    without its password."""
+    import asyncio
+    import sqlite3
+
+    from actors.state import STATE_URL_ENV, describe, open_state
+    from agents.errors import ConfigError, ServiceUnavailable
+
+    if url and configured and url != configured:
+        err.print(
+            f"[red]--state {describe(url)} and the config's runtime.state_url "
+            f"{describe(configured)} differ[/]: give one"
+        )
+        raise typer.Exit(2)
+    try:
+        opened = open_state(url or configured)
+    except ConfigError as exc:
+        err.print(f"[red]{exc}[/]")
+        raise typer.Exit(2) from None
+
+    async def check() -> None:
+        try:
+            await opened.database("runs").fetchone("SELECT 1")
+        finally:
+            await opened.close()
+
+    try:
+        asyncio.run(check())
+    except (ConfigError, ServiceUnavailable, sqlite3.Error) as exc:
+        err.print(f"[red]cannot use the state at {describe(opened.url)}[/]: {exc}")
+        raise typer.Exit(2) from None
+    os.environ[STATE_URL_ENV] = opened.url
+    return describe(opened.url)
 
 
 def _start_simulator(port: int) -> SimulatorThread:

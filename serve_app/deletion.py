@@ -9,21 +9,24 @@ The run store decides (one transaction); the outcome store and the run's host th
 from __future__ import annotations
 
 import logging
-from typing import Any
+from typing import TYPE_CHECKING
 
 from actors.runtime import Runs
-from actors.store import DeleteOutcome
 from agents.errors import Conflict, UnknownRun
+
+if TYPE_CHECKING:
+    from actors.state.outcomes import OutcomeStore
+    from actors.state.runs import RunStore
 
 logger = logging.getLogger("rayfleet")
 
 
 async def delete_run(
-    run_id: str, tenant: str | None, store: Any, outcomes: Any, runs: Runs
+    run_id: str, tenant: str | None, store: RunStore, outcomes: OutcomeStore, runs: Runs
 ) -> None:
-    """Delete an ended run of `tenant` (None: the admin, any tenant's). `store` and
-    `outcomes` are the run store's and the outcome store's actors."""
-    outcome: DeleteOutcome = await store.delete_run.remote(run_id, tenant)
+    """Delete an ended run of `tenant` (None: the admin, any tenant's) from the state's run
+    and outcome stores, and from its host's memory."""
+    outcome = await store.delete_run(run_id, tenant)
     if outcome == "unknown":
         raise UnknownRun(f"unknown run {run_id[:80]!r}", run_id[:80])
     if outcome == "running":
@@ -32,7 +35,7 @@ async def delete_run(
             "then delete it",
             1.0,
         )
-    await outcomes.forget_runs.remote([run_id])
+    await outcomes.forget_runs([run_id])
     try:  # its host may still hold it for replay; a host that is gone holds nothing
         await runs.forget(run_id)
     except Exception as exc:

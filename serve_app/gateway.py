@@ -40,16 +40,9 @@ from actors.batches import (
 from actors.credentials import TenantContext
 from actors.limiter import Admission
 from actors.named import NamedActor
-from actors.outcomes import CostReport, VersionStats
-from actors.runtime import (
-    LIMITER_ACTOR,
-    OUTCOMES_ACTOR,
-    STORE_ACTOR,
-    Runs,
-    check_agents_package,
-    ensure_runtime,
-    service,
-)
+from actors.outcomes import VersionStats
+from actors.runtime import LIMITER_ACTOR, Runs, check_agents_package, ensure_runtime, service
+from actors.state import process_state
 from actors.switches import KILL_PREFIX, KillSwitches
 from agents.errors import (
     Killed,
@@ -72,7 +65,7 @@ from serve_app.delivery import KILL_ADMIN, ROLLBACK, Delivery
 from serve_app.detached import detached, nothing_started
 from serve_app.handle_api import HandleSurface
 from serve_app.http_errors import as_rayfleet_error, error_response, problem
-from serve_app.idempotency import Idempotency, RemoteKeys
+from serve_app.idempotency import Idempotency
 from serve_app.openapi import openapi_endpoint
 from serve_app.sse import to_sse
 from serve_app.tenancy import Authenticator, TenancyConfig, TenantConfig
@@ -192,12 +185,10 @@ class Gateway(HandleSurface):
         self._delivery = Delivery(config.traffic, versions)
         self._runs: Runs | None = None
         self._limiter: NamedActor | None = None
-        self._store: NamedActor | None = None
-        self._outcomes: NamedActor | None = None
+        # Settings (switches, rollbacks), outcomes, keys and runs: opened here, no actor hop.
+        self._state = process_state(config.runtime.state_url)
         self._batch_driver = BatchDriver(config.runtime)
-        self._keys = Idempotency(
-            RemoteKeys(lambda: self._store), config.runtime.idempotency_key_ttl_s
-        )
+        self._keys = Idempotency(self._state.keys, config.runtime.idempotency_key_ttl_s)
         self._background: set[asyncio.Task[None]] = set()
         self._over_rate: dict[str, tuple[float, Admission]] = {}
         """Tenants the limiter refused for their request rate: when, and its answer."""
@@ -215,18 +206,15 @@ class Gateway(HandleSurface):
         self._delivery.configure(traffic)
         await self._client()
         await self._push_limits()
-        assert self._store is not None
-        await self._delivery.publish(self._store.put_setting.remote)
+        await self._delivery.publish(self._state.settings.put_setting)
 
     async def _client(self) -> Runs:
         if self._runs is None:
             runtime = self._config.runtime
             self._runs = Runs(runtime, await ensure_runtime(runtime), recreate=True)
             self._limiter = service(runtime, LIMITER_ACTOR, recreate=True)
-            self._store = service(runtime, STORE_ACTOR, recreate=True)
-            self._outcomes = service(runtime, OUTCOMES_ACTOR, recreate=True)
             await self._push_limits()
-            await self._delivery.publish(self._store.put_setting.remote)
+            await self._delivery.publish(self._state.settings.put_setting)
             self._spawn(self._watch())
         return self._runs
 
@@ -238,7 +226,6 @@ class Gateway(HandleSurface):
     async def _watch(self) -> None:
         """Adopt shared switches and rollbacks every second, and give the limiter the
         tenants' limits again; judge canaries every few seconds."""
-        assert self._store is not None
         for tick in itertools.count():
             try:
                 self._delivery.refresh(await self._delivery_settings())
@@ -250,21 +237,20 @@ class Gateway(HandleSurface):
             await asyncio.sleep(1.0)
 
     async def _delivery_settings(self) -> dict[str, str]:
-        """The store's settings the traffic state is derived from (not batches' state)."""
-        assert self._store is not None
-        kill: dict[str, str] = await self._store.settings.remote(KILL_PREFIX)
-        rollbacks: dict[str, str] = await self._store.settings.remote(ROLLBACK)
+        """The stored settings the traffic state is derived from (not batches' state)."""
+        kill = await self._state.settings.settings(KILL_PREFIX)
+        rollbacks = await self._state.settings.settings(ROLLBACK)
         return {**kill, **rollbacks}
 
     async def _judge_canaries(self) -> None:
-        assert self._store is not None and self._outcomes is not None
+        outcomes = self._state.outcomes
         for agent, stable, canary, since in self._delivery.canaries():
-            stable_stats = await self._outcomes.version_stats.remote(agent, stable, since)
-            canary_stats = await self._outcomes.version_stats.remote(agent, canary, since)
+            stable_stats = await outcomes.version_stats(agent, stable, since)
+            canary_stats = await outcomes.version_stats(agent, canary, since)
             reasons = self._delivery.judge(agent, stable_stats, canary_stats)
             if reasons:
                 key, record = self._delivery.rollback_record(agent, "; ".join(reasons))
-                await self._store.put_setting.remote(key, record)
+                await self._state.settings.put_setting(key, record)
                 self._delivery.refresh(await self._delivery_settings())
                 logger.warning("canary %s@%s rolled back: %s", agent, canary, reasons)
 
@@ -575,9 +561,9 @@ class Gateway(HandleSurface):
         tenant = self._caller(request)
         agents = self._agents_for(tenant)
         await self._client()
-        assert self._outcomes is not None
+        outcomes = self._state.outcomes
         # The caller's own figures, and only the caller's: cost per successful run of its runs.
-        mine: CostReport = await self._outcomes.cost_report.remote(None, tenant.id)
+        mine = await outcomes.cost_report(None, tenant.id)
         by_version = {(c.agent, c.version): c.stats for c in mine.versions}
         by_agent = {c.agent: c.stats for c in mine.agents}
 
@@ -589,7 +575,7 @@ class Gateway(HandleSurface):
             agent["traffic"] = self._delivery.describe(agent["name"])
             agent["tenant"] = block(by_agent.get(agent["name"]))
             for version in agent["versions"]:
-                stats = await self._outcomes.version_stats.remote(agent["name"], version["version"])
+                stats = await outcomes.version_stats(agent["name"], version["version"])
                 version["stats"] = stats.model_dump(mode="json")
                 version["tenant"] = block(by_version.get((agent["name"], version["version"])))
         return JSONResponse({"agents": agents})
@@ -600,8 +586,7 @@ class Gateway(HandleSurface):
         run_id = request.path_params["run_id"]
         verdict = _validate(OutcomeRequest, await read_json(request, 65_536))
         await self._owned(tenant, run_id)
-        assert self._outcomes is not None
-        await self._outcomes.set_outcome.remote(run_id, verdict.success, verdict.score)
+        await self._state.outcomes.set_outcome(run_id, verdict.success, verdict.score)
         return JSONResponse({"run_id": run_id, **verdict.model_dump(mode="json")})
 
     def _admin(self, request: Request) -> None:
@@ -613,7 +598,6 @@ class Gateway(HandleSurface):
         self._admin(request)
         switch = _validate(KillRequest, await read_json(request, 65_536))
         await self._client()
-        assert self._store is not None
         # Start from the stored switches, not this replica's copy (up to a second old), so a
         # switch set through another replica is not overwritten.
         self._delivery.refresh(await self._delivery_settings())
@@ -625,7 +609,7 @@ class Gateway(HandleSurface):
         else:
             current[switch.scope][switch.name] = switch.reason
         updated = KillSwitches.model_validate(current)
-        await self._store.put_setting.remote(KILL_ADMIN, updated.model_dump_json())
+        await self._state.settings.put_setting(KILL_ADMIN, updated.model_dump_json())
         self._delivery.refresh(await self._delivery_settings())
         return JSONResponse({"kill": updated.model_dump(mode="json")})
 
@@ -634,12 +618,11 @@ class Gateway(HandleSurface):
         self._admin(request)
         agent = request.path_params["agent"]
         await self._client()
-        assert self._store is not None
         try:
             key, record = self._delivery.rollback_record(agent, "rolled back by an admin")
         except ValueError as exc:
             raise RequestInvalid(str(exc), "agent") from None
-        await self._store.put_setting.remote(key, record)
+        await self._state.settings.put_setting(key, record)
         self._delivery.refresh(await self._delivery_settings())
         return JSONResponse({"agent": agent, "traffic": self._delivery.describe(agent)})
 
@@ -647,8 +630,7 @@ class Gateway(HandleSurface):
         """How each shadow version compares with the primary it mirrored."""
         self._admin(request)
         await self._client()
-        assert self._outcomes is not None
-        pairs = await self._outcomes.shadow_pairs.remote(request.path_params["agent"])
+        pairs = await self._state.outcomes.shadow_pairs(request.path_params["agent"])
         return JSONResponse({"pairs": [p.model_dump(mode="json") for p in pairs]})
 
     async def _http_create_run(self, request: Request) -> Response:
@@ -688,8 +670,8 @@ class Gateway(HandleSurface):
         header = request.headers.get("authorization")
         tenant = None if self._auth.is_admin(header) else self._caller(request).id
         runs = await self._client()
-        assert self._store is not None and self._outcomes is not None
-        await delete_run(request.path_params["run_id"], tenant, self._store, self._outcomes, runs)
+        state = self._state
+        await delete_run(request.path_params["run_id"], tenant, state.runs, state.outcomes, runs)
         return Response(status_code=204)
 
     async def _http_events(self, request: Request) -> Response:
@@ -743,8 +725,7 @@ class Gateway(HandleSurface):
         self._admin(request)
         since = _since(request)
         await self._client()
-        assert self._outcomes is not None
-        report: CostReport = await self._outcomes.cost_report.remote(since)
+        report = await self._state.outcomes.cost_report(since)
         return JSONResponse(report.model_dump(mode="json"))
 
     async def _http_admin_tenants(self, request: Request) -> Response:

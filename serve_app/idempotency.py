@@ -29,11 +29,11 @@ import re
 import time
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Protocol
 
 from pydantic import BaseModel
 
-from actors.store import KeyClaim
+from actors.state.runs import KeyClaim
 from agents.errors import Conflict, RequestInvalid
 from serve_app.detached import detached, nothing_started
 
@@ -47,7 +47,7 @@ _KEY = re.compile(r"[!-~]{1,255}")
 
 
 class KeyStore(Protocol):
-    """The run store's idempotency keys (actors.store.RunStore)."""
+    """The state's idempotency keys (actors.state.runs.IdempotencyKeys)."""
 
     async def claim_key(
         self,
@@ -190,30 +190,3 @@ class Idempotency:
             await self._store.release_key(scope)
         except Exception as exc:  # the claim lapses after pending_s
             logger.warning("could not release idempotency key: %r", exc)
-
-
-class RemoteKeys:
-    """KeyStore over the run store's actor, looked up at each call (`actor()`)."""
-
-    def __init__(self, actor: Callable[[], Any]) -> None:
-        self._actor = actor
-
-    async def claim_key(
-        self,
-        scope: str,
-        fingerprint: str,
-        proposed: str | None,
-        now: float,
-        ttl_s: float,
-        pending_s: float,
-    ) -> KeyClaim:
-        claim: KeyClaim = await self._actor().claim_key.remote(
-            scope, fingerprint, proposed, now, ttl_s, pending_s
-        )
-        return claim
-
-    async def finish_key(self, scope: str, result: str) -> None:
-        await self._actor().finish_key.remote(scope, result)
-
-    async def release_key(self, scope: str) -> None:
-        await self._actor().release_key.remote(scope)

@@ -34,6 +34,10 @@ _DATA_DIR = tempfile.mkdtemp(prefix="rayfleet-tests-")  # mode 0700, as the stor
 os.environ["RAYFLEET_DATA_DIR"] = _DATA_DIR
 atexit.register(shutil.rmtree, _DATA_DIR, ignore_errors=True)
 
+# Tests pick their state themselves (a data dir per test, or a private PostgreSQL): a
+# developer's own state URL must never reach them, nor the Ray workers they start.
+os.environ.pop("RAYFLEET_STATE_URL", None)
+
 pytest_plugins = ["tests.fixtures_sim", "tests.fixtures_pg"]
 
 _real_connect = socket.socket.connect

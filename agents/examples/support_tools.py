@@ -4,7 +4,7 @@
 rayfleet passes, so a retried or resumed call returns the first refund instead of paying
 twice, as a payment provider's idempotency store would. That ledger lives in the process that
 runs the tool (a ToolPool actor in a cluster) and dies with it; the pool's durable effect
-ledger (`actors/ledger.py`) answers a repeated key before the tool is even called.
+ledger (`actors/state/ledger.py`) answers a repeated key before the tool is even called.
 """
 
 from __future__ import annotations

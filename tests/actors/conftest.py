@@ -40,11 +40,7 @@ def settings_for(
             {
                 "providers": simulator_providers(sim_server.base_url),
                 "namespace": namespace,
-                "store_path": str(tmp_path / "runs.sqlite"),
-                "memory_path": str(tmp_path / "memory.sqlite"),
-                "ledger_path": str(tmp_path / "effects.sqlite"),
-                "outcomes_path": str(tmp_path / "outcomes.sqlite"),
-                "limiter_path": str(tmp_path / "limiter.sqlite"),
+                "state_url": f"sqlite://{tmp_path}",
                 "cache": {"directory": str(tmp_path / "cache")},
                 "router": {"breaker_open_s": 1.0},
                 **fields,

@@ -5,13 +5,14 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import pytest
 import ray
 
 from actors.run_host import host_of
-from actors.runtime import HOST_PREFIX, MEMORY_ACTOR, Runs, ensure_runtime
+from actors.runtime import HOST_PREFIX, Runs, ensure_runtime
 from actors.settings import RuntimeSettings
 from agents.events import Event, is_terminal
 from agents.examples import example_specs
@@ -109,10 +110,12 @@ async def test_a_run_without_readers_is_resumed_by_the_pool(
 
 
 async def test_with_the_memory_store_down_the_run_completes_degraded(
-    settings_for: Settings, namespace: str, sim: Sim
+    settings_for: Settings, sim: Sim, tmp_path: Path
 ) -> None:
+    # A directory where the memory database should be: it cannot open, the rest of the
+    # state (in the same directory) can.
+    (tmp_path / "memory.sqlite").mkdir()
     runs = Runs(settings := settings_for(), await ensure_runtime(settings))
-    ray.kill(ray.get_actor(MEMORY_ACTOR, namespace=namespace), no_restart=True)
     sim.script(ANSWER)
     run_id = await runs.start(support(), "hello again", thread_id="thread-1")
     events = await collect(runs, run_id)

@@ -24,8 +24,9 @@ import pytest
 import ray
 
 from actors.run_host import host_of
-from actors.runtime import HOST_PREFIX, STORE_ACTOR, Runs, ensure_runtime
+from actors.runtime import HOST_PREFIX, Runs, ensure_runtime
 from actors.settings import RuntimeSettings
+from actors.state import open_state
 from agents.events import Event, is_terminal
 from agents.examples import example_specs
 from agents.spec import AgentSpec, ToolSpec
@@ -65,6 +66,15 @@ def reply(counter: Path, pay_id: str) -> dict[str, Any]:
     }
 
 
+async def create_run_store(settings: RuntimeSettings) -> None:
+    """Open the run store once, so its tables exist before a trigger is put on them."""
+    state = open_state(settings.state_url)
+    try:
+        await state.runs.host_of("none")
+    finally:
+        await state.close()
+
+
 def refuse(store_path: str, kind: str) -> Callable[[], None]:
     """Make the run store refuse to take the pay call's event of `kind` (its group commit
     fails and the host keeps retrying); returns what lifts the refusal."""
@@ -89,9 +99,14 @@ def lines(path: Path) -> list[str]:
     return path.read_text().splitlines() if path.exists() else []
 
 
-def ledger_holds_a_record(ledger_path: str) -> bool:
-    db = sqlite3.connect(ledger_path, timeout=10)
+def ledger_holds_a_record(ledger_file: str) -> bool:
+    if not Path(ledger_file).exists():
+        return False
+    db = sqlite3.connect(ledger_file, timeout=10)
     try:
+        # The ledger creates its table on first use.
+        if not db.execute("SELECT 1 FROM sqlite_master WHERE name = 'effects'").fetchone():
+            return False
         return bool(db.execute("SELECT count(*) FROM effects").fetchone()[0])
     finally:
         db.close()
@@ -117,8 +132,10 @@ async def test_killing_the_host_around_a_side_effect_pays_exactly_once(
     settings_for: Settings, namespace: str, sim: Sim, tmp_path: Path, moment: str
 ) -> None:
     settings = settings_for()
+    # In the state directory, settings.state_url:
+    ledger_file, runs_file = str(tmp_path / "effects.sqlite"), str(tmp_path / "runs.sqlite")
     runs = Runs(settings, await ensure_runtime(settings))
-    await ray.get_actor(STORE_ACTOR, namespace=namespace).host_of.remote("none")  # it is up
+    await create_run_store(settings)
     counter = tmp_path / "paid"
     notes = Path(f"{counter}.notes")
     answer = {"type": "text", "text": "Paid."}
@@ -127,7 +144,7 @@ async def test_killing_the_host_around_a_side_effect_pays_exactly_once(
         # The call never reaches the log, so the resumed run asks the model again (and gets
         # a new provider id, as from a real provider).
         sim.script(reply(counter, FIRST_PAY_ID), reply(counter, "pay-redone"), answer)
-        refuse(settings.store_path, "tool.call")  # for the first call's id, for ever
+        refuse(runs_file, "tool.call")  # for the first call's id, for ever
     else:
         # The call is in the log: the resumed run re-issues it; the model is not asked again
         # (the sim fixture fails the test if a scripted reply is left unused).
@@ -135,7 +152,7 @@ async def test_killing_the_host_around_a_side_effect_pays_exactly_once(
         if moment == "tool-acting":
             await asyncio.to_thread(Path(f"{counter}.hold").touch)
         else:
-            lift = refuse(settings.store_path, "tool.result")
+            lift = refuse(runs_file, "tool.result")
 
     run_id = await runs.start(agent(), "pay 42")
     reader = asyncio.create_task(collect(runs, run_id))  # a client attached across the kill
@@ -144,7 +161,7 @@ async def test_killing_the_host_around_a_side_effect_pays_exactly_once(
     elif moment == "tool-acting":
         await asyncio.to_thread(wait_for, lambda: lines(counter), 30)
     else:
-        await asyncio.to_thread(wait_for, lambda: ledger_holds_a_record(settings.ledger_path), 30)
+        await asyncio.to_thread(wait_for, lambda: ledger_holds_a_record(ledger_file), 30)
     await kill_9_host_of(run_id, namespace)
     await asyncio.to_thread(Path(f"{counter}.hold").unlink, missing_ok=True)
     if lift is not None:

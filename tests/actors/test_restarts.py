@@ -14,9 +14,9 @@ import pytest
 import ray
 
 from actors.run_host import host_of
-from actors.runtime import HOST_PREFIX, POOL_ACTOR, STORE_ACTOR, Runs, ensure_runtime
+from actors.runtime import HOST_PREFIX, POOL_ACTOR, TOOLS_ACTOR, Runs, ensure_runtime
 from actors.settings import RuntimeSettings
-from actors.store import RunStore
+from actors.state import open_state
 from agents.events import is_terminal
 from tests.actors.test_durability import (
     ANSWER,
@@ -47,22 +47,24 @@ async def pid_of(name: str, namespace: str) -> int:
     return pid
 
 
-async def test_a_run_goes_on_across_a_crash_of_the_run_store(
+async def test_a_run_goes_on_across_a_crash_of_the_tool_pool(
     settings_for: Settings, namespace: str, sim: Sim
 ) -> None:
     runs = Runs(settings := settings_for(), await ensure_runtime(settings))
-    # The first model call waits while the store dies; the run's next events go to the
-    # restarted store (the host's flush asks again), and new runs start.
+    # The first model call waits while the tool pool dies; the run's tool call goes to the
+    # restarted pool (the host's call waits for it and asks again), and new runs start.
     sim.script({**LOOKUP, "delay_ms": 1500}, ANSWER, ANSWER)
     run_id = await runs.start(support(), "Where is order 1003?")
     reader = asyncio.create_task(collect(runs, run_id))
     await asyncio.to_thread(wait_for, lambda: len(sim.requests()) == 1, 30)
-    killed = await kill_9(STORE_ACTOR, namespace)
+    killed = await kill_9(TOOLS_ACTOR, namespace)
 
     events = await reader
     assert_one_clean_stream(events)
     assert events[-1].kind == "run.completed", events[-1]
-    assert await pid_of(STORE_ACTOR, namespace) != killed
+    results = [e for e in events if e.kind == "tool.result"]
+    assert results and all(e.ok for e in results), results  # type: ignore[attr-defined]
+    assert await pid_of(TOOLS_ACTOR, namespace) != killed
     later = await collect(runs, await runs.start(support(), "Hello"))
     assert later[-1].kind == "run.completed"
 
@@ -80,7 +82,8 @@ async def test_a_restarted_pool_adopts_its_hosts_and_resumes_runs_of_a_host_lost
     # and nobody reads the run, so only the restarted pool can resume it.
     await kill_9(POOL_ACTOR, namespace)
     await kill_9(HOST_PREFIX + host_of(run_id), namespace)
-    store = RunStore(settings.store_path)  # read the file directly: never via the pool
+    state = open_state(settings.state_url)  # read the state directly: never via the pool
+    store = state.runs
 
     async def ended() -> Any:
         record = await store.load_run(run_id)
@@ -93,7 +96,7 @@ async def test_a_restarted_pool_adopts_its_hosts_and_resumes_runs_of_a_host_lost
             await asyncio.sleep(0.1)
         record = await store.load_run(run_id)
     finally:
-        store.close()
+        await state.close()
     assert record is not None
     assert_one_clean_stream(record.events)
     assert record.events[-1].kind == "run.completed", record.events[-1]

@@ -46,11 +46,7 @@ def service(
     data = tmp_path_factory.mktemp("rayfleet-data")
     settings = RuntimeSettings(
         providers=simulator_providers(sim_server.base_url),
-        store_path=str(data / "runs.sqlite"),
-        memory_path=str(data / "memory.sqlite"),
-        ledger_path=str(data / "effects.sqlite"),
-        outcomes_path=str(data / "outcomes.sqlite"),
-        limiter_path=str(data / "limiter.sqlite"),
+        state_url=f"sqlite://{data}",
         cache=CacheSettings(directory=str(data / "cache")),
         # Breakers are per process and this app lives all session: keep an opened one short
         # so one test's scripted failures do not skip a provider in the next test.

@@ -328,9 +328,9 @@ def test_the_canary_appears_nowhere(service: Service, seen: Transcript) -> None:
     texts.append(metrics)
     text_leaks = [leak for where, text in texts for leak in leaks_in(where, text)]
 
-    data = Path(service.settings.store_path).parent
-    stores = {Path(p).name for p in (service.settings.store_path, service.settings.ledger_path)}
-    stores.add(Path(service.settings.memory_path).name)
+    assert service.settings.state_url is not None
+    data = Path(service.settings.state_url.removeprefix("sqlite://"))
+    stores = {"runs.sqlite", "effects.sqlite", "memory.sqlite"}
     assert stores <= {p.name for p in data.iterdir()}, list(data.iterdir())
     session = Path(ray._private.worker._global_node.get_session_dir_path())
     assert (session / "logs").is_dir()

@@ -16,6 +16,7 @@ import time
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import httpx2
@@ -248,11 +249,13 @@ def test_a_redeploy_with_new_weights_reroutes_without_restarting_replicas(
 
 def _shadows_of(versions: Versions, primaries: list[str]) -> dict[str, str]:
     """primary run id -> its shadow run id, from the outcome store's rows."""
-    path = versions.service.settings.outcomes_path
+    state_url = versions.service.settings.state_url
+    assert state_url is not None
+    path = Path(state_url.removeprefix("sqlite://")) / "outcomes.sqlite"
     marks = ",".join("?" * len(primaries))
     with contextlib.closing(sqlite3.connect(f"file:{path}?mode=ro", uri=True)) as db:
         rows = db.execute(
-            f"SELECT primary_run_id, run_id FROM runs WHERE assignment = 'shadow' "
+            f"SELECT primary_run_id, run_id FROM outcome_runs WHERE assignment = 'shadow' "
             f"AND primary_run_id IN ({marks})",
             primaries,
         ).fetchall()

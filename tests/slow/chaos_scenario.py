@@ -1,7 +1,8 @@
 """kill -9 every rayfleet process in turn, by its pid, under a steady load of streamed runs.
 
-Each shared actor (store, tools, memory, limiter, outcomes, embeddings, batches, pool), a run
-host, and the Serve replicas of the app (gateway, the agent deployment) die in turn. After
+Each shared actor (tools, limiter, embeddings, batches, pool), a run host, and the Serve
+replicas of the app (gateway, the agent deployment) die in turn (the state is no actor:
+each of these processes opens it itself). After
 each kill the service must serve a new run again within RECOVERY_S, and at the end every
 accepted run (a POST that returned a run id) must have ended in exactly one terminal event,
 with no gap or duplicate seq in its stored stream nor in what its client saw live. While a
@@ -41,11 +42,8 @@ NAMESPACE = "rayfleet-chaos"
 DEPLOYMENTS = ("gateway", "support@v1")
 REPLICAS = 2
 SHARED = (
-    "rayfleet-store",
     "rayfleet-tools",
-    "rayfleet-memory",
     "rayfleet-limiter",
-    "rayfleet-outcomes",
     "rayfleet-embeddings",
     "rayfleet-batches",
     "rayfleet-pool",
@@ -361,11 +359,7 @@ def main() -> int:
             runtime = RuntimeSettings(
                 providers=simulator_providers(sim.base_url),
                 namespace=NAMESPACE,
-                store_path=str(data / "runs.sqlite"),
-                memory_path=str(data / "memory.sqlite"),
-                ledger_path=str(data / "effects.sqlite"),
-                outcomes_path=str(data / "outcomes.sqlite"),
-                limiter_path=str(data / "limiter.sqlite"),
+                state_url=f"sqlite://{data}",
                 cache=CacheSettings(directory=str(data / "cache")),
                 runs_per_actor=8,
             )

@@ -1,6 +1,8 @@
-"""Remove the node hosting runs from a local three-node Ray cluster: those runs resume on the
-other node, the others are unaffected. Run by tests/slow/test_node_loss.py in its own
-process (a process can join only one Ray cluster); exits non-zero if a check fails."""
+"""Remove the node hosting runs from a local three-node Ray cluster on PostgreSQL: those runs
+resume on the other node, the others are unaffected. Every node opens the same database
+(the URL reaches every Ray process through $RAYFLEET_STATE_URL, as on a real cluster).
+Run by tests/slow/test_node_loss.py in its own process (a process can join only one Ray
+cluster); exits non-zero if a check fails."""
 
 from __future__ import annotations
 
@@ -18,10 +20,12 @@ from actors.caches import CacheSettings
 from actors.run_host import host_of
 from actors.runtime import HOST_PREFIX, Runs, ensure_runtime
 from actors.settings import RuntimeSettings, simulator_providers
+from actors.state import STATE_URL_ENV, process_state
 from agents.events import Event, is_terminal
 from agents.examples import example_specs
 from serve_app.simulator import SimSettings
 from tests.fixtures_sim import SimServer
+from tests.postgres import PostgresServer
 
 RUNS = 8
 NODE = {"num_cpus": 1, "node_ip_address": "127.0.0.1", "resources": {"runs": 100}}
@@ -39,11 +43,6 @@ async def scenario(cluster: Cluster, sim: SimServer, data: Path) -> None:
     settings = RuntimeSettings(
         providers=simulator_providers(sim.base_url),
         namespace="node-loss",
-        store_path=str(data / "runs.sqlite"),
-        memory_path=str(data / "memory.sqlite"),
-        ledger_path=str(data / "effects.sqlite"),
-        outcomes_path=str(data / "outcomes.sqlite"),
-        limiter_path=str(data / "limiter.sqlite"),
         cache=CacheSettings(directory=str(data / "cache")),
         runs_per_actor=2,
         warm_run_hosts=1,
@@ -75,6 +74,13 @@ async def scenario(cluster: Cluster, sim: SimServer, data: Path) -> None:
     for run_id in survivors:
         kinds = [e.kind for e in results[run_id]]
         assert "model.discarded" not in kinds, run_id  # untouched by the loss
+    state = process_state(None)  # this driver's: the same database, through the environment
+    assert state.backend == "postgresql", state
+    for run_id, events in results.items():
+        record = await state.runs.load_run(run_id)
+        assert record is not None and record.events == events, run_id
+        moved = record.host_id != host_of(run_id)
+        assert moved == (run_id in doomed), (run_id, record.host_id)
     print(f"all {RUNS} runs completed; {len(doomed)} resumed on the surviving node")
 
 
@@ -86,6 +92,9 @@ def main() -> int:
     # Slow model calls keep every run in flight while the node goes away.
     sim = SimServer(SimSettings(ttft_ms=1500))
     sim.start()
+    database = PostgresServer()
+    # Before the cluster starts: every node's processes inherit it.
+    os.environ[STATE_URL_ENV] = database.url(database.create_database("rayfleet"))
     cluster = Cluster(
         initialize_head=True,
         head_node_args={"num_cpus": 1, "node_ip_address": "127.0.0.1", "include_dashboard": False},
@@ -106,6 +115,7 @@ def main() -> int:
         ray.shutdown()
         cluster.shutdown()
         sim.stop()
+        database.stop()
     return 0
 
 

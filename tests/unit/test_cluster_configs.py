@@ -10,6 +10,7 @@ import subprocess
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import pytest
 import ray
@@ -17,6 +18,7 @@ import yaml
 from pydantic import BaseModel, ValidationError
 from ray.serve.schema import HTTPOptionsSchema, ServeApplicationSchema, ServeDeploySchema
 
+from actors.state import STATE_URL_ENV
 from agents.errors import ConfigError
 from serve_app.config import AppConfig
 from serve_app.simulator import SimSettings
@@ -68,7 +70,13 @@ def validate_serve_config(config: dict[str, Any], where: str) -> ServeDeploySche
 
 def test_every_yaml_in_cluster_is_checked_here() -> None:
     found = {p.name for p in CLUSTER.iterdir() if p.suffix in (".yaml", ".yml")}
-    expected = {"serve.yaml", "canary.yaml", "ray-cluster.yaml", "kuberay-rayservice.yaml"}
+    expected = {
+        "serve.yaml",
+        "canary.yaml",
+        "ray-cluster.yaml",
+        "kuberay-rayservice.yaml",
+        "secrets.example.yaml",
+    }
     assert found == expected, "a new YAML under cluster/ needs a validating test in this file"
     for name in found:
         assert isinstance(load(name), dict)
@@ -291,8 +299,84 @@ def test_the_rayservice_embeds_the_same_serve_config() -> None:
     ]
     for template in templates:
         for container in containers(template):
-            env = {item["name"]: item["value"] for item in container.get("env", [])}
+            env = {item["name"]: item.get("value") for item in container.get("env", [])}
             assert env.get(THROUGHPUT_ENV) == "1", container["name"]
+
+
+def pod_templates(manifest: dict[str, Any]) -> list[dict[str, Any]]:
+    cluster = manifest["spec"]["rayClusterConfig"]
+    groups = [cluster["headGroupSpec"], *cluster["workerGroupSpecs"]]
+    return [group["template"] for group in groups]
+
+
+def example_secret() -> tuple[str, dict[str, str]]:
+    """The example Secret's name and its keys -> placeholder values."""
+    secret = load("secrets.example.yaml")
+    return secret["metadata"]["name"], secret["stringData"]
+
+
+def test_every_rayservice_pod_takes_the_state_url_from_the_secret() -> None:
+    # Run hosts, gateways and services on every pod open the same database: the URL (with
+    # its password) comes from a Secret into every Ray container's environment.
+    secret_name, keys = example_secret()
+    templates = pod_templates(load("kuberay-rayservice.yaml"))
+    assert len(templates) >= 2  # the head and at least one worker group
+    for template in templates:
+        for container in containers(template):
+            found = [e for e in container.get("env", []) if e["name"] == STATE_URL_ENV]
+            assert len(found) == 1, f"{container['name']}: no {STATE_URL_ENV}"
+            assert "value" not in found[0], f"{container['name']}: the URL must come from a Secret"
+            ref = found[0]["valueFrom"]["secretKeyRef"]
+            assert ref["name"] == secret_name and ref["key"] in keys, container["name"]
+            assert urlsplit(keys[ref["key"]]).scheme == "postgresql"
+
+
+def test_the_rayservice_keeps_the_gcs_in_an_external_redis() -> None:
+    cluster = load("kuberay-rayservice.yaml")["spec"]["rayClusterConfig"]
+    options = cluster["gcsFaultToleranceOptions"]
+    assert set(options) <= {
+        "redisAddress",
+        "redisPassword",
+        "redisUsername",
+        "externalStorageNamespace",
+    }
+    assert urlsplit(options["redisAddress"]).port == 6379
+    assert "value" not in options["redisPassword"], "the Redis password must come from a Secret"
+    secret_name, keys = example_secret()
+    ref = options["redisPassword"]["valueFrom"]["secretKeyRef"]
+    assert ref["name"] == secret_name and ref["key"] in keys
+    assert cluster["authOptions"] == {"mode": "token"}
+    # The legacy annotations (ray.io/ft-enabled) cannot be combined with the options.
+    assert not load("kuberay-rayservice.yaml").get("metadata", {}).get("annotations")
+
+
+def test_the_example_secret_holds_placeholders_only() -> None:
+    secret = load("secrets.example.yaml")
+    assert (secret["apiVersion"], secret["kind"], secret["type"]) == ("v1", "Secret", "Opaque")
+    assert "data" not in secret  # readable placeholders, not base64
+    _, keys = example_secret()
+    assert set(keys) == {"state-url", "redis-password"}
+    for key, value in keys.items():
+        assert "REPLACE-ME" in value, key
+    url = urlsplit(keys["state-url"])
+    assert url.scheme == "postgresql" and url.hostname and url.hostname.endswith(".invalid")
+
+
+def test_no_password_in_any_other_cluster_file() -> None:
+    # A URL with credentials (scheme://user:password@host) belongs in a Secret or in
+    # ~/.pgpass / PGPASSWORD, never in a config that is deployed or committed.
+    with_password = re.compile(r"\b[a-z]+://[^\s/@:]+:[^\s/@]+@")
+    for path in CLUSTER.iterdir():
+        if path.name != "secrets.example.yaml" and path.suffix in (".yaml", ".sh", ".md"):
+            assert not with_password.search(path.read_text()), path.name
+
+
+@pytest.mark.parametrize("name", sorted(serve_configs()))
+def test_the_serve_configs_leave_the_state_to_the_environment(name: str) -> None:
+    args = next(a for a in serve_configs()[name]["applications"] if a["name"] == "rayfleet")
+    runtime = args["args"].get("runtime", {})
+    assert "state_url" not in runtime, f"{name}: the state URL comes from {STATE_URL_ENV}"
+    assert STATE_URL_ENV in (CLUSTER / name).read_text(), f"{name}: say where the state is"
 
 
 def test_the_ray_cluster_config_is_valid_for_the_cluster_launcher() -> None:
@@ -304,9 +388,17 @@ def test_the_ray_cluster_config_is_valid_for_the_cluster_launcher() -> None:
     schema_path = Path(ray.autoscaler.__file__).parent / "ray-schema.json"
     jsonschema.validate(config, json.loads(schema_path.read_text()))
     validate_config(prepare_config(copy.deepcopy(config)))  # with the launcher's defaults
+    urls: set[str] = set()
     for key in ("head_start_ray_commands", "worker_start_ray_commands"):
         starts = [c for c in config[key] if "ray start" in c]
         assert starts and all(f"{THROUGHPUT_ENV}=1" in c for c in starts), key
+        for command in starts:
+            urls.update(re.findall(rf"{STATE_URL_ENV}=(\S+)", command))
+            assert f"{STATE_URL_ENV}=" in command, key
+    # Every node's Ray processes open the same database, and no password is on the line.
+    assert len(urls) == 1
+    url = urlsplit(urls.pop())
+    assert url.scheme == "postgresql" and url.password is None
 
 
 def test_the_start_script_is_valid_bash_and_sets_the_serve_environment() -> None:

@@ -12,11 +12,8 @@ import pytest
 
 from actors.caches import CacheSettings, CacheStore
 from actors.datadir import DATA_DIR_ENV, data_dir_from, default_data_dir, private_dir
-from actors.ledger import SqliteEffectLedger
-from actors.memory import MemoryStore
-from actors.outcomes import OutcomeStore
 from actors.settings import RuntimeSettings
-from actors.store import RunStore
+from actors.state import STATE_URL_ENV, State, resolve_state_url
 from agents.errors import ConfigError
 
 HOME = Path("/home/someone")
@@ -34,9 +31,11 @@ def test_the_data_dir_is_outside_tmp_by_xdg_unless_overridden() -> None:
 def test_every_default_path_is_in_the_data_dir() -> None:
     settings = RuntimeSettings()
     base = default_data_dir()  # the tests' own (tests/conftest.py sets RAYFLEET_DATA_DIR)
-    files = [settings.store_path, settings.ledger_path, settings.outcomes_path]
-    files.append(settings.limiter_path)
-    assert {Path(p).parent for p in [*files, settings.memory_path]} == {base}
+    assert settings.state_url is None
+    assert resolve_state_url(settings.state_url, environ={}) == f"sqlite://{base}"
+    env = {STATE_URL_ENV: "postgresql://rayfleet@db.internal/rayfleet"}
+    assert resolve_state_url(None, environ=env) == env[STATE_URL_ENV]
+    assert resolve_state_url("sqlite:///srv/state", environ=env) == "sqlite:///srv/state"
     assert Path(settings.cache.directory) == Path(CacheSettings().directory) == base / "cache"
 
 
@@ -54,10 +53,11 @@ def test_a_group_or_world_writable_data_dir_is_refused(tmp_path: Path, mode: int
     shared.chmod(mode)
     with pytest.raises(ConfigError, match=f"writable by its group or by everyone.*{DATA_DIR_ENV}"):
         private_dir(shared)
-    # Every store refuses it too, before it opens a file there.
-    for store in (RunStore, SqliteEffectLedger, OutcomeStore, MemoryStore):
+    # Every concern's SQLite database refuses it too, before it opens a file there.
+    state = State(f"sqlite://{shared}")
+    for concern in ("runs", "outcomes", "memory", "ledger", "limiter"):
         with pytest.raises(ConfigError, match="writable"):
-            store(str(shared / "state.sqlite"))
+            state.database(concern)
     assert list(shared.iterdir()) == []
 
 

@@ -7,12 +7,12 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 
 import pytest
 
-from actors.ledger import SqliteEffectLedger
+from actors.state import State
 from actors.tool_pool import ToolPool
 from agents.calls import idempotency_key, with_stable_ids
 from agents.eventlog import EventLog
@@ -189,15 +189,29 @@ async def test_a_store_that_never_records_the_call_means_the_tool_is_not_called(
 # Resuming from the durable log
 
 
-def ledger_pool(path: Path) -> ToolPool:
-    return ToolPool(ledger=SqliteEffectLedger(str(path)))
+LedgerPool = Callable[[], ToolPool]
 
 
-async def first_run_until_hang(tmp_path: Path, reply: Reply) -> list[Event]:
+@pytest.fixture
+async def ledger_pool(tmp_path: Path) -> AsyncIterator[LedgerPool]:
+    """New tool pools on one effect ledger, each with its own connections (as after a
+    restart of the pool's process)."""
+    opened: list[State] = []
+
+    def pool() -> ToolPool:
+        opened.append(State(f"sqlite://{tmp_path / 'state'}"))
+        return ToolPool(ledger=opened[-1].ledger)
+
+    yield pool
+    for state in opened:
+        await state.close()
+
+
+async def first_run_until_hang(pool: ToolPool, reply: Reply) -> list[Event]:
     """A run whose tools act, then whose next model call hangs: the host dies there."""
     model = ScriptedModel([reply, Hang()])
     log = EventLog(REQUEST.run_id)
-    ports = Ports(model=model, tools=ledger_pool(tmp_path / "effects.sqlite"))
+    ports = Ports(model=model, tools=pool)
     task = asyncio.create_task(execute_run(support(), REQUEST, ports, log))
     await asyncio.wait_for(model.hanging.wait(), 10)
     task.cancel()
@@ -206,18 +220,16 @@ async def first_run_until_hang(tmp_path: Path, reply: Reply) -> list[Event]:
 
 
 async def test_a_resumed_run_re_issues_the_durable_calls_with_the_same_keys(
-    tmp_path: Path,
+    ledger_pool: LedgerPool,
 ) -> None:
     # Empty provider ids: the two calls of the step must still be two effects, once each.
     reply = Reply("", (ship("", "kettle"), ship("", "lamp")))
-    events = await first_run_until_hang(tmp_path, reply)
+    events = await first_run_until_hang(ledger_pool(), reply)
     assert len(tools.effects) == 2 and len(set(tools.effects)) == 2
     # The host died after both acted, with only the first result durable.
     first_result = next(i for i, e in enumerate(events) if e.kind == "tool.result")
     durable_log = events[: first_result + 1]
-    resumed, model = await run(
-        [Reply("Both shipped.")], durable_log, pool=ledger_pool(tmp_path / "effects.sqlite")
-    )
+    resumed, model = await run([Reply("Both shipped.")], durable_log, pool=ledger_pool())
     assert len(tools.effects) == 2  # the second call was answered by the ledger
     assert len(model.requests) == 1  # no model call was redone for step 1
     results = of_kind(resumed, "tool.result")
@@ -227,17 +239,19 @@ async def test_a_resumed_run_re_issues_the_durable_calls_with_the_same_keys(
 
 
 async def test_a_redone_model_call_with_new_provider_ids_does_not_repeat_an_effect(
-    tmp_path: Path,
+    ledger_pool: LedgerPool,
 ) -> None:
     # Defence in depth: even if the log lost the tool.call of an effect that happened, the
     # same call at the same place has the same key, whatever id the provider gives it now.
-    events = await first_run_until_hang(tmp_path, Reply("", (ship("provider-id-1", "kettle"),)))
+    events = await first_run_until_hang(
+        ledger_pool(), Reply("", (ship("provider-id-1", "kettle"),))
+    )
     assert len(tools.effects) == 1
     step_started = next(i for i, e in enumerate(events) if e.kind == "step.started")
     resumed, _ = await run(
         [Reply("", (ship("provider-id-2", "kettle"),)), Reply("Shipped.")],
         events[: step_started + 1],
-        pool=ledger_pool(tmp_path / "effects.sqlite"),
+        pool=ledger_pool(),
     )
     assert resumed[-1].kind == "run.completed"
     assert len(tools.effects) == 1

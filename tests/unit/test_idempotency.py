@@ -1,13 +1,15 @@
-"""Idempotency-Key: one creation per (tenant, endpoint, key), on the real run store."""
+"""Idempotency-Key: one creation per (tenant, endpoint, key), on the real state (SQLite)."""
 
 from __future__ import annotations
 
 import asyncio
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
 
-from actors.store import RunStore
+from actors.state import State
+from actors.state.runs import IdempotencyKeys
 from agents.errors import Conflict, RequestInvalid, ServiceUnavailable, TenantLimited
 from serve_app.gateway import RunRequest
 from serve_app.http_errors import status_for
@@ -57,12 +59,16 @@ def clock() -> Clock:
 
 
 @pytest.fixture
-def store(tmp_path: Path) -> RunStore:
-    return RunStore(str(tmp_path / "runs.sqlite"))
+async def store(tmp_path: Path) -> AsyncIterator[IdempotencyKeys]:
+    state = State(f"sqlite://{tmp_path}")
+    try:
+        yield state.keys
+    finally:
+        await state.close()
 
 
 @pytest.fixture
-def keys(store: RunStore, clock: Clock) -> Idempotency:
+def keys(store: IdempotencyKeys, clock: Clock) -> Idempotency:
     return Idempotency(store, ttl_s=86_400, pending_s=60, wait_s=0.5, poll_s=0.01, clock=clock)
 
 
@@ -160,7 +166,7 @@ async def test_keys_expire(keys: Idempotency, clock: Clock) -> None:
 
 
 async def test_a_dead_claim_is_taken_over_with_the_id_it_proposed(
-    keys: Idempotency, store: RunStore, clock: Clock
+    keys: Idempotency, store: IdempotencyKeys, clock: Clock
 ) -> None:
     # A gateway claimed the key for batch-a, then died before answering (no finish, no
     # release): the claim stays pending until pending_s, then a retry takes it over.

@@ -1,19 +1,19 @@
-"""The effect ledger: SqliteEffectLedger on its own, and the ToolPool's use of it for
-side-effecting tools (at most one effect per idempotency key, across retries, pools and
-resumed runs; a ledger that is down means the tool is not called)."""
+"""The ToolPool's use of the effect ledger for side-effecting tools: at most one effect per
+idempotency key, across retries, pools and resumed runs; a ledger that is down means the
+tool is not called. (The ledger on its own, on both backends: tests/state/test_ledger.py.)"""
 
 from __future__ import annotations
 
 import asyncio
 import json
 import logging
-import sqlite3
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import pytest
 
-from actors.ledger import SqliteEffectLedger
+from actors.state import State
+from actors.state.ledger import EffectLedger
 from actors.tool_pool import ToolPool, _ToolPoolHost
 from agents.errors import ToolUnavailable
 from agents.examples import support_tools
@@ -82,15 +82,15 @@ def _clean_state() -> Iterator[None]:
 
 
 @pytest.fixture
-def db(tmp_path: Path) -> str:
-    return str(tmp_path / "state" / "effects.sqlite")
+def url(tmp_path: Path) -> str:
+    return f"sqlite://{tmp_path / 'state'}"
 
 
 @pytest.fixture
-def ledger(db: str) -> Iterator[SqliteEffectLedger]:
-    store = SqliteEffectLedger(db)
-    yield store
-    store.close()
+async def ledger(url: str) -> AsyncIterator[EffectLedger]:
+    state = State(url)
+    yield state.ledger
+    await state.close()
 
 
 def pool_with(ledger: object) -> ToolPool:
@@ -104,47 +104,10 @@ async def go(
     return await pool.call(tool, arguments, idempotency_key=key, timeout_s=timeout_s)
 
 
-# --- SqliteEffectLedger -------------------------------------------------------------------
-
-
-async def test_unknown_key_recalls_nothing(ledger: SqliteEffectLedger) -> None:
-    assert await ledger.recall("nope") is None
-
-
-async def test_record_then_recall(ledger: SqliteEffectLedger) -> None:
-    outcome = ToolOutcome(ok=False, output="", error="tool ship failed: ValueError: no stock")
-    await ledger.record("k", outcome)
-    assert await ledger.recall("k") == outcome
-    assert await ledger.recall("other") is None
-
-
-async def test_the_first_outcome_recorded_stands(ledger: SqliteEffectLedger) -> None:
-    await ledger.record("k", ToolOutcome(ok=True, output="first"))
-    await ledger.record("k", ToolOutcome(ok=True, output="second"))
-    assert await ledger.recall("k") == ToolOutcome(ok=True, output="first")
-
-
-async def test_persists_across_reopen_with_created_at_and_wal(db: str) -> None:
-    first = SqliteEffectLedger(db, clock=lambda: 1_700_000_000.5)
-    await first.record("run-1:2:c1", ToolOutcome(ok=True, output='{"refund_id": "rf-0001"}'))
-    first.close()
-
-    reopened = SqliteEffectLedger(db)
-    try:
-        recalled = await reopened.recall("run-1:2:c1")
-        assert recalled == ToolOutcome(ok=True, output='{"refund_id": "rf-0001"}')
-    finally:
-        reopened.close()
-    with sqlite3.connect(db) as raw:
-        assert raw.execute("PRAGMA journal_mode").fetchone() == ("wal",)
-        row = raw.execute("SELECT outcome, created_at FROM effects").fetchone()
-    assert json.loads(row[0])["ok"] is True and row[1] == 1_700_000_000.5
-
-
 # --- the ToolPool and the ledger ----------------------------------------------------------
 
 
-async def test_effect_recorded_once_across_retries(ledger: SqliteEffectLedger) -> None:
+async def test_effect_recorded_once_across_retries(ledger: EffectLedger) -> None:
     tools.script[:] = [ToolUnavailable("carrier api down")]
     outcome = await go(pool_with(ledger))
     assert outcome.ok and json.loads(outcome.output) == {"done": "kettle", "key": "run-1:1:c1"}
@@ -152,21 +115,21 @@ async def test_effect_recorded_once_across_retries(ledger: SqliteEffectLedger) -
     assert await ledger.recall("run-1:1:c1") == outcome
 
 
-async def test_a_resumed_run_in_another_pool_gets_the_recorded_outcome(db: str) -> None:
-    # Two pools (two processes, say), each with its own connection to one ledger file.
-    first, second = SqliteEffectLedger(db), SqliteEffectLedger(db)
+async def test_a_resumed_run_in_another_pool_gets_the_recorded_outcome(url: str) -> None:
+    # Two pools (two processes, say), each with its own connections to one ledger.
+    first, second = State(url), State(url)
     try:
-        before = await go(pool_with(first))
-        resumed = await go(pool_with(second))
-        again = await go(pool_with(first))
+        before = await go(pool_with(first.ledger))
+        resumed = await go(pool_with(second.ledger))
+        again = await go(pool_with(first.ledger))
     finally:
-        first.close()
-        second.close()
+        await first.close()
+        await second.close()
     assert before.ok and resumed == before and again == before
     assert tools.calls["flaky_effect"] == 1 and tools.effects == ["run-1:1:c1"]
 
 
-async def test_a_new_key_is_a_new_effect(ledger: SqliteEffectLedger) -> None:
+async def test_a_new_key_is_a_new_effect(ledger: EffectLedger) -> None:
     pool = pool_with(ledger)
     await go(pool, key="run-1:1:c1")
     await go(pool, key="run-1:2:c1")
@@ -174,7 +137,7 @@ async def test_a_new_key_is_a_new_effect(ledger: SqliteEffectLedger) -> None:
 
 
 async def test_a_final_failure_is_recorded_and_not_retried_on_resume(
-    ledger: SqliteEffectLedger,
+    ledger: EffectLedger,
 ) -> None:
     tools.script[:] = [ValueError("address rejected")]
     failed = await go(pool_with(ledger))
@@ -183,7 +146,7 @@ async def test_a_final_failure_is_recorded_and_not_retried_on_resume(
     assert tools.calls["flaky_effect"] == 1 and tools.effects == []
 
 
-async def test_exhausted_retries_are_recorded(ledger: SqliteEffectLedger) -> None:
+async def test_exhausted_retries_are_recorded(ledger: EffectLedger) -> None:
     tools.script[:] = [ToolUnavailable("down") for _ in range(3)]
     failed = await go(pool_with(ledger))
     assert failed.error == "tool ship failed after 3 attempts: ToolUnavailable: down"
@@ -264,7 +227,7 @@ async def test_without_a_ledger_side_effecting_tools_still_run() -> None:
     assert outcome.ok and tools.effects == ["run-1:1:c1"]
 
 
-async def test_a_refund_survives_the_tool_process_forgetting_it(db: str) -> None:
+async def test_a_refund_survives_the_tool_process_forgetting_it(url: str) -> None:
     # issue_refund's own idempotency store is in-process: a restart loses it. The ledger
     # file does not, so the resumed call is answered without refunding again.
     refund = ToolSpec(
@@ -274,18 +237,22 @@ async def test_a_refund_survives_the_tool_process_forgetting_it(db: str) -> None
         side_effects=True,
     )
     args = ToolCall(id="c1", name="issue_refund", arguments={"order_id": 1002, "reason": "broken"})
-    first = SqliteEffectLedger(db)
-    paid = await pool_with(first).call(refund, args, idempotency_key="run-1:2:c1", timeout_s=5)
-    first.close()
-    support_tools.reset_refunds()  # the tool pool's process restarted
-
-    second = SqliteEffectLedger(db)
+    first = State(url)
     try:
-        resumed = await pool_with(second).call(
+        paid = await pool_with(first.ledger).call(
             refund, args, idempotency_key="run-1:2:c1", timeout_s=5
         )
     finally:
-        second.close()
+        await first.close()
+    support_tools.reset_refunds()  # the tool pool's process restarted
+
+    second = State(url)
+    try:
+        resumed = await pool_with(second.ledger).call(
+            refund, args, idempotency_key="run-1:2:c1", timeout_s=5
+        )
+    finally:
+        await second.close()
     assert paid.ok and resumed == paid
     assert support_tools.refunds() == {}  # not called again in the new process
 
@@ -319,8 +286,13 @@ async def test_a_caller_cancelled_while_recording_does_not_lose_the_record() -> 
     assert tools.effects == ["run-1:1:c1"] and list(ledger.outcomes) == ["run-1:1:c1"]
 
 
-async def test_the_actor_class_opens_its_ledger_from_a_path(db: str) -> None:
-    # What ToolPoolActor runs, built without Ray: a ledger path, not a connection, crosses.
-    host = _ToolPoolHost(ledger_path=db)
+async def test_the_actor_class_opens_its_ledger_from_the_state_url(url: str) -> None:
+    # What ToolPoolActor runs, built without Ray: a URL, not a connection, crosses.
+    host = _ToolPoolHost(state_url=url)
     assert (await go(host)).ok and (await go(host)).ok
     assert tools.effects == ["run-1:1:c1"]
+    reopened = State(url)  # the state's ledger, where retention purges (actors.retention)
+    try:
+        assert await reopened.ledger.recall("run-1:1:c1") is not None
+    finally:
+        await reopened.close()

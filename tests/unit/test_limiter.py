@@ -5,13 +5,15 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import sqlite3
+from collections.abc import AsyncIterator, Callable
 from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
 from pydantic import ValidationError
 
-from actors.limiter import Admission, TenantLimiter, TenantLimits
+from actors.limiter import Admission, TenantLimiter, TenantLimits, _TenantLimiterHost
+from actors.state import State
 from agents.errors import Overloaded
 
 
@@ -449,17 +451,32 @@ async def test_renewing_many_leases_is_one_call_and_keeps_them_all() -> None:
 # -- restarts ----------------------------------------------------------------------------
 
 
-def _restarted(path: str, clock: Clock, wall: Clock) -> TenantLimiter:
-    """A new limiter on the same file, as Ray builds it again after a crash: no limits
-    given, so the stored ones apply."""
-    return TenantLimiter(None, clock=clock, wall_clock=wall, lease_ttl_s=60.0, path=path)
+Restart = Callable[..., TenantLimiter]
 
 
-async def test_a_restarted_limiter_keeps_todays_spend_leases_and_limits(tmp_path: Path) -> None:
-    path = str(tmp_path / "limiter.sqlite")
+@pytest.fixture
+async def restarted(tmp_path: Path) -> AsyncIterator[Restart]:
+    """A new limiter on the same state, as Ray builds it again after a crash, in a new
+    process (its own connections): no limits given, so the stored ones apply."""
+    opened: list[State] = []
+
+    def restart(
+        clock: Clock, wall: Clock, limits: dict[str, TenantLimits] | None = None
+    ) -> TenantLimiter:
+        opened.append(State(f"sqlite://{tmp_path / 'state'}"))
+        return TenantLimiter(
+            limits, clock=clock, wall_clock=wall, lease_ttl_s=60.0, state=opened[-1].limiter
+        )
+
+    yield restart
+    for state in opened:
+        await state.close()
+
+
+async def test_a_restarted_limiter_keeps_todays_spend_leases_and_limits(restarted: Restart) -> None:
     clock, wall = Clock(1000.0), Clock(LATE_EVENING)
     limits = TenantLimits(concurrent_runs=2, daily_budget_usd=1.0)
-    limiter = _restarted(path, clock, wall)
+    limiter = restarted(clock, wall)
     await limiter.update_limits({"acme": limits})
     held = await limiter.reserve("acme", 10, 0.5)
     await limiter.settle(held.reservation or "", 10, 0.4)
@@ -469,7 +486,7 @@ async def test_a_restarted_limiter_keeps_todays_spend_leases_and_limits(tmp_path
 
     # A new process: its own monotonic clock, the same wall clock.
     clock = Clock(5.0)
-    again = _restarted(path, clock, wall)
+    again = restarted(clock, wall)
     usage = await again.usage("acme")
     assert (usage["spent_usd"], usage["running_runs"]) == (pytest.approx(0.4), 1)
     assert not (await again.reserve("acme", 10, 0.7)).ok  # 0.4 spent + 0.7 > 1.0
@@ -479,10 +496,9 @@ async def test_a_restarted_limiter_keeps_todays_spend_leases_and_limits(tmp_path
     assert await _running(again) == 1
 
 
-async def test_reloaded_leases_expire_one_ttl_after_the_restart(tmp_path: Path) -> None:
-    path = str(tmp_path / "limiter.sqlite")
+async def test_reloaded_leases_expire_one_ttl_after_the_restart(restarted: Restart) -> None:
     clock, wall = Clock(1000.0), Clock(LATE_EVENING)
-    limiter = _restarted(path, clock, wall)
+    limiter = restarted(clock, wall)
     orphan = (await limiter.admit_run("acme")).lease
     renewed = (await limiter.admit_run("acme")).lease
     assert orphan is not None and renewed is not None
@@ -490,42 +506,70 @@ async def test_reloaded_leases_expire_one_ttl_after_the_restart(tmp_path: Path) 
     # hosts of live runs have time to renew it.
     wall.advance(3600.0)
     clock = Clock(0.0)  # a new process's monotonic clock
-    again = _restarted(path, clock, wall)
+    again = restarted(clock, wall)
     assert await _running(again) == 2
     _advance(clock, wall, 30.0)
     assert await again.renew_runs([renewed]) == []  # its host renews it under the same id
     _advance(clock, wall, 30.0)
     assert await _running(again) == 1  # the orphan (its host died) is freed
     await again.release_run(renewed)  # written after the orphan's expiry: both are durable
-    third = _restarted(path, clock, wall)
+    third = restarted(clock, wall)
     assert await _running(third) == 0
     assert await third.renew_runs([orphan, renewed]) == [orphan, renewed]
 
 
-async def test_yesterdays_spend_is_not_reloaded(tmp_path: Path) -> None:
-    path = str(tmp_path / "limiter.sqlite")
+async def test_yesterdays_spend_is_not_reloaded(restarted: Restart) -> None:
     clock, wall = Clock(1000.0), Clock(LATE_EVENING)
-    limiter = _restarted(path, clock, wall)
+    limiter = restarted(clock, wall)
     held = await limiter.reserve("acme", 10, 0.5)
     await limiter.settle(held.reservation or "", 10, 0.5)
     _advance(clock, wall, 3600.0)  # past UTC midnight
-    assert (await _restarted(path, clock, wall).usage("acme"))["spent_usd"] == 0.0
+    assert (await restarted(clock, wall).usage("acme"))["spent_usd"] == 0.0
 
 
-async def test_limits_given_at_start_win_over_stored_ones(tmp_path: Path) -> None:
-    path = str(tmp_path / "limiter.sqlite")
+async def test_limits_given_at_start_win_over_stored_ones(restarted: Restart) -> None:
     clock, wall = Clock(1000.0), Clock(LATE_EVENING)
-    await _restarted(path, clock, wall).update_limits({"acme": TenantLimits(concurrent_runs=1)})
-    given = TenantLimiter({}, clock=clock, wall_clock=wall, path=path)
+    await restarted(clock, wall).update_limits({"acme": TenantLimits(concurrent_runs=1)})
+    given = restarted(clock, wall, {})
     assert all([(await given.admit_run("acme")).ok for _ in range(3)])
 
 
-async def test_an_admission_that_cannot_be_stored_takes_no_slot(tmp_path: Path) -> None:
-    path = str(tmp_path / "limiter.sqlite")
-    limiter = _restarted(path, Clock(1000.0), Clock(LATE_EVENING))
+async def test_an_admission_that_cannot_be_stored_takes_no_slot(
+    restarted: Restart, tmp_path: Path
+) -> None:
+    limiter = restarted(Clock(1000.0), Clock(LATE_EVENING))
     await limiter.update_limits({"acme": TenantLimits(concurrent_runs=1)})
-    with contextlib.closing(sqlite3.connect(path)) as db:
-        db.execute("DROP TABLE leases")  # the disk fails under the limiter
+    with contextlib.closing(sqlite3.connect(tmp_path / "state" / "limiter.sqlite")) as db:
+        db.execute("DROP TABLE limiter_leases")  # the disk fails under the limiter
     with pytest.raises(Overloaded):  # 503 + Retry-After at the gateway: a lease no restart
         await limiter.admit_run("acme")  # would know never reaches a run
     assert await _running(limiter) == 0
+
+
+async def test_the_actor_class_reads_its_state_before_answering(tmp_path: Path) -> None:
+    # What TenantLimiterActor runs, built without Ray: a URL, not a connection, crosses;
+    # it starts reading at once, and its first call waits for the read.
+    url = f"sqlite://{tmp_path / 'state'}"
+    first = _TenantLimiterHost(None, state_url=url)
+    await first.update_limits({"acme": TenantLimits(concurrent_runs=1)})
+    assert (await first.admit_run("acme")).ok
+    again = _TenantLimiterHost(None, state_url=url)
+    refused = await again.admit_run("acme")  # the stored limit and the stored slot hold
+    assert (refused.ok, refused.limit) == (False, "concurrent_runs")
+
+
+async def test_a_state_that_cannot_be_read_refuses_calls_until_it_can(
+    restarted: Restart, tmp_path: Path
+) -> None:
+    clock, wall = Clock(1000.0), Clock(LATE_EVENING)
+    await restarted(clock, wall).update_limits({"acme": TenantLimits(concurrent_runs=1)})
+    versions = "UPDATE schema_versions SET version = ? WHERE concern = 'limiter'"
+    with contextlib.closing(sqlite3.connect(tmp_path / "state" / "limiter.sqlite")) as db, db:
+        db.execute(versions, (99,))  # as if a newer rayfleet had written it
+    limiter = restarted(clock, wall)
+    with pytest.raises(Overloaded, match=r"cannot read its state.*newer rayfleet"):
+        await limiter.admit_run("acme")
+    with contextlib.closing(sqlite3.connect(tmp_path / "state" / "limiter.sqlite")) as db, db:
+        db.execute(versions, (1,))
+    assert (await limiter.admit_run("acme")).ok  # read now: the stored limit applies
+    assert not (await limiter.admit_run("acme")).ok

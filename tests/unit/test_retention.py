@@ -4,15 +4,17 @@ bounded batches, never a running run; with their events and outcomes."""
 from __future__ import annotations
 
 import sqlite3
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
 
 from actors.credentials import TenantContext
-from actors.ledger import SqliteEffectLedger
-from actors.outcomes import OutcomeStore, RunOutcome
+from actors.outcomes import RunOutcome
 from actors.retention import DAY_S, sweep, sweep_forever
-from actors.store import RunStore
+from actors.state import State
+from actors.state.db import SqliteDatabase
+from actors.state.runs import RunStore
 from agents.events import RunCompleted, RunCreated
 from agents.examples import example_specs
 from agents.loop import RunInput
@@ -65,8 +67,17 @@ def clock() -> Clock:
 
 
 @pytest.fixture
-def store(tmp_path: Path, clock: Clock) -> RunStore:
-    return RunStore(str(tmp_path / "runs.sqlite"), clock=clock)
+async def state(tmp_path: Path, clock: Clock) -> AsyncIterator[State]:
+    opened = State(f"sqlite://{tmp_path}", clock=clock)
+    try:
+        yield opened
+    finally:
+        await opened.close()
+
+
+@pytest.fixture
+def store(state: State) -> RunStore:
+    return state.runs
 
 
 async def test_delete_takes_an_ended_run_and_its_events_only_for_its_tenant(
@@ -102,23 +113,23 @@ async def test_purge_takes_runs_ended_before_the_cutoff_oldest_first_in_batches(
 
 
 async def test_a_sweep_deletes_past_retention_with_outcomes_and_expires_keys(
-    store: RunStore, clock: Clock, tmp_path: Path
+    state: State, store: RunStore, clock: Clock
 ) -> None:
-    outcomes = OutcomeStore(str(tmp_path / "outcomes.sqlite"))
+    outcomes, keys = state.outcomes, state.keys
     old = [await start(store, n) for n in range(7)]
     for run in old:
         await end(store, run)
         await outcomes.record_run(outcome(run))
-    await store.claim_key("old-key", "f", None, clock.now, 60, 60)
+    await keys.claim_key("old-key", "f", None, clock.now, 60, 60)
     clock.now += 31 * DAY_S
     recent = await start(store, 100)
     await end(store, recent)
     await outcomes.record_run(outcome(recent))
     running = await start(store, 101)
-    await store.claim_key("new-key", "f", None, clock.now, 60, 60)
+    await keys.claim_key("new-key", "f", None, clock.now, 60, 60)
 
     deleted = await sweep(
-        store, outcomes, now=clock.now, retention_days=30, key_ttl_s=60, batch_size=3
+        store, keys, outcomes, now=clock.now, retention_days=30, key_ttl_s=60, batch_size=3
     )
 
     assert deleted == 7  # three batches: 3, 3, 1
@@ -126,21 +137,21 @@ async def test_a_sweep_deletes_past_retention_with_outcomes_and_expires_keys(
     assert await store.load_run(recent) is not None
     assert await store.load_run(running) is not None
     assert (await outcomes.version_stats("support", "v1")).runs == 1  # only the recent one
-    assert (await store.claim_key("old-key", "g", None, clock.now, 60, 60)).state == "claimed"
-    assert (await store.claim_key("new-key", "g", None, clock.now, 60, 60)).state == "mismatch"
+    assert (await keys.claim_key("old-key", "g", None, clock.now, 60, 60)).state == "claimed"
+    assert (await keys.claim_key("new-key", "g", None, clock.now, 60, 60)).state == "mismatch"
 
 
-async def test_a_sweep_is_bounded_per_round(store: RunStore, clock: Clock) -> None:
+async def test_a_sweep_is_bounded_per_round(state: State, store: RunStore, clock: Clock) -> None:
     for n in range(5):
         await end(store, await start(store, n))
     clock.now += 2 * DAY_S
     kwargs = {"now": clock.now, "retention_days": 1, "key_ttl_s": 60, "batch_size": 2}
-    assert await sweep(store, None, max_batches=1, **kwargs) == 2
-    assert await sweep(store, None, max_batches=10, **kwargs) == 3
+    assert await sweep(store, state.keys, max_batches=1, **kwargs) == 2
+    assert await sweep(store, state.keys, max_batches=10, **kwargs) == 3
 
 
 async def test_the_sweeper_runs_on_its_interval_and_survives_a_failed_sweep(
-    store: RunStore, clock: Clock
+    state: State, store: RunStore, clock: Clock
 ) -> None:
     await end(store, await start(store, 1))
     clock.now += 2 * DAY_S
@@ -160,9 +171,6 @@ async def test_the_sweeper_runs_on_its_interval_and_survives_a_failed_sweep(
                 raise Broken("disk I/O error")
             return await store.purge_ended(before, limit)
 
-        async def purge_keys(self, before: float) -> None:
-            await store.purge_keys(before)
-
     async def sleep(delay_s: float) -> None:
         sleeps.append(delay_s)
         if len(sleeps) > 2:
@@ -171,7 +179,7 @@ async def test_the_sweeper_runs_on_its_interval_and_survives_a_failed_sweep(
     with pytest.raises(Broken, match="stop"):
         await sweep_forever(
             FlakyStore(),
-            None,
+            state.keys,
             retention_days=1,
             key_ttl_s=60,
             interval_s=7.0,
@@ -192,26 +200,23 @@ async def test_a_store_from_before_retention_gets_end_times(tmp_path: Path) -> N
     old.execute("INSERT INTO runs VALUES ('r1', '{}', '{}', '{}', 'h0', 1)")
     old.commit()
     old.close()
-    store = RunStore(str(path))
-    # Ended before the upgrade: counted from the upgrade, so kept a full retention period.
-    assert await store.purge_ended(1.0) == []
-    assert len(await store.purge_ended(10.0**12)) == 1
+    db = SqliteDatabase(path)
+    store = RunStore(db)
+    try:
+        # Ended before the upgrade: counted from the upgrade, so kept a full retention period.
+        assert await store.purge_ended(1.0) == []
+        assert len(await store.purge_ended(10.0**12)) == 1
+    finally:
+        await db.close()
 
 
 async def test_a_sweep_forgets_effects_recorded_before_the_cutoff(
-    store: RunStore, clock: Clock, tmp_path: Path
+    state: State, store: RunStore, clock: Clock
 ) -> None:
-    ledger = SqliteEffectLedger(str(tmp_path / "effects.sqlite"), clock=clock)
+    ledger = state.ledger
     await ledger.record("run-old:1:0", ToolOutcome(ok=True, output="refunded"))
     clock.now += 31 * DAY_S
     await ledger.record("run-new:1:0", ToolOutcome(ok=True, output="refunded"))
-
-    class Effects:
-        """The tool pool's purge_effects, on the real ledger."""
-
-        async def purge_effects(self, before: float) -> int:
-            return await ledger.purge(before)
-
-    await sweep(store, None, now=clock.now, retention_days=30, key_ttl_s=60, effects=Effects())
+    await sweep(store, state.keys, effects=ledger, now=clock.now, retention_days=30, key_ttl_s=60)
     assert await ledger.recall("run-old:1:0") is None
     assert await ledger.recall("run-new:1:0") is not None

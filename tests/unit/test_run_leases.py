@@ -17,7 +17,8 @@ from actors.credentials import TenantContext
 from actors.limiter import Admission, TenantLimiter, TenantLimits
 from actors.run_host import RunHost, new_run_id
 from actors.settings import RuntimeSettings, simulator_providers
-from actors.store import RunStore
+from actors.state import State
+from actors.state.runs import RunStore
 from actors.tool_pool import ToolPool
 from agents.errors import Overloaded
 from agents.events import Event
@@ -62,8 +63,8 @@ class RecordingLimiter:
 class SlowStore(RunStore):
     """The real store, whose event writes can be held back (a store that does not answer)."""
 
-    def __init__(self, path: str) -> None:
-        super().__init__(path)
+    def __init__(self, state: State) -> None:
+        super().__init__(state.database("runs"))
         self.writable = asyncio.Event()
         self.writable.set()
 
@@ -128,16 +129,15 @@ async def cluster(sim: Sim, tmp_path: Path) -> AsyncIterator[Cluster]:
     limiter = TenantLimiter(
         {"acme": TenantLimits(concurrent_runs=LIMIT)}, clock=clock, lease_ttl_s=60.0
     )
-    built = Cluster(
-        settings, SlowStore(str(tmp_path / "runs.sqlite")), clock, RecordingLimiter(limiter)
-    )
+    state = State(f"sqlite://{tmp_path}")
+    built = Cluster(settings, SlowStore(state), clock, RecordingLimiter(limiter))
     try:
         yield built
     finally:
         for host in built.hosts:
             await host.aclose()
         built.store.writable.set()
-        built.store.close()
+        await state.close()
 
 
 async def _ended(host: RunHost, run_id: str) -> list[Event]:
