@@ -11,11 +11,13 @@ Cluster 1: run A completes; an admin kill switch (tenant `other`) and a rollback
 canary) are set; run P calls a side-effecting tool (`pay`) while runs B1..B3 are in flight.
 The loss hits P at the worst moment: the tool has paid and the effect ledger holds its
 outcome, P has even ended on its host, but its `tool.result` (hence all that followed) is not
-stored (a trigger refuses it). Then every process of the cluster gets SIGKILL. Cluster 2 (a new Ray, a new data directory, the same database):
-every run ends in exactly one terminal event with contiguous seqs, A reads as it did, P paid
-once, each run has one outcome and the outcomes cost what the runs did, the kill switch and
-the rollback hold, today's spend is not less. Run by
-tests/slow/test_cluster_loss.py; exits non-zero if a check fails.
+stored (a trigger refuses it). Then every process of the cluster gets SIGKILL.
+
+Cluster 2 (a new Ray, a new data directory, the same database): every run ends in exactly
+one terminal event with contiguous seqs, A reads as it did, P paid once, each run has one
+outcome and the outcomes cost what the runs did, the kill switch and the rollback hold,
+today's spend is not less. Run by tests/slow/test_cluster_loss.py; exits non-zero if a
+check fails.
 """
 
 from __future__ import annotations
