@@ -80,8 +80,11 @@ def serve(
     import ray
 
     # A head started by this process: other jobs join it with serve_app.join.join() (Ray's
-    # address="auto" would rewrite 127.0.0.1), and it stops with this process.
+    # address="auto" would rewrite 127.0.0.1), and it stops with this process. "local": always
+    # a new head; without it Ray joins whatever $RAY_ADDRESS or /tmp/ray/ray_current_cluster
+    # names (another `ray start` on this machine, or one long dead).
     ray.init(
+        address="local",
         num_cpus=num_cpus,
         include_dashboard=False,
         _node_ip_address="127.0.0.1",
