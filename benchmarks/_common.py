@@ -233,6 +233,7 @@ async def rayfleet(config: Any, sim: Simulator) -> AsyncIterator[Rayfleet]:
     from serve_app.app import build_app
 
     ray.init(
+        address="local",  # a new Ray, whatever /tmp/ray/ray_current_cluster names
         num_cpus=2,
         include_dashboard=False,
         _node_ip_address="127.0.0.1",

@@ -81,6 +81,7 @@ def ray_session() -> Iterator[RaySession]:
 
     namespace = f"rayfleet-tests-{uuid.uuid4().hex[:8]}"
     ray.init(
+        address="local",  # a new Ray, whatever /tmp/ray/ray_current_cluster names
         num_cpus=2,
         include_dashboard=False,
         _node_ip_address="127.0.0.1",

@@ -344,6 +344,7 @@ def main() -> int:
     sim = SimServer(SimSettings(ttft_ms=150))
     sim.start()
     ray.init(
+        address="local",  # a new Ray, whatever /tmp/ray/ray_current_cluster names
         num_cpus=2,
         include_dashboard=False,
         _node_ip_address="127.0.0.1",
