@@ -181,6 +181,13 @@ class OutcomePort(Protocol):
     async def record_run(self, outcome: RunOutcome) -> None: ...
 
 
+async def _record_once_stored(outcomes: OutcomePort, log: EventLog, outcome: RunOutcome) -> None:
+    """Record how a run ended once its terminal event is stored: if its host dies before,
+    the run resumes elsewhere and may end otherwise, and the first outcome recorded stands."""
+    await log.wait_published(log.last_seq)
+    await outcomes.record_run(outcome)
+
+
 def outcome_of(events: list[Event]) -> RunOutcome | None:
     """A finished run's outcome, from its events (None while it is still running)."""
     summary = summarize(events)
@@ -427,9 +434,10 @@ class RunHost:
         if self._limiter is not None and lease is not None:
             self._in_background(self._limiter.release_run(lease))
         if self._outcomes is not None:
-            outcome = outcome_of(self._runs[run_id].log.events())
+            log = self._runs[run_id].log
+            outcome = outcome_of(log.events())
             if outcome is not None:
-                self._in_background(self._outcomes.record_run(outcome))
+                self._in_background(_record_once_stored(self._outcomes, log, outcome))
         self._finished[run_id] = None
         while len(self._finished) > self._settings.finished_runs_kept:
             evicted, _ = self._finished.popitem(last=False)

@@ -76,12 +76,16 @@ async def scenario(cluster: Cluster, sim: SimServer, data: Path) -> None:
         assert "model.discarded" not in kinds, run_id  # untouched by the loss
     state = process_state(None)  # this driver's: the same database, through the environment
     assert state.backend == "postgresql", state
+    moved = []
     for run_id, events in results.items():
         record = await state.runs.load_run(run_id)
         assert record is not None and record.events == events, run_id
-        moved = record.host_id != host_of(run_id)
-        assert moved == (run_id in doomed), (run_id, record.host_id)
-    print(f"all {RUNS} runs completed; {len(doomed)} resumed on the surviving node")
+        if record.host_id != host_of(run_id):
+            assert run_id in doomed, (run_id, record.host_id)
+            moved.append(run_id)
+    # A doomed run may have ended before its node went; the others moved.
+    assert moved, f"no run of the lost node was resumed elsewhere: {doomed}"
+    print(f"all {RUNS} runs completed; {len(moved)} resumed on the surviving node")
 
 
 def main() -> int:
@@ -90,7 +94,7 @@ def main() -> int:
     # set before `ray` is imported, so the test passes it in this process's environment.
     assert os.environ.get("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER") == "0"
     # Slow model calls keep every run in flight while the node goes away.
-    sim = SimServer(SimSettings(ttft_ms=1500))
+    sim = SimServer(SimSettings(ttft_ms=4000))
     sim.start()
     database = PostgresServer()
     # Before the cluster starts: every node's processes inherit it.

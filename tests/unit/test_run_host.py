@@ -5,15 +5,20 @@ from __future__ import annotations
 import asyncio
 import tempfile
 from collections.abc import AsyncIterator
+from pathlib import Path
 
 import pytest
 
 from actors.caches import CacheSettings
+from actors.outcomes import RunOutcome
 from actors.run_host import RunHost, host_of, new_run_id
 from actors.settings import RuntimeSettings, simulator_providers
+from actors.state import open_state
+from actors.state.db import Database
+from actors.state.runs import RunStore
 from actors.tool_pool import ToolPool
 from agents.errors import RequestInvalid, UnknownRun
-from agents.events import TERMINAL_KINDS, Event, ModelCompleted, SubagentEvent
+from agents.events import TERMINAL_KINDS, Event, ModelCompleted, SubagentEvent, is_terminal
 from agents.examples import example_specs
 from agents.loop import RunInput
 from agents.spec import AgentSpec
@@ -231,3 +236,63 @@ async def test_a_shadow_gets_the_primary_result_of_the_same_call_when_ids_repeat
         )
         outcome = await shadow.call(refund, call, idempotency_key="k", timeout_s=1.0)
         assert outcome.output == f"refund of order {order}"
+
+
+class EndHeldBack(RunStore):
+    """The real run store (SQLite), failing every write that carries a run's terminal event
+    while `holding` (a store that went down as the run ended)."""
+
+    def __init__(self, db: Database) -> None:
+        super().__init__(db)
+        self.holding = True
+        self.refused = 0
+
+    async def append_events(self, batch: dict[str, list[Event]]) -> None:
+        if self.holding and any(is_terminal(e) for events in batch.values() for e in events):
+            self.refused += 1
+            raise ConnectionError("the store is down")
+        await super().append_events(batch)
+
+
+class RecordedOutcomes:
+    """Where the host reports how runs ended (an OutcomePort), written down."""
+
+    def __init__(self) -> None:
+        self.outcomes: list[RunOutcome] = []
+
+    async def record_run(self, outcome: RunOutcome) -> None:
+        self.outcomes.append(outcome)
+
+
+async def test_a_run_s_outcome_is_recorded_once_its_end_is_stored(
+    sim: Sim, support: AgentSpec, tmp_path: Path
+) -> None:
+    state = open_state(f"sqlite://{tmp_path}")
+    store = EndHeldBack(state.database("runs"))
+    outcomes = RecordedOutcomes()
+    runtime = RuntimeSettings(
+        providers=simulator_providers(sim.base_url),
+        cache=CacheSettings(directory=str(tmp_path / "cache")),
+    )
+    host = RunHost(HOST, runtime, ToolPool(), store=store, outcomes=outcomes)  # type: ignore[arg-type]
+    try:
+        run_id = await start(host, support, "Where is order 1234?")
+        await idle(host)  # ended on the host ...
+
+        async def refused_again() -> bool:
+            return store.refused >= 2
+
+        await eventually(refused_again)  # ... not in the store, even when retried
+        # Were the host to die now, the run would resume elsewhere and end there, perhaps
+        # otherwise: this end is not one yet.
+        assert outcomes.outcomes == []
+        store.holding = False
+
+        async def recorded() -> bool:
+            return bool(outcomes.outcomes)
+
+        await eventually(recorded)
+        assert [(o.run_id, o.status) for o in outcomes.outcomes] == [(run_id, "completed")]
+    finally:
+        await host.aclose()
+        await state.close()
