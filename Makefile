@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 UV := $(VENV)/bin/uv
 INSTALLED := $(VENV)/.installed
 
-.PHONY: install serve test check lint types fmt lock bench clean
+.PHONY: install postgres serve test check lint types fmt lock bench clean
 
 install: $(INSTALLED)
 
@@ -24,7 +24,11 @@ $(INSTALLED): $(UV) requirements.lock pyproject.toml
 serve: install
 	$(VENV)/bin/rayfleet serve
 
-test: install
+# The state-layer tests start a private PostgreSQL server: its binaries must be installed.
+postgres:
+	scripts/ensure-postgres
+
+test: install postgres
 	$(PY) -m pytest
 
 lint: install

@@ -54,7 +54,7 @@ def find_pg_bin() -> Path:
             return directory
     raise PostgresUnavailable(
         "PostgreSQL server binaries not found: no pg_ctl/initdb on PATH or under "
-        "/usr/lib/postgresql/*/bin (Debian: apt-get install postgresql; .ci/run does this)"
+        "/usr/lib/postgresql/*/bin (Debian: apt-get install postgresql; `make test` does this)"
     )
 
 
