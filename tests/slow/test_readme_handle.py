@@ -100,11 +100,7 @@ def _serve(ray_tmp: Path) -> tuple[subprocess.Popen[bytes], Path]:
     port = _free_port()
     config = ray_tmp / "app.yaml"
     data = ray_tmp / "data"
-    runtime: dict[str, object] = {
-        f"{name}_path": str(data / f"{name}.sqlite")
-        for name in ("store", "ledger", "outcomes", "memory")
-    }
-    runtime["cache"] = {"directory": str(data / "cache")}
+    runtime = {"state_url": f"sqlite://{data}", "cache": {"directory": str(data / "cache")}}
     config.write_text(yaml.safe_dump({"runtime": runtime}))
     rayfleet = Path(sys.executable).parent / "rayfleet"
     log = ray_tmp / "serve.log"
