@@ -70,6 +70,9 @@ _EPSILON = 1e-9
 # A wait that depends on other callers finishing (a run ending, a reservation settling)
 # cannot be computed: a hint.
 _HINT_RETRY_S = 1.0
+# Backoff between tries to store a settled spend while the state is down.
+_SPEND_RETRY_FIRST_S = 0.1
+_SPEND_RETRY_MAX_S = 2.0
 
 
 class TenantLimits(BaseModel):
@@ -402,7 +405,7 @@ class TenantLimiter:
             bucket.level = min(bucket.capacity, bucket.level + held.tokens - tokens)
         state.spent_usd += cost_usd
         if cost_usd > 0:
-            await self._durable(add_spend(held.tenant, state.day, cost_usd))
+            await self._spent_durably(add_spend(held.tenant, state.day, cost_usd))
 
     # -- inspection ----------------------------------------------------------------------
 
@@ -491,6 +494,20 @@ class TenantLimiter:
     async def _durable(self, *writes: Write) -> None:
         if self._state is not None:
             await self._state.write(*writes)
+
+    async def _spent_durably(self, write: Write) -> None:
+        """Store a spend, again until it is stored. The model call was made and paid: failing
+        the run now (the state is restarting) would throw its work away, and a spend never
+        stored would be forgotten by a restart. So the run waits, as its events wait for
+        the run host's flush."""
+        delay_s = _SPEND_RETRY_FIRST_S
+        while True:
+            try:
+                await self._durable(write)
+                return
+            except Overloaded:  # logged by the state's committer
+                await asyncio.sleep(delay_s)
+                delay_s = min(2 * delay_s, _SPEND_RETRY_MAX_S)
 
     def _day(self) -> int:
         return int(self._wall_clock() // _DAY_S)

@@ -130,6 +130,18 @@ class PostgresServer:
                 sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name))
             )
 
+    def start(self) -> None:
+        """Start the server again on its data directory and port, as a supervisor would after
+        it crashed (a `kill -9` of its postmaster: it recovers from its WAL). Its backends must
+        be gone first: a survivor still holds the shared memory, and the server refuses to
+        start."""
+        assert not self._stopped, "the server was stopped and its directory deleted"
+        self._start(self.port)
+
+    def postmaster_pid(self) -> int:
+        """The pid of the running server's postmaster (the first line of postmaster.pid)."""
+        return int((self.data_dir / "postmaster.pid").read_text().split()[0])
+
     def stop(self) -> None:
         """Shut the server down (fast: roll back open transactions) and delete its directory.
         Safe to call twice."""
@@ -190,12 +202,13 @@ class PostgresServer:
             conf.write("\n# rayfleet tests\n")
             conf.writelines(f"{key} = {value}\n" for key, value in settings.items())
 
-    def _start(self) -> None:
+    def _start(self, port: int = 0) -> None:
+        """Start on `port`, or on a free port (another if it was taken meanwhile) if 0."""
         self.log_file.touch()
         self._chown_to_server_user(self.log_file)
         failure = ""
-        for _ in range(_PORT_ATTEMPTS):
-            port = _free_port()
+        for _ in range(_PORT_ATTEMPTS if port == 0 else 1):
+            candidate = port or _free_port()
             try:
                 self._run(
                     "pg_ctl",
@@ -204,7 +217,7 @@ class PostgresServer:
                     f"--timeout={_START_TIMEOUT_S}",
                     f"--pgdata={self.data_dir}",
                     f"--log={self.log_file}",
-                    f"--options=-p {port}",
+                    f"--options=-p {candidate}",
                     timeout_s=_START_TIMEOUT_S + 10,
                 )
             except PostgresUnavailable as e:
@@ -212,7 +225,7 @@ class PostgresServer:
                 if "already in use" not in failure:
                     break  # not a port race: another port will not help
                 continue
-            self.port = port
+            self.port = candidate
             return
         raise PostgresUnavailable(f"PostgreSQL did not start: {failure}")
 
@@ -233,8 +246,7 @@ class PostgresServer:
                 continue
         # pg_ctl could not stop it: kill the postmaster so no server outlives the session.
         try:
-            pid = int((self.data_dir / "postmaster.pid").read_text().split()[0])
-            os.kill(pid, signal.SIGKILL)
+            os.kill(self.postmaster_pid(), signal.SIGKILL)
         except (OSError, ValueError, IndexError):
             pass
 

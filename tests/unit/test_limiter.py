@@ -15,6 +15,7 @@ from pydantic import ValidationError
 from actors.limiter import Admission, TenantLimiter, TenantLimits, _TenantLimiterHost
 from actors.state import State
 from agents.errors import Overloaded
+from tests.helpers import eventually
 
 
 class Clock:
@@ -573,3 +574,31 @@ async def test_a_state_that_cannot_be_read_refuses_calls_until_it_can(
         db.execute(versions, (1,))
     assert (await limiter.admit_run("acme")).ok  # read now: the stored limit applies
     assert not (await limiter.admit_run("acme")).ok
+
+
+async def test_a_spend_that_cannot_be_stored_yet_waits_until_it_is(
+    restarted: Restart, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    # A run's model call was made and paid while the state is down: settling it must not
+    # fail the run, nor forget the dollars; it waits until they are stored.
+    clock, wall = Clock(1000.0), Clock(LATE_EVENING)
+    limiter = restarted(clock, wall)
+    held = await limiter.reserve("acme", 10, 0.5)
+    path = tmp_path / "state" / "limiter.sqlite"
+    with contextlib.closing(sqlite3.connect(path)) as db:
+        (ddl,) = db.execute("SELECT sql FROM sqlite_master WHERE name = 'limiter_spend'").fetchone()
+        db.execute("DROP TABLE limiter_spend")  # the state fails under the limiter
+    settling = asyncio.create_task(limiter.settle(held.reservation or "", 10, 0.4))
+    await eventually(lambda: _failed_writes(caplog, 2))
+    assert not settling.done()
+    with contextlib.closing(sqlite3.connect(path)) as db:
+        db.execute(ddl)  # the state is back
+    await asyncio.wait_for(settling, 10)
+    again = restarted(Clock(5.0), wall)
+    assert (await again.usage("acme"))["spent_usd"] == pytest.approx(0.4)
+
+
+async def _failed_writes(caplog: pytest.LogCaptureFixture, at_least: int) -> bool:
+    await asyncio.sleep(0)
+    failed = [r for r in caplog.records if "limiter state write failed" in r.getMessage()]
+    return len(failed) >= at_least
