@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import signal
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
@@ -95,6 +96,7 @@ def serve(
 
     gcs_address = ray.get_runtime_context().gcs_address
     record_head(gcs_address)
+    _stop_on_signals()
     try:
         _deploy(port, args, sim.base_url)
         console.print(f"rayfleet is serving at [bold]http://127.0.0.1:{port}[/] (Ctrl-C stops it)")
@@ -114,6 +116,18 @@ def serve(
         ray.shutdown()
         forget_head(gcs_address)
         sim.stop()
+
+
+def _stop_on_signals() -> None:
+    """Ctrl-C (SIGINT) and SIGTERM (what a service manager sends) both stop `serve` cleanly,
+    its Ray included: SIGINT even when it was started with SIGINT ignored (a background job
+    of a script, nohup), which would otherwise leave it and its Ray running."""
+
+    def stop(signum: int, frame: object) -> None:
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    signal.signal(signal.SIGTERM, stop)
 
 
 def _check_data_dir() -> None:
