@@ -63,7 +63,7 @@ from agents.events import Event, RunCancelled, RunCompleted, RunFailed
 from agents.spec import AgentSpec
 
 if TYPE_CHECKING:
-    from actors.runtime import Runs
+    from actors.runs_client import Runs
 
 logger = logging.getLogger("rayfleet")
 
@@ -177,7 +177,7 @@ class _Header(BaseModel):
 
 
 class RunsPort(Protocol):
-    """Starting, following and cancelling runs (`actors.runtime.Runs` in the actor)."""
+    """Starting, following and cancelling runs (`actors.runs_client.Runs` in the actor)."""
 
     async def start(
         self,
@@ -742,7 +742,7 @@ def _error_of(exc: BaseException) -> dict[str, str]:
 
 
 class _FollowedRuns:
-    """RunsPort over `actors.runtime.Runs` (the client an agent deployment starts runs with)."""
+    """RunsPort over `actors.runs_client.Runs` (the client an agent deployment starts runs with)."""
 
     def __init__(self, runs: Runs) -> None:
         self._runs = runs
@@ -791,7 +791,8 @@ class BatchRunnerActor:
 
     def __init__(self, settings: RuntimeSettings) -> None:
         # Imported here: actors.runtime creates this actor, so it imports this module.
-        from actors.runtime import LIMITER_ACTOR, Runs, check_agents_package, service
+        from actors.runs_client import Runs
+        from actors.services import LIMITER_ACTOR, check_agents_package, service
 
         check_agents_package()
         runs = _FollowedRuns(Runs(settings))

@@ -476,7 +476,7 @@ class _BatcherHost:
         prices: Mapping[str, ModelPrice],
         cache: CacheSettings | None = None,
     ) -> None:
-        from actors.runtime import check_agents_package  # runtime imports this module
+        from actors.services import check_agents_package  # services imports this module
 
         check_agents_package()
         self._batcher = build_batcher(settings, providers, prices, cache)

@@ -5,7 +5,9 @@ from __future__ import annotations
 from ray import serve
 
 from actors.credentials import TenantContext
-from actors.runtime import Runs, check_agents_package, ensure_runtime
+from actors.runs_client import Runs
+from actors.runtime import ensure_runtime
+from actors.services import check_agents_package
 from actors.settings import RuntimeSettings
 from agents.spec import AgentSpec
 from serve_app.handle_api import HandleSurface

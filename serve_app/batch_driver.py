@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from actors.runtime import BATCHES_ACTOR, service
+from actors.services import BATCHES_ACTOR, service
 from actors.settings import RuntimeSettings
 
 

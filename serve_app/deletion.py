@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 from typing import TYPE_CHECKING
 
-from actors.runtime import Runs
+from actors.runs_client import Runs
 from agents.errors import Conflict, UnknownRun
 
 if TYPE_CHECKING:

@@ -14,9 +14,9 @@ import re
 import time
 import uuid
 from collections.abc import AsyncIterator, Coroutine
-from typing import Any, Literal, TypeVar
+from typing import Any, TypeVar
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ValidationError
 from ray import serve
 from ray.exceptions import RayError
 from ray.serve.handle import DeploymentHandle
@@ -29,9 +29,6 @@ from starlette.routing import Route
 
 from actors.batches import (
     DEFAULT_CONCURRENCY,
-    MAX_CONCURRENCY,
-    MAX_ITEMS,
-    BatchInput,
     BatchJob,
     BatchView,
     is_batch_id,
@@ -41,7 +38,9 @@ from actors.credentials import TenantContext
 from actors.limiter import Admission
 from actors.named import NamedActor
 from actors.outcomes import VersionStats
-from actors.runtime import LIMITER_ACTOR, Runs, check_agents_package, ensure_runtime, service
+from actors.runs_client import Runs
+from actors.runtime import ensure_runtime
+from actors.services import LIMITER_ACTOR, check_agents_package, service
 from actors.state import process_state
 from actors.switches import KILL_PREFIX, KillSwitches
 from agents.errors import (
@@ -67,83 +66,13 @@ from serve_app.handle_api import HandleSurface
 from serve_app.http_errors import as_rayfleet_error, error_response, problem
 from serve_app.idempotency import Idempotency
 from serve_app.openapi import openapi_endpoint
+from serve_app.schemas import BatchRequest, KillRequest, OutcomeRequest, RunRequest
 from serve_app.sse import to_sse
 from serve_app.tenancy import Authenticator, TenancyConfig, TenantConfig
 from serve_app.traffic import Choice, TrafficConfig
 
 logger = logging.getLogger("rayfleet")
 _M = TypeVar("_M", bound=BaseModel)
-
-
-class OutcomeRequest(BaseModel):
-    """Body of `POST /v1/runs/{id}/outcome`."""
-
-    model_config = ConfigDict(frozen=True, extra="forbid")
-
-    success: bool = Field(description="Did the run do what the user needed?")
-    score: float | None = Field(None, allow_inf_nan=False, description="Optional quality score.")
-
-
-class KillRequest(BaseModel):
-    """Body of `POST /v1/admin/kill`: a reason switches off, null switches back on."""
-
-    model_config = ConfigDict(frozen=True, extra="forbid")
-
-    scope: Literal["global", "agents", "versions", "tenants", "tools", "models"]
-    name: str = Field("", max_length=200, description="What to switch (not for global).")
-    reason: str | None = Field(None, max_length=500, description="Shown to callers.")
-
-
-class RunRequest(BaseModel):
-    """Body of `POST /v1/agents/{agent}/runs`."""
-
-    model_config = ConfigDict(frozen=True, extra="forbid")
-
-    input: str = Field(min_length=1, max_length=100_000, description="The user's request.")
-    thread_id: str | None = Field(
-        None, pattern=r"^[A-Za-z0-9._:-]{1,128}$", description="Continue this conversation."
-    )
-    version: str | None = Field(None, description="Pin an agent version (default: current).")
-
-
-def _texts_as_inputs(schema: dict[str, Any]) -> None:
-    # The validator below turns a plain string into {"input": ...}: document both forms.
-    text = {"type": "string", "minLength": 1, "maxLength": 100_000}
-    schema["items"] = {"anyOf": [schema["items"], text]}
-
-
-class BatchRequest(BaseModel):
-    """Body of `POST /v1/agents/{agent}/batches`."""
-
-    model_config = ConfigDict(frozen=True, extra="forbid")
-
-    inputs: list[BatchInput] = Field(
-        min_length=1,
-        max_length=MAX_ITEMS,
-        description=f"1 to {MAX_ITEMS} inputs: objects like a run's body (without `version`) "
-        "or plain strings.",
-        json_schema_extra=_texts_as_inputs,
-    )
-    concurrency: int = Field(
-        DEFAULT_CONCURRENCY,
-        ge=1,
-        le=MAX_CONCURRENCY,
-        strict=True,
-        description="Runs of the batch in flight at once.",
-    )
-    version: str | None = Field(
-        None, description="Pin an agent version (default: one chosen for the whole batch)."
-    )
-
-    @field_validator("inputs", mode="before")
-    @classmethod
-    def _strings_are_inputs(cls, value: Any) -> Any:
-        if isinstance(value, list):
-            return [{"input": item} if isinstance(item, str) else item for item in value]
-        return value
-
-
-"""Calls to the batch driver while Ray restarts it (a second or two), over about 6 s."""
 
 
 @serve.deployment(

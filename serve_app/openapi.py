@@ -21,6 +21,7 @@ from actors.outcomes import CostReport, ShadowComparison, VersionStats
 from actors.switches import KillSwitches
 from agents.events import event_adapter
 from agents.summary import RunSummary
+from serve_app.schemas import BatchRequest, KillRequest, OutcomeRequest, RunRequest
 from serve_app.traffic import ShadowRule
 
 REF = "#/components/schemas/{model}"
@@ -197,8 +198,6 @@ _AUTH = (
 
 def _schemas() -> dict[str, Any]:
     """Every schema under one namespace: each model's `$defs` lifted into components."""
-    # Imported here, not at the top, so the gateway can import this module to mount it.
-    from serve_app.gateway import BatchRequest, KillRequest, OutcomeRequest, RunRequest
 
     found: dict[str, Any] = {}
 

@@ -24,7 +24,9 @@ import pytest
 import ray
 
 from actors.run_host import host_of
-from actors.runtime import HOST_PREFIX, Runs, ensure_runtime
+from actors.runs_client import Runs
+from actors.runtime import ensure_runtime
+from actors.services import HOST_PREFIX
 from actors.settings import RuntimeSettings
 from actors.state import open_state
 from agents.events import Event, is_terminal

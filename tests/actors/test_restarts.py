@@ -14,7 +14,9 @@ import pytest
 import ray
 
 from actors.run_host import host_of
-from actors.runtime import HOST_PREFIX, POOL_ACTOR, TOOLS_ACTOR, Runs, ensure_runtime
+from actors.runs_client import Runs
+from actors.runtime import ensure_runtime
+from actors.services import HOST_PREFIX, POOL_ACTOR, TOOLS_ACTOR
 from actors.settings import RuntimeSettings
 from actors.state import open_state
 from agents.events import is_terminal

@@ -412,7 +412,7 @@ def wait_batch(service: Service, batch_id: str, timeout_s: float = 30) -> dict[s
 def batch_driver(service: Service) -> Any:
     import ray
 
-    from actors.runtime import BATCHES_ACTOR
+    from actors.services import BATCHES_ACTOR
 
     return ray.get_actor(BATCHES_ACTOR, namespace=service.settings.namespace)
 

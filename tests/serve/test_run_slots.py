@@ -89,7 +89,7 @@ def test_a_recovered_finished_run_frees_no_slot_again(service: Service, sim: Sim
     import ray
 
     from actors.run_host import host_of
-    from actors.runtime import HOST_PREFIX
+    from actors.services import HOST_PREFIX
 
     held = hanging_run(service, sim)
     done = run_id_of(start(service.http))

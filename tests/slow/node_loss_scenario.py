@@ -18,7 +18,9 @@ from ray.cluster_utils import Cluster
 
 from actors.caches import CacheSettings
 from actors.run_host import host_of
-from actors.runtime import HOST_PREFIX, Runs, ensure_runtime
+from actors.runs_client import Runs
+from actors.runtime import ensure_runtime
+from actors.services import HOST_PREFIX
 from actors.settings import RuntimeSettings, simulator_providers
 from actors.state import STATE_URL_ENV, process_state
 from agents.events import Event, is_terminal

@@ -11,9 +11,9 @@ import pytest
 from actors.state import State
 from actors.state.runs import IdempotencyKeys
 from agents.errors import Conflict, RequestInvalid, ServiceUnavailable, TenantLimited
-from serve_app.gateway import RunRequest
 from serve_app.http_errors import status_for
 from serve_app.idempotency import HEADER, Idempotency, fingerprint, key_of
+from serve_app.schemas import RunRequest
 
 ASK = RunRequest(input="Where is order 1234?")
 OTHER = RunRequest(input="Where is order 9999?")

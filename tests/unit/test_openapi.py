@@ -17,8 +17,9 @@ from agents.events import Event, RunCreated, RunFailed, StepStarted, event_adapt
 from agents.messages import Usage
 from agents.spec import AgentSpec
 from agents.summary import RunSummary
-from serve_app.gateway import Gateway, RunRequest
+from serve_app.gateway import Gateway
 from serve_app.openapi import AGENT_PATTERN, RUN_ID_PATTERN, openapi_document, openapi_endpoint
+from serve_app.schemas import RunRequest
 from serve_app.sse import to_sse
 
 METHODS = {"get", "put", "post", "delete", "patch", "options", "head", "trace"}

@@ -1,0 +1,111 @@
+"""The run host's actor: a RunHost with its ports wired to the shared services and the state."""
+
+from __future__ import annotations
+
+import asyncio
+
+import ray
+
+from actors.limiter import Admission
+from actors.named import NamedActor
+from actors.outcomes import RayOutcomeMetrics
+from actors.run_host import RunHost
+from actors.services import LIMITER_ACTOR, POOL_ACTOR, TOOLS_ACTOR, check_agents_package, service
+from actors.settings import RuntimeSettings
+from actors.state import State, process_state
+from actors.state.outcomes import OutcomeStore
+from agents.errors import ServiceUnavailable
+from agents.messages import Message, ToolCall
+from agents.ports import ToolOutcome
+from agents.spec import ToolSpec
+
+
+class RemoteTools:
+    """ToolPort over the shared tool-pool actor."""
+
+    def __init__(self, actor: NamedActor) -> None:
+        self._actor = actor
+
+    async def call(
+        self,
+        tool: ToolSpec,
+        call: ToolCall,
+        *,
+        idempotency_key: str,
+        timeout_s: float,
+        tenant: str = "default",
+    ) -> ToolOutcome:
+        try:
+            outcome: ToolOutcome = await self._actor.call.remote(
+                tool, call, idempotency_key=idempotency_key, timeout_s=timeout_s, tenant=tenant
+            )
+        except (ServiceUnavailable, ray.exceptions.RayError) as exc:
+            return ToolOutcome(
+                ok=False, output="", error=f"tool pool unavailable: {type(exc).__name__}"
+            )
+        return outcome
+
+
+class StateMemory:
+    """MemoryPort over the state's memory store, opened at the first call: memory is
+    optional, so a memory database that cannot open fails the call (the loop degrades and
+    says so), never the run host."""
+
+    def __init__(self, state: State) -> None:
+        self._state = state
+
+    async def load_thread(self, namespace: str, thread_id: str) -> list[Message]:
+        return await self._state.memory.load_thread(namespace, thread_id)
+
+    async def append_thread(self, namespace: str, thread_id: str, messages: list[Message]) -> None:
+        await self._state.memory.append_thread(namespace, thread_id, messages)
+
+
+class RemoteLimiter:
+    """The tenant limiter's actor as a LimiterPort."""
+
+    def __init__(self, actor: NamedActor) -> None:
+        self._actor = actor
+
+    async def reserve(self, tenant: str, tokens: int, cost_usd: float) -> Admission:
+        admission: Admission = await self._actor.reserve.remote(tenant, tokens, cost_usd)
+        return admission
+
+    async def settle(self, reservation: str, tokens: int, cost_usd: float) -> None:
+        await self._actor.settle.remote(reservation, tokens, cost_usd)
+
+    async def release_run(self, lease: str) -> None:
+        await self._actor.release_run.remote(lease)
+
+    async def renew_runs(self, leases: list[str]) -> list[str]:
+        unknown: list[str] = await self._actor.renew_runs.remote(leases)
+        return unknown
+
+
+@ray.remote
+class RunHostActor(RunHost):
+    def __init__(self, host_id: str, settings: RuntimeSettings) -> None:
+        check_agents_package()
+        state = process_state(settings.state_url)
+        pool = service(settings, POOL_ACTOR)
+        super().__init__(
+            host_id,
+            settings,
+            RemoteTools(service(settings, TOOLS_ACTOR)),
+            StateMemory(state),
+            state.runs,
+            # Lost if the pool is down: a restarted pool counts loads from the hosts.
+            on_run_end=lambda h: pool.tell("release", h),
+            limiter=RemoteLimiter(service(settings, LIMITER_ACTOR)),
+            # The host that records a run counts it (rayfleet_runs_total and its cost); the
+            # pool publishes the per-version gauges.
+            outcomes=OutcomeStore(state.database("outcomes"), metrics=RayOutcomeMetrics()),
+            switches=state.settings,
+        )
+
+    def ready(self) -> bool:
+        return True
+
+    async def wait_until_dead(self) -> None:
+        """Never returns: the pool awaits it to learn, by its failure, that this host died."""
+        await asyncio.Event().wait()

@@ -1,0 +1,78 @@
+"""The bodies the HTTP API accepts: validated by the gateway, documented by the OpenAPI
+document (serve_app.openapi), from the same models."""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from actors.batches import DEFAULT_CONCURRENCY, MAX_CONCURRENCY, MAX_ITEMS, BatchInput
+
+
+class OutcomeRequest(BaseModel):
+    """Body of `POST /v1/runs/{id}/outcome`."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    success: bool = Field(description="Did the run do what the user needed?")
+    score: float | None = Field(None, allow_inf_nan=False, description="Optional quality score.")
+
+
+class KillRequest(BaseModel):
+    """Body of `POST /v1/admin/kill`: a reason switches off, null switches back on."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    scope: Literal["global", "agents", "versions", "tenants", "tools", "models"]
+    name: str = Field("", max_length=200, description="What to switch (not for global).")
+    reason: str | None = Field(None, max_length=500, description="Shown to callers.")
+
+
+class RunRequest(BaseModel):
+    """Body of `POST /v1/agents/{agent}/runs`."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    input: str = Field(min_length=1, max_length=100_000, description="The user's request.")
+    thread_id: str | None = Field(
+        None, pattern=r"^[A-Za-z0-9._:-]{1,128}$", description="Continue this conversation."
+    )
+    version: str | None = Field(None, description="Pin an agent version (default: current).")
+
+
+def _texts_as_inputs(schema: dict[str, Any]) -> None:
+    # The validator below turns a plain string into {"input": ...}: document both forms.
+    text = {"type": "string", "minLength": 1, "maxLength": 100_000}
+    schema["items"] = {"anyOf": [schema["items"], text]}
+
+
+class BatchRequest(BaseModel):
+    """Body of `POST /v1/agents/{agent}/batches`."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    inputs: list[BatchInput] = Field(
+        min_length=1,
+        max_length=MAX_ITEMS,
+        description=f"1 to {MAX_ITEMS} inputs: objects like a run's body (without `version`) "
+        "or plain strings.",
+        json_schema_extra=_texts_as_inputs,
+    )
+    concurrency: int = Field(
+        DEFAULT_CONCURRENCY,
+        ge=1,
+        le=MAX_CONCURRENCY,
+        strict=True,
+        description="Runs of the batch in flight at once.",
+    )
+    version: str | None = Field(
+        None, description="Pin an agent version (default: one chosen for the whole batch)."
+    )
+
+    @field_validator("inputs", mode="before")
+    @classmethod
+    def _strings_are_inputs(cls, value: Any) -> Any:
+        if isinstance(value, list):
+            return [{"input": item} if isinstance(item, str) else item for item in value]
+        return value
