@@ -75,6 +75,40 @@ def ratio(a: float, b: float) -> float:
     return a / b if b else math.inf
 
 
+def cores() -> int:
+    """CPUs this process may run on (its affinity set): what a CPU share is a share of."""
+    return len(os.sched_getaffinity(0))
+
+
+def cpu_share(cpu_s: float, window_s: float) -> str:
+    """CPU seconds used over a measured window, as a share of all the cores (<= 100%)."""
+    n = cores()
+    return f"{cpu_s / window_s / n * 100:.0f}% of {n} cores" if window_s > 0 else "n/a"
+
+
+def by_process_table(columns: dict[str, dict[str, float]], unit: str, top: int = 10) -> str:
+    """The by-process CPU table every benchmark prints: one column per phase, one row per
+    process kind (largest first, the rest summed as "others"), then the total. Values are
+    already in `unit` (e.g. ms per step)."""
+    names = list(columns)
+    kinds = sorted(
+        {k for col in columns.values() for k in col},
+        key=lambda k: -max(col.get(k, 0.0) for col in columns.values()),
+    )
+    width = max([26, *(len(k) + 2 for k in kinds[:top])])
+    lines = [f"{'by process (' + unit + ')':<{width}}" + "".join(f"{n:>16}" for n in names)]
+    for kind in kinds[:top]:
+        lines.append(
+            f"{kind:<{width}}" + "".join(f"{columns[n].get(kind, 0.0):>16.3f}" for n in names)
+        )
+    if len(kinds) > top:
+        rest = [sum(columns[n].get(k, 0.0) for k in kinds[top:]) for n in names]
+        lines.append(f"{'others':<{width}}" + "".join(f"{v:>16.3f}" for v in rest))
+    totals = [sum(columns[n].values()) for n in names]
+    lines.append(f"{'total':<{width}}" + "".join(f"{v:>16.3f}" for v in totals))
+    return "\n".join(lines)
+
+
 # -- the simulator in its own process -------------------------------------------------------
 
 _SIM_CODE = """
@@ -267,6 +301,8 @@ async def rayfleet(config: Any, sim: Simulator) -> AsyncIterator[Rayfleet]:
 def _kind(cmdline: str) -> str:
     if cmdline.startswith("postgres"):
         return "postgresql"
+    if "haproxy" in cmdline.split(" ", 1)[0]:
+        return "haproxy"
     if "gcs_server" in cmdline:
         return "gcs"
     if "raylet" in cmdline and "ray::" not in cmdline:
