@@ -298,7 +298,8 @@ async def rayfleet(config: Any, sim: Simulator) -> AsyncIterator[Rayfleet]:
 # -- CPU and memory of our own Ray's processes ----------------------------------------------
 
 
-def _kind(cmdline: str) -> str:
+def process_kind(cmdline: str) -> str:
+    """The row a process counts under in the by-process table."""
     if cmdline.startswith("postgres"):
         return "postgresql"
     if "haproxy" in cmdline.split(" ", 1)[0]:
@@ -350,7 +351,7 @@ class CpuSnapshot:
             with contextlib.suppress(psutil.Error):
                 times = proc.cpu_times()
                 cmd = " ".join(proc.cmdline())
-                by_pid[proc.pid] = (_kind(cmd), times.user + times.system)
+                by_pid[proc.pid] = (process_kind(cmd), times.user + times.system)
         return cls(time.monotonic(), by_pid)
 
     def since(self, before: CpuSnapshot) -> tuple[float, dict[str, float]]:
