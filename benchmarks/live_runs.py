@@ -201,7 +201,7 @@ async def amain(args: argparse.Namespace) -> None:
     print(
         f"  pool says {pk['live_in_pool']} live; sampled statuses running "
         f"{pk['running_sampled']}; started in {pk['start_s']:.1f} s "
-        f"({pk['starts_per_s']:.0f}/s, start p50 {pk['start_p50_ms']:.0f} ms, "
+        f"({pk['starts_per_s']:.0f}/s, 64 starts in flight, start p50 {pk['start_p50_ms']:.0f} ms, "
         f"p99 {pk['start_p99_ms']:.0f} ms)"
     )
     marginal = pk["marginal_rss_kb_per_run_in_host"]
