@@ -96,16 +96,18 @@ def by_process_table(columns: dict[str, dict[str, float]], unit: str, top: int =
         key=lambda k: -max(col.get(k, 0.0) for col in columns.values()),
     )
     width = max([26, *(len(k) + 2 for k in kinds[:top])])
-    lines = [f"{'by process (' + unit + ')':<{width}}" + "".join(f"{n:>16}" for n in names)]
-    for kind in kinds[:top]:
-        lines.append(
-            f"{kind:<{width}}" + "".join(f"{columns[n].get(kind, 0.0):>16.3f}" for n in names)
-        )
+    col = max([16, *(len(n) + 2 for n in names)])
+
+    def row(label: str, values: list[float]) -> str:
+        return f"{label:<{width}}" + "".join(f"{v:>{col}.3f}" for v in values)
+
+    lines = [f"{'by process (' + unit + ')':<{width}}" + "".join(f"{n:>{col}}" for n in names)]
+    lines += [row(k, [columns[n].get(k, 0.0) for n in names]) for k in kinds[:top]]
     if len(kinds) > top:
-        rest = [sum(columns[n].get(k, 0.0) for k in kinds[top:]) for n in names]
-        lines.append(f"{'others':<{width}}" + "".join(f"{v:>16.3f}" for v in rest))
-    totals = [sum(columns[n].values()) for n in names]
-    lines.append(f"{'total':<{width}}" + "".join(f"{v:>16.3f}" for v in totals))
+        lines.append(
+            row("others", [sum(columns[n].get(k, 0.0) for k in kinds[top:]) for n in names])
+        )
+    lines.append(row("total", [sum(columns[n].values()) for n in names]))
     return "\n".join(lines)
 
 
