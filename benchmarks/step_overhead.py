@@ -146,7 +146,7 @@ def report(pairs: list[tuple[dict[str, Any], list[dict[str, Any]]]]) -> None:
             tables[f"{o['name'].split()[1]} @{n}"] = o["cpu_by_kind_ms_per_step"]
         tables[f"floor @{n}"] = f["cpu_by_kind_ms_per_step"]
     print()
-    print(c.by_process_table(tables, "ms/step"))
+    print(c.by_process_table(tables, "ms/step", top=16))
 
 
 async def amain(args: argparse.Namespace) -> None:
