@@ -4,10 +4,13 @@ time-to-first-token overhead of an SSE client against the provider's own stream.
 Throughput: N closed-loop clients (each starts its next run when the last ends) for a warm-up
 and then a measured window; a run counts when its terminal event arrives in the window. The
 floor runs the same loop in this process (execute_run + ModelRouter + ToolPool, no Ray).
+CPU is read at the measured window's edges (floor: this process; rayfleet: our Ray's
+processes, by process) and shown as a share of all the cores and per run.
 
 TTFT: sequential samples, alternating: (a) POST straight to the simulator's streaming chat
 endpoint, time to the first chunk carrying text; (b) POST /v1/agents/echo/runs with SSE
-(an agent without tools, so step 1 streams text), time to the first `model.delta`.
+(an agent without tools, so step 1 streams text), time to the first `model.delta`, and to
+`run.created` (POST -> run.created). TTFT overhead = (b) - (a), paired per sample.
 
 Usage: .venv/bin/python benchmarks/throughput.py [--quick] [--clients N] [--duration S]
 """
