@@ -75,6 +75,42 @@ def ratio(a: float, b: float) -> float:
     return a / b if b else math.inf
 
 
+def cores() -> int:
+    """CPUs this process may run on (its affinity set): what a CPU share is a share of."""
+    return len(os.sched_getaffinity(0))
+
+
+def cpu_share(cpu_s: float, window_s: float) -> str:
+    """CPU seconds used over a measured window, as a share of all the cores (<= 100%)."""
+    n = cores()
+    return f"{cpu_s / window_s / n * 100:.0f}% of {n} cores" if window_s > 0 else "n/a"
+
+
+def by_process_table(columns: dict[str, dict[str, float]], unit: str, top: int = 10) -> str:
+    """The by-process CPU table every benchmark prints: one column per phase, one row per
+    process kind (largest first, the rest summed as "others"), then the total. Values are
+    already in `unit` (e.g. ms per step)."""
+    names = list(columns)
+    kinds = sorted(
+        {k for col in columns.values() for k in col},
+        key=lambda k: -max(col.get(k, 0.0) for col in columns.values()),
+    )
+    width = max([26, *(len(k) + 2 for k in kinds[:top])])
+    col = max([16, *(len(n) + 2 for n in names)])
+
+    def row(label: str, values: list[float]) -> str:
+        return f"{label:<{width}}" + "".join(f"{v:>{col}.3f}" for v in values)
+
+    lines = [f"{'by process (' + unit + ')':<{width}}" + "".join(f"{n:>{col}}" for n in names)]
+    lines += [row(k, [columns[n].get(k, 0.0) for n in names]) for k in kinds[:top]]
+    if len(kinds) > top:
+        lines.append(
+            row("others", [sum(columns[n].get(k, 0.0) for k in kinds[top:]) for n in names])
+        )
+    lines.append(row("total", [sum(columns[n].values()) for n in names]))
+    return "\n".join(lines)
+
+
 # -- the simulator in its own process -------------------------------------------------------
 
 _SIM_CODE = """
@@ -264,9 +300,12 @@ async def rayfleet(config: Any, sim: Simulator) -> AsyncIterator[Rayfleet]:
 # -- CPU and memory of our own Ray's processes ----------------------------------------------
 
 
-def _kind(cmdline: str) -> str:
+def process_kind(cmdline: str) -> str:
+    """The row a process counts under in the by-process table."""
     if cmdline.startswith("postgres"):
         return "postgresql"
+    if "haproxy" in cmdline.split(" ", 1)[0]:
+        return "haproxy"
     if "gcs_server" in cmdline:
         return "gcs"
     if "raylet" in cmdline and "ray::" not in cmdline:
@@ -314,7 +353,7 @@ class CpuSnapshot:
             with contextlib.suppress(psutil.Error):
                 times = proc.cpu_times()
                 cmd = " ".join(proc.cmdline())
-                by_pid[proc.pid] = (_kind(cmd), times.user + times.system)
+                by_pid[proc.pid] = (process_kind(cmd), times.user + times.system)
         return cls(time.monotonic(), by_pid)
 
     def since(self, before: CpuSnapshot) -> tuple[float, dict[str, float]]:

@@ -659,6 +659,7 @@ def describe_workload(threads: list[Thread]) -> None:
 async def amain(args: argparse.Namespace) -> None:
     threads = build_workload(args.runs, args.seed)
     describe_workload(threads)
+    print(f"{args.concurrency} threads in flight (one run in flight per thread)", flush=True)
     arms = (("naive", naive_agent()), ("controls", controls_agent()))
     with c.simulator(args.ttft_ms) as sim:
         measured: list[tuple[str, list[RunResult], float]] = []

@@ -147,7 +147,7 @@ async def sim_side(args: argparse.Namespace) -> None:
             await embedder.aclose()
         async with httpx2.AsyncClient(base_url=sim.base_url, timeout=10) as http:
             log = (await http.get("/_sim/requests")).json()["requests"]
-    report(phases, f"simulator, ttft {args.ttft_ms:g} ms, {args.callers} callers")
+    report(phases, f"simulator, ttft {args.ttft_ms:g} ms, {args.callers} callers in flight")
     logged = sum(1 for r in log if r["path"] == "/v1/embeddings")
     counted = sum(p.requests for p in phases) + 2  # + the two warm-ups
     print(f"  the simulator logged {logged} embeddings requests; counted here: {counted}")
@@ -163,7 +163,7 @@ async def local_side(args: argparse.Namespace) -> None:
         print(f"\n-- local MiniLM: skipped: {exc}")
         return
     phases = await run_phases(embedder, LocalMiniLM.MODEL, args)
-    report(phases, f"local all-MiniLM-L6-v2 (CPU, in process), {args.callers} callers")
+    report(phases, f"local all-MiniLM-L6-v2 (CPU, in process), {args.callers} callers in flight")
 
 
 async def amain(args: argparse.Namespace) -> None:

@@ -322,6 +322,7 @@ def print_table(rows: list[tuple[str, str, dict[str, float]]]) -> None:
     floor = (rows[0][2]["events_per_s"] + rows[-1][2]["events_per_s"]) / 2
     columns = f"{'backend':<17} {'writers':>7} {'commits/s':>10} {'events/s':>10}"
     columns += f" {'p50 ms':>8} {'p99 ms':>8} {'CPU ms/commit':>13} {'server CPU':>10}"
+    print("commits in flight = writers (one commit in flight per writer process)")
     print(f"{columns} {'x baseline':>10}")
     for backend, writers, r in rows:
         server = r["server_cpu_ms_per_commit"]

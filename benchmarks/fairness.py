@@ -363,15 +363,15 @@ def report(args: argparse.Namespace, phases: list[Phase]) -> None:
             f"Retry-After {dict(n.retry_after)}"
         )
 
-    print("\nserver CPU per phase (% of one core over the window; 200% = the machine)")
-    kinds = sorted(
-        {k for p in phases for k in p.by_kind},
-        key=lambda k: -max(p.by_kind.get(k, 0) for p in phases),
+    print("\nserver CPU per phase (% of one core over the phase; 100% x cores = the machine)")
+    print(
+        c.by_process_table(
+            {p.name: {k: v / p.window_s * 100 for k, v in p.by_kind.items()} for p in phases},
+            "% of one core",
+            top=8,
+        )
     )
-    print(f"{'':<26}" + "".join(f"{p.name:>13}" for p in phases))
-    rows = [("total (our Ray)", [p.cpu_s for p in phases])]
-    rows += [(k, [p.by_kind.get(k, 0.0) for p in phases]) for k in kinds[:8]]
-    rows += [("simulator", [p.sim_cpu_s for p in phases])]
+    rows = [("simulator", [p.sim_cpu_s for p in phases])]
     rows += [("this client + driver", [p.client_cpu_s for p in phases])]
     rows += [("machine (every process)", [p.machine_cpu_s for p in phases])]
     rows += [
@@ -382,7 +382,7 @@ def report(args: argparse.Namespace, phases: list[Phase]) -> None:
     ]
     for label, values in rows:
         cells = "".join(
-            f"{v / p.window_s * 100:>12.0f}%" for v, p in zip(values, phases, strict=True)
+            f"{v / p.window_s * 100:>15.0f}%" for v, p in zip(values, phases, strict=True)
         )
         print(f"{label:<26}{cells}")
 

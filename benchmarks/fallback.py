@@ -222,7 +222,9 @@ async def amain(args: argparse.Namespace) -> None:
     samples = args.samples or (20 if args.quick else 200)
     with c.simulator(args.ttft_ms) as sim:
         ours = await rayfleet_phase(sim, samples)
-        _print(f"rayfleet ModelRouter ({samples} samples, ttft {args.ttft_ms:g} ms)", ours)
+        _print(
+            f"rayfleet ModelRouter ({samples} samples, 1 in flight, ttft {args.ttft_ms:g} ms)", ours
+        )
         if not args.no_litellm:
             theirs = litellm_phase(sim, samples)
             if theirs is not None:
@@ -231,7 +233,7 @@ async def amain(args: argparse.Namespace) -> None:
                     f - u - r
                     for f, u, r in zip(theirs["fallback"], theirs["unfaulted"], rtt, strict=True)
                 ]
-                _print("LiteLLM Router, num_retries=0, streaming", theirs)
+                _print("LiteLLM Router, num_retries=0, streaming, 1 in flight", theirs)
     added = _summary(ours["added"])
     print(
         f"\nverdict: fallback adds p50 {added['p50']:.2f} ms, p99 {added['p99']:.2f} ms beyond "

@@ -74,6 +74,7 @@ async def main() -> None:
     c.header("run store commit cost", args)
     where = Path(tempfile.mkdtemp(prefix="store-bench-", dir=private_dir(default_data_dir())))
     try:
+        print(f"{args.writers} writers, one commit in flight each")
         print(f"{'events/commit':>13} {'synchronous':>11} {'commits/s':>10} {'events/s':>10}")
         for batch in (1, 16, 128):
             results = {}
