@@ -157,6 +157,29 @@ async def test_with_the_tool_pool_gone_only_process_tools_fail(
     assert (found["in_pool"].error or "").startswith("tool pool unavailable"), found["in_pool"]
 
 
+async def test_a_host_tool_finds_the_shared_embedding_service(
+    settings_for: Settings, namespace: str, sim: Sim
+) -> None:
+    """`semantic_search_kb` embeds through the shared batcher, found in the runtime's
+    namespace from the run host's process as from the tool pool's."""
+    runs = Runs(settings := settings_for(), await ensure_runtime(settings))
+    search = ToolSpec(
+        name="search_help",
+        description="Search the help articles by meaning.",
+        function="actors.kb_tools:semantic_search_kb",
+        parameters={"type": "object", "properties": {"query": {"type": "string"}}},
+    )
+    assert search.runs_in == "host"
+    sim.script(calls("search_help", query="refund"), ANSWER)
+    events = await collect(runs, await runs.start(agent(search), "How do refunds work?"))
+
+    assert events[-1].kind == "run.completed", events[-1]
+    result = results(events)["search_help"]
+    assert result.ok, result
+    articles = json.loads(result.output)
+    assert len(articles) == 3 and all("score" in a for a in articles), articles
+
+
 def paying_in_host() -> AgentSpec:
     parameters = {"type": "object", "properties": {"counter": {"type": "string"}}}
     return agent(
