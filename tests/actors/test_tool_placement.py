@@ -100,11 +100,13 @@ async def test_host_tools_run_in_the_run_host_and_process_tools_in_the_tool_pool
 async def test_a_crash_of_the_tool_pool_under_load_holds_up_only_its_own_tools(
     settings_for: Settings, namespace: str, sim: Sim, tmp_path: Path
 ) -> None:
-    runs = Runs(settings := settings_for(), await ensure_runtime(settings))
+    # Generous bounds: the held call outlasts a slow restart and four runs on a busy machine.
+    settings = settings_for(restart_wait_s=60.0)
+    runs = Runs(settings, await ensure_runtime(settings))
     hold = tmp_path / "hold"
     hold.touch()
     started = Path(f"{hold}.started")
-    isolated = agent(tool("held", "held", "process"))
+    isolated = agent(tool("held", "held", "process", timeout_s=120.0))
     sim.script(calls("held", hold=str(hold)))
     held_run = await runs.start(isolated, "Wait in the pool")
     held_reader = asyncio.create_task(collect(runs, held_run))
