@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import os
 
 import ray
 
+from actors.embeddings import NAMESPACE_ENV
 from actors.limiter import Admission
 from actors.named import NamedActor
 from actors.outcomes import RayOutcomeMetrics
@@ -14,9 +16,10 @@ from actors.services import LIMITER_ACTOR, POOL_ACTOR, TOOLS_ACTOR, check_agents
 from actors.settings import RuntimeSettings
 from actors.state import State, process_state
 from actors.state.outcomes import OutcomeStore
+from actors.tool_pool import ToolPool
 from agents.errors import ServiceUnavailable
 from agents.messages import Message, ToolCall
-from agents.ports import ToolOutcome
+from agents.ports import ToolOutcome, ToolPort
 from agents.spec import ToolSpec
 
 
@@ -44,6 +47,45 @@ class RemoteTools:
                 ok=False, output="", error=f"tool pool unavailable: {type(exc).__name__}"
             )
         return outcome
+
+
+class RoutedTools:
+    """ToolPort that runs each call where its tool says (`ToolSpec.runs_in`): 'host' tools in
+    this process's own pool, 'process' ones in the shared tool-pool actor. Kill switches, the
+    result cache and shadows sit above this port, so they act the same on both paths."""
+
+    def __init__(self, local: ToolPort, remote: ToolPort) -> None:
+        self._local = local
+        self._remote = remote
+
+    async def call(
+        self,
+        tool: ToolSpec,
+        call: ToolCall,
+        *,
+        idempotency_key: str,
+        timeout_s: float,
+        tenant: str = "default",
+    ) -> ToolOutcome:
+        port = self._local if tool.runs_in == "host" else self._remote
+        return await port.call(
+            tool, call, idempotency_key=idempotency_key, timeout_s=timeout_s, tenant=tenant
+        )
+
+
+HOST_TOOL_CALLS = 256
+"""Tool calls in flight at once in one run host's own pool (more wait for a slot)."""
+HOST_TOOL_THREADS = 8
+"""Threads for one run host's sync tools: they share the GIL with its runs, so a few."""
+
+
+def host_tools(settings: RuntimeSettings, state: State) -> RoutedTools:
+    """A run host's tools: its own pool, with the same retries and effect ledger as the
+    shared actor's (the same idempotency keys find the same records), and the actor."""
+    local = ToolPool(
+        HOST_TOOL_CALLS, retry=settings.tool_retry, ledger=state.ledger, threads=HOST_TOOL_THREADS
+    )
+    return RoutedTools(local, RemoteTools(service(settings, TOOLS_ACTOR)))
 
 
 class StateMemory:
@@ -86,12 +128,15 @@ class RemoteLimiter:
 class RunHostActor(RunHost):
     def __init__(self, host_id: str, settings: RuntimeSettings) -> None:
         check_agents_package()
+        # Tools running here that use the shared actors (embeddings) find them in this
+        # namespace, as in the tool-pool actor (whose runtime_env sets it).
+        os.environ[NAMESPACE_ENV] = settings.namespace
         state = process_state(settings.state_url)
         pool = service(settings, POOL_ACTOR)
         super().__init__(
             host_id,
             settings,
-            RemoteTools(service(settings, TOOLS_ACTOR)),
+            host_tools(settings, state),
             StateMemory(state),
             state.runs,
             # Lost if the pool is down: a restarted pool counts loads from the hosts.

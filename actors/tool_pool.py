@@ -9,16 +9,24 @@ transport error or 5xx) are retried with exponential backoff and jitter, all att
 the call's one deadline. Anything else goes back to the model at once. Side-effecting calls
 go through an optional `EffectLedger`: a key already recorded is answered from the ledger
 and the tool is not called again.
+
+One class for both places a tool can run (`ToolSpec.runs_in`): each run host keeps a pool for
+its 'host' tools (actors.host_actor), and the shared actor here runs the 'process' ones and
+keeps the tools' cluster-wide `max_concurrency` caps.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import contextvars
+import functools
 import importlib
 import inspect
 import logging
 import sys
 from collections.abc import Awaitable, Callable
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Self
 
 import pydantic_core
@@ -98,6 +106,9 @@ class ToolPool:
 
     `ledger`, if given, makes side-effecting calls happen at most once per idempotency key,
     across retries, pools and resumed runs. `sleep` is the backoff wait (tests pass a recorder).
+    `threads`: sync tools run in a thread pool of this many threads of the pool's own (none:
+    the event loop's default executor), so they cannot starve the process's other threads.
+    A tool's `max_concurrency` caps its calls in this pool.
     """
 
     def __init__(
@@ -107,10 +118,17 @@ class ToolPool:
         retry: ToolRetrySettings | None = None,
         ledger: EffectLedger | None = None,
         sleep: Sleep = asyncio.sleep,
+        threads: int | None = None,
     ) -> None:
         if max_concurrency < 1:
             raise ValueError(f"max_concurrency must be >= 1, not {max_concurrency}")
+        if threads is not None and threads < 1:
+            raise ValueError(f"threads must be >= 1, not {threads}")
         self._slots = asyncio.Semaphore(max_concurrency)
+        self._threads = (
+            None if threads is None else ThreadPoolExecutor(threads, thread_name_prefix="rf-tool")
+        )
+        self._tool_slots: dict[tuple[str, int], asyncio.Semaphore] = {}
         self._resolved: dict[str, _Resolved] = {}
         self._retry = retry or ToolRetrySettings()
         self._ledger = ledger
@@ -218,7 +236,9 @@ class ToolPool:
         deadline = asyncio.timeout_at(deadline_at)
         try:
             async with deadline:
-                value = await self._with_retries(function, kwargs, deadline_at, attempts)
+                value = await self._with_retries(
+                    self._slot_of(tool), function, kwargs, deadline_at, attempts
+                )
         except TimeoutError as exc:
             if deadline.expired():
                 return _failure(f"tool {tool.name} timed out after {timeout_s:g}s{_of(attempts)}")
@@ -238,8 +258,20 @@ class ToolPool:
         except Exception as exc:  # unserialisable types, circular references
             return _failure(f"tool {tool.name} returned a value that is not JSON: {_describe(exc)}")
 
+    def _slot_of(self, tool: ToolSpec) -> contextlib.AbstractAsyncContextManager[Any]:
+        """What an attempt holds besides a pool slot: one of the tool's own, if it has a cap.
+        Keyed by function and cap: a redeployed tool with a new cap gets its own."""
+        if tool.max_concurrency is None or tool.function is None:
+            return contextlib.nullcontext()
+        key = (tool.function, tool.max_concurrency)
+        slots = self._tool_slots.get(key)
+        if slots is None:
+            slots = self._tool_slots[key] = asyncio.Semaphore(tool.max_concurrency)
+        return slots
+
     async def _with_retries(
         self,
+        tool_slot: contextlib.AbstractAsyncContextManager[Any],
         function: Callable[..., Any],
         kwargs: dict[str, Any],
         deadline_at: float,
@@ -251,7 +283,7 @@ class ToolPool:
         # most calls succeed the first time.
         attempts.count = 1
         try:
-            async with self._slots:
+            async with tool_slot, self._slots:
                 return await self._invoke(function, kwargs)
         except Exception as exc:
             if not is_transient(exc):
@@ -275,7 +307,7 @@ class ToolPool:
                     failure, first = first, None
                     raise failure
                 attempts.count += 1
-                async with self._slots:
+                async with tool_slot, self._slots:
                     return await self._invoke(function, kwargs)
         raise AssertionError("unreachable: tenacity returns, raises or stops")  # pragma: no cover
 
@@ -283,7 +315,13 @@ class ToolPool:
         """One attempt."""
         if inspect.iscoroutinefunction(function):
             return await function(**kwargs)
-        value = await asyncio.to_thread(function, **kwargs)
+        if self._threads is None:
+            value = await asyncio.to_thread(function, **kwargs)
+        else:  # as asyncio.to_thread, in the pool's own threads
+            context = contextvars.copy_context()
+            value = await asyncio.get_running_loop().run_in_executor(
+                self._threads, functools.partial(context.run, function, **kwargs)
+            )
         if inspect.isawaitable(value):  # a sync wrapper around an async callable
             value = await value
         return value

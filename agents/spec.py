@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Self
+from typing import Any, Literal, Self
 
 import yaml
 from pydantic import (
@@ -21,6 +21,10 @@ from agents.errors import AgentSpecError
 from agents.messages import ToolSchema
 
 _NAME = r"^[a-z][a-z0-9_-]{0,62}$"
+
+
+Isolation = Literal["host", "process"]
+"""Where a function tool runs: in the run's own host process, or in the shared tool-pool actor."""
 
 
 def _empty_object_schema() -> dict[str, JsonValue]:
@@ -82,6 +86,23 @@ class ToolSpec(_Config):
         "Not allowed on side-effecting tools.",
     )
 
+    isolation: Isolation | None = Field(
+        None,
+        description="Where a function tool runs. 'host': inside the process of the run's host, "
+        "async functions on its event loop and sync ones in its small thread pool, with no "
+        "Ray hop (for plain Python tools that do not block or crash their process). "
+        "'process': in the shared tool-pool actor, so a tool that crashes, leaks or blocks "
+        "cannot take runs down with it, and an effect in flight outlives a run host that "
+        "dies. Unset: 'process' for tools with side_effects or max_concurrency, else 'host'.",
+    )
+    max_concurrency: int | None = Field(
+        None,
+        gt=0,
+        description="Cluster-wide cap on this tool's calls in flight (a rate-limited API); "
+        "kept by the shared tool-pool actor, so the tool runs there (isolation 'process'). "
+        "Unset: only the pool's own limit.",
+    )
+
     @model_validator(mode="after")
     def _function_or_agent(self) -> Self:
         if (self.function is None) == (self.agent is None):
@@ -98,6 +119,28 @@ class ToolSpec(_Config):
                 "response_cache_ttl_s and tool caches, not cache_ttl_s"
             )
         return self
+
+    @model_validator(mode="after")
+    def _placement(self) -> Self:
+        placed = self.isolation is not None or self.max_concurrency is not None
+        if self.agent is not None and placed:
+            raise ValueError(
+                f"tool {self.name!r} is a sub-agent, run by its caller's loop: isolation and "
+                "max_concurrency are for function tools"
+            )
+        if self.max_concurrency is not None and self.isolation == "host":
+            raise ValueError(
+                f"tool {self.name!r} has max_concurrency, a cluster-wide cap that only the "
+                "shared tool pool can keep: use isolation: process (or leave it unset)"
+            )
+        return self
+
+    @property
+    def runs_in(self) -> Isolation:
+        """Where a call of this function tool runs: `isolation`, or the default for its kind."""
+        if self.isolation is not None:
+            return self.isolation
+        return "process" if self.side_effects or self.max_concurrency is not None else "host"
 
     def schema_for_model(self) -> ToolSchema:
         return ToolSchema(name=self.name, description=self.description, parameters=self.parameters)

@@ -115,3 +115,26 @@ def wait_while_held(hold: str) -> str:
             break
         time.sleep(0.01)  # sync tools run in a worker thread of the tool pool
     return f"released {path.name}"
+
+
+def pid() -> int:
+    """Read-only: the id of the process the tool runs in (which is where its spec says)."""
+    return os.getpid()
+
+
+async def pid_async() -> int:
+    """Read-only, async: the id of the process the tool runs in."""
+    return os.getpid()
+
+
+def held(hold: str) -> int:
+    """Read-only: appends a line to `hold`.started, waits while the file `hold` exists (at
+    most 60 s), then answers the id of its process."""
+    with open(f"{hold}.started", "a") as out:
+        out.write("started\n")
+    path = Path(hold)
+    for _ in range(6000):
+        if not path.exists():
+            break
+        time.sleep(0.01)  # sync tools run in a worker thread of their pool
+    return os.getpid()

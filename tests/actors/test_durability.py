@@ -16,6 +16,7 @@ from actors.runs_client import Runs
 from actors.runtime import ensure_runtime
 from actors.services import HOST_PREFIX
 from actors.settings import RuntimeSettings
+from actors.state import open_state
 from agents.events import Event, is_terminal
 from agents.examples import example_specs
 from agents.spec import AgentSpec
@@ -53,6 +54,21 @@ def assert_one_clean_stream(events: list[Event]) -> None:
     assert [is_terminal(e) for e in events].count(True) == 1 and is_terminal(events[-1])
 
 
+async def stored_tool_results(settings: RuntimeSettings, run_id: str, count: int) -> None:
+    """Wait (bounded) until the run store holds `count` tool results of the run."""
+    state = open_state(settings.state_url)
+    try:
+        for _ in range(300):
+            record = await state.runs.load_run(run_id)
+            events = record.events if record is not None else []
+            if sum(e.kind == "tool.result" for e in events) >= count:
+                return
+            await asyncio.sleep(0.1)
+        raise AssertionError(f"the store did not get {count} tool results of {run_id}")
+    finally:
+        await state.close()
+
+
 @pytest.mark.parametrize("kill_during_call", [1, 2, 3])
 async def test_killing_the_host_mid_run_resumes_it_to_the_same_end(
     settings_for: Settings, namespace: str, sim: Sim, kill_during_call: int
@@ -72,6 +88,9 @@ async def test_killing_the_host_mid_run_resumes_it_to_the_same_end(
     run_id = await runs.start(support(), "refund order 1003")
     reader = asyncio.create_task(collect(runs, run_id))  # a client attached across the kill
     await asyncio.to_thread(wait_for, lambda: len(sim.requests()) == kill_during_call, 30)
+    # The steps before the hanging call are stored (model calls do not wait for the store;
+    # a step not stored yet would be redone, and the run would take another path).
+    await stored_tool_results(settings, run_id, kill_during_call - 1)
     host = ray.get_actor(HOST_PREFIX + host_of(run_id), namespace=namespace)
     ray.kill(host, no_restart=True)
 

@@ -55,8 +55,17 @@ async def test_a_run_goes_on_across_a_crash_of_the_tool_pool(
     runs = Runs(settings := settings_for(), await ensure_runtime(settings))
     # The first model call waits while the tool pool dies; the run's tool call goes to the
     # restarted pool (the host's call waits for it and asks again), and new runs start.
+    # `lookup_order` would run in the host: this run asks for it in the pool.
+    in_pool = support().model_copy(
+        update={
+            "tools": tuple(
+                t.model_copy(update={"isolation": "process"}) if t.name == "lookup_order" else t
+                for t in support().tools
+            )
+        }
+    )
     sim.script({**LOOKUP, "delay_ms": 1500}, ANSWER, ANSWER)
-    run_id = await runs.start(support(), "Where is order 1003?")
+    run_id = await runs.start(in_pool, "Where is order 1003?")
     reader = asyncio.create_task(collect(runs, run_id))
     await asyncio.to_thread(wait_for, lambda: len(sim.requests()) == 1, 30)
     killed = await kill_9(TOOLS_ACTOR, namespace)
