@@ -40,6 +40,7 @@ the bottom.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import re
@@ -58,6 +59,7 @@ from actors.limiter import Admission
 from actors.settings import RuntimeSettings
 from actors.state import process_state
 from actors.switches import KILL_PREFIX, ROLLBACK_PREFIX, KillSwitches
+from agents.encoded import EventBatch
 from agents.errors import RayfleetError, RequestInvalid, ServiceUnavailable, TenantLimited
 from agents.events import Event, RunCancelled, RunCompleted, RunFailed
 from agents.spec import AgentSpec
@@ -760,12 +762,13 @@ class _FollowedRuns:
         return run_id
 
     async def wait(self, run_id: str) -> Event:
-        last: Event | None = None
-        async for event in self._runs.events(run_id, 0):
-            last = event
+        last: EventBatch | None = None
+        async with contextlib.aclosing(self._runs.batches(run_id, 0)) as batches:
+            async for batch in batches:
+                last = batch
         if last is None:
             raise RequestInvalid(f"run {run_id!r} ended without events", "run_id")
-        return last
+        return last.last_event()  # only the terminal event is decoded
 
     async def cancel(self, run_id: str) -> None:
         await self._runs.cancel(run_id)

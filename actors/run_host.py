@@ -26,6 +26,7 @@ from actors.settings import RuntimeSettings
 from actors.switches import KILL_PREFIX, KillSwitches
 from actors.tenant_model import LimiterPort, TenantModel
 from agents.calls import canonical_json
+from agents.encoded import EncodedEvent, EventBatch
 from agents.errors import Overloaded, RequestInvalid, UnknownRun
 from agents.eventlog import EventLog
 from agents.events import (
@@ -71,7 +72,7 @@ class RunStorePort(Protocol):
         self, spec: AgentSpec, request: RunInput, context: TenantContext, host_id: str
     ) -> None: ...
 
-    async def append_events(self, batch: dict[str, list[Event]]) -> None: ...
+    async def append_events(self, batch: dict[str, list[EncodedEvent]]) -> None: ...
 
     async def load_run(self, run_id: str) -> RunRecord | None: ...
 
@@ -411,7 +412,8 @@ class RunHost:
         failures = 0
         while self._dirty:
             logs, self._dirty = list(self._dirty.values()), {}
-            batch = {log.run_id: log.take_unsent() for log in logs}
+            # Encoded once here: the store's rows, and later every reader's SSE frames.
+            batch = {log.run_id: log.encoded(log.take_unsent()) for log in logs}
             try:
                 await self._store.append_events({k: v for k, v in batch.items() if v})
             except Exception as exc:
@@ -421,14 +423,14 @@ class RunHost:
                 for log in logs:
                     sent = batch[log.run_id]
                     if sent:
-                        log.unsend(sent[0].seq - 1)
+                        log.unsend(sent[0].event.seq - 1)
                     self._dirty.setdefault(log.run_id, log)
                 await asyncio.sleep(min(0.05 * 2**failures, 2.0))
                 continue
             failures = 0
             for log in logs:
                 if batch[log.run_id]:
-                    log.publish(batch[log.run_id][-1].seq)
+                    log.publish(batch[log.run_id][-1].event.seq)
 
     def _finish(self, run_id: str, lease: str | None) -> None:
         if self._limiter is not None and lease is not None:
@@ -456,11 +458,13 @@ class RunHost:
             raise UnknownRun(f"unknown run {run_id!r}", run_id)
         return run
 
-    async def events(self, run_id: str, after: int = 0) -> AsyncIterator[list[Event]]:
-        """The run's events after seq `after`, live until its terminal event, in batches:
-        one batch is one Ray object, so a reader that falls behind catches up cheaply."""
-        async for batch in self._run(run_id).log.follow(after):
-            yield batch
+    async def events(self, run_id: str, after: int = 0) -> AsyncIterator[EventBatch]:
+        """The run's events after seq `after`, live until its terminal event, in batches of
+        SSE frames (each event encoded once, see EventLog.encoded): one batch is one small
+        Ray object, so a reader that falls behind catches up cheaply."""
+        log = self._run(run_id).log
+        async for events in log.follow(after):
+            yield EventBatch.of(log.encoded(events))
 
     async def summary(self, run_id: str) -> RunSummary:
         """What readers may know of the run: its published (durable) events."""

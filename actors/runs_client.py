@@ -3,7 +3,8 @@ pool hands out, follow its events, and find it again on another host if its host
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+import contextlib
+from collections.abc import AsyncGenerator
 from typing import Any
 
 import ray
@@ -14,8 +15,9 @@ from actors.credentials import TenantContext
 from actors.run_host import host_of, new_run_id
 from actors.services import HOST_PREFIX, MAX_MOVES, POOL_ACTOR, service
 from actors.settings import RuntimeSettings
+from agents.encoded import EventBatch
 from agents.errors import ServiceUnavailable, UnknownRun
-from agents.events import Event, is_terminal
+from agents.events import Event
 from agents.loop import RunInput
 from agents.spec import AgentSpec
 from agents.summary import RunSummary
@@ -95,9 +97,10 @@ class Runs:
         self._hosts.pop(host_id, None)
         raise ServiceUnavailable(f"run host {host_id!r} {why}; try again", HOST_PREFIX + host_id)
 
-    async def events(self, run_id: str, after: int = 0) -> AsyncIterator[Event]:
-        """Every event after seq `after`, live until the terminal one. If the run's host
-        dies, the run resumes elsewhere and the stream goes on from the last seq seen."""
+    async def batches(self, run_id: str, after: int = 0) -> AsyncGenerator[EventBatch, None]:
+        """Every event after seq `after`, live until the terminal one, in batches as the
+        host sent them (never decoded here). If the run's host dies, the run resumes
+        elsewhere and the stream goes on from the last seq seen: seqs stay contiguous."""
         seen, suspect = after, None
         for _ in range(MAX_MOVES):
             host_id, host = await self._locate(run_id, suspect)
@@ -105,12 +108,12 @@ class Runs:
             finished = False
             try:
                 async for ref in stream:
-                    for event in await ref:
-                        seen = event.seq
-                        yield event
-                        if is_terminal(event):
-                            finished = True
-                            return
+                    batch: EventBatch = await ref
+                    seen = batch.last_seq
+                    yield batch
+                    if batch.ended:
+                        finished = True
+                        return
                 finished = True
                 return
             except RayActorError:
@@ -120,6 +123,13 @@ class Runs:
                     # The reader went away or the host died: stop following, never the run.
                     ray.cancel(stream)
         raise UnknownRun(f"run {run_id!r} moved hosts more than {MAX_MOVES} times", run_id)
+
+    async def events(self, run_id: str, after: int = 0) -> AsyncGenerator[Event, None]:
+        """`batches`, decoded: for callers that need typed events."""
+        async with contextlib.aclosing(self.batches(run_id, after)) as batches:
+            async for batch in batches:
+                for event in batch.events():
+                    yield event
 
     async def _call(self, run_id: str, method: str) -> Any:
         host_id, host = await self._locate(run_id)

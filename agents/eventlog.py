@@ -3,6 +3,9 @@
 A durable log publishes an event to readers only once its owner has persisted it
 (`take_unsent` -> store -> `publish`), so no reader ever sees an event that a crash could
 lose: after a resume, seq numbers continue with no gap and no duplicate.
+
+Each event is encoded to JSON at most once (`encoded`), the first time the store or a reader
+needs it; the store's row and every reader's SSE frame reuse that text.
 """
 
 from __future__ import annotations
@@ -12,6 +15,7 @@ import time
 from collections.abc import AsyncIterator, Callable
 from typing import Any, TypeVar
 
+from agents.encoded import EncodedEvent
 from agents.events import Event, is_terminal
 
 E = TypeVar("E", bound=Event)
@@ -31,6 +35,7 @@ class EventLog:
     ) -> None:
         self.run_id = run_id
         self._events: list[Event] = list(events or [])
+        self._json: list[str | None] = [None] * len(self._events)  # by seq - 1, once needed
         # Events handed in at construction were read back from the store: already durable.
         self._published = len(self._events)
         self._sent = len(self._events)
@@ -69,11 +74,22 @@ class EventLog:
             run_id=self.run_id, seq=self.last_seq + 1, ts=self._wall_clock(), **fields
         )
         self._events.append(event)
+        self._json.append(None)
         if not self._durable:
             self.publish(event.seq)
         elif self._on_append is not None:
             self._on_append(self)
         return event
+
+    def encoded(self, events: list[Event]) -> list[EncodedEvent]:
+        """`events` (consecutive events of this log) with their JSON, each encoded once."""
+        out: list[EncodedEvent] = []
+        for event in events:
+            text = self._json[event.seq - 1]
+            if text is None:
+                text = self._json[event.seq - 1] = event.model_dump_json()
+            out.append(EncodedEvent(event, text))
+        return out
 
     def take_unsent(self) -> list[Event]:
         """Events not yet handed to the store; they count as sent from now on."""

@@ -458,7 +458,7 @@ async def _one_run(host: RunHost, spec: AgentSpec, thread: Thread, turn: Turn) -
     events: list[Event] = []
     async with asyncio.timeout(120):
         async for batch in host.events(run_id):
-            events.extend(batch)
+            events.extend(batch.events())
     return _result(spec, thread.tenant, turn, events)
 
 

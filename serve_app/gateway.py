@@ -7,13 +7,14 @@ the run's events straight from the run host that owns it (one Ray hop per batch 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
 import logging
 import math
 import re
 import time
 import uuid
-from collections.abc import AsyncIterator, Coroutine
+from collections.abc import AsyncGenerator, AsyncIterator, Coroutine
 from typing import Any, TypeVar
 
 from pydantic import BaseModel, ValidationError
@@ -67,7 +68,6 @@ from serve_app.http_errors import as_rayfleet_error, error_response, problem
 from serve_app.idempotency import Idempotency
 from serve_app.openapi import openapi_endpoint
 from serve_app.schemas import BatchRequest, KillRequest, OutcomeRequest, RunRequest
-from serve_app.sse import to_sse
 from serve_app.tenancy import Authenticator, TenancyConfig, TenantConfig
 from serve_app.traffic import Choice, TrafficConfig
 
@@ -307,8 +307,7 @@ class Gateway(HandleSurface):
         replay the primary's recorded side effects. Its output reaches nobody; it does not
         use the thread (its turn must not enter the conversation) or the tenant's limits."""
         try:
-            async for _ in self._events(primary, 0):
-                pass
+            await self._ended(primary)
             context = TenantContext(
                 tenant=tenant.id,
                 credentials=tenant.credentials,
@@ -351,10 +350,18 @@ class Gateway(HandleSurface):
         async for event in self._events(run_id, after):
             yield event
 
-    async def _events(self, run_id: str, after: int) -> AsyncIterator[Event]:
+    async def _events(self, run_id: str, after: int) -> AsyncGenerator[Event, None]:
         runs = await self._client()
-        async for event in runs.events(run_id, after):
-            yield event
+        async with contextlib.aclosing(runs.events(run_id, after)) as events:
+            async for event in events:
+                yield event
+
+    async def _ended(self, run_id: str) -> None:
+        """Return once the run has ended (its stream is over), decoding none of its events."""
+        runs = await self._client()
+        async with contextlib.aclosing(runs.batches(run_id, 0)) as batches:
+            async for _ in batches:
+                pass
 
     async def stream_run(
         self,
@@ -679,10 +686,13 @@ class Gateway(HandleSurface):
         return JSONResponse({"tenants": tenants})
 
     def _sse(self, run_id: str, after: int, headers: dict[str, str] | None = None) -> Response:
-        # Only called once the caller is known to own the run.
-        async def frames() -> AsyncIterator[dict[str, str]]:
-            async for event in self._events(run_id, after):
-                yield to_sse(event)
+        # Only called once the caller is known to own the run. Each batch's frames were
+        # built by the run host: relayed as one body chunk, no event decoded here.
+        async def frames() -> AsyncIterator[bytes]:
+            runs = await self._client()
+            async with contextlib.aclosing(runs.batches(run_id, after)) as batches:
+                async for batch in batches:
+                    yield batch.frames
 
         return EventSourceResponse(
             frames(),

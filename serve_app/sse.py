@@ -1,4 +1,9 @@
-"""Events as Server-Sent Events, and back: `id:` is the event's seq, `event:` its kind."""
+"""Events as Server-Sent Events, and back: `id:` is the event's seq, `event:` its kind.
+
+The gateway does not frame events itself: run hosts send them as `agents.encoded.EventBatch`
+frames, byte for byte what sse-starlette writes for `to_sse(event)` (a test checks it), and
+the gateway relays those bytes.
+"""
 
 from __future__ import annotations
 

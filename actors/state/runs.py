@@ -13,13 +13,14 @@ every run's new events. Three stores over one database:
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict
 
 from actors.credentials import TenantContext
 from actors.state.db import Database, Schema, Transaction
+from agents.encoded import EncodedEvent
 from agents.events import Event, event_adapter, is_terminal
 from agents.loop import RunInput
 from agents.spec import AgentSpec
@@ -124,12 +125,16 @@ class RunStore:
             ),
         )
 
-    async def append_events(self, batch: dict[str, list[Event]]) -> None:
-        """Persist new events of many runs in one transaction (a host's group commit)."""
+    async def append_events(self, batch: Mapping[str, Sequence[Event | EncodedEvent]]) -> None:
+        """Persist new events of many runs in one transaction (a host's group commit). An
+        encoded event is stored as its JSON, not encoded again."""
         await self._db.ensure(_SCHEMA)
-        rows = [(run_id, e.seq, e.model_dump_json()) for run_id, es in batch.items() for e in es]
+        encoded = {run_id: [EncodedEvent.of(e) for e in es] for run_id, es in batch.items()}
+        rows = [(run_id, e.event.seq, e.json) for run_id, es in encoded.items() for e in es]
         now = self._clock()
-        ended = [(now, run_id) for run_id, es in batch.items() if es and is_terminal(es[-1])]
+        ended = [
+            (now, run_id) for run_id, es in encoded.items() if es and is_terminal(es[-1].event)
+        ]
         await self._db.batch(
             [
                 # DO NOTHING: a flush retried after a lost reply writes the same rows again.

@@ -9,10 +9,27 @@ from pathlib import Path
 from actors.credentials import TenantContext
 from actors.state import State
 from actors.state.db import SqliteDatabase
-from agents.events import RunCompleted, RunCreated, StepStarted
+from agents.encoded import EncodedEvent
+from agents.events import ModelDelta, RunCompleted, RunCreated, StepStarted
 from agents.examples import example_specs
 from agents.loop import RunInput
 from agents.messages import Usage
+
+
+async def test_an_encoded_event_is_stored_as_its_json(state: State) -> None:
+    """A run host hands the store events it has encoded already: the JSON is the row."""
+    spec = example_specs()[0]
+    request = RunInput(run_id="run-h0-00000000000000000002", input="hi")
+    await state.runs.create_run(spec, request, TenantContext(), "h0")
+    created = RunCreated(run_id=request.run_id, seq=1, agent="support", version="v1", input="hi")
+    delta = ModelDelta(run_id=request.run_id, seq=2, step=1, text="as encoded")
+    # The given JSON is what is stored (here, on purpose, not the event's own encoding).
+    stored = delta.model_dump_json().replace("as encoded", "as stored")
+    batch = [EncodedEvent.of(created), EncodedEvent(delta, stored)]
+    await state.runs.append_events({request.run_id: batch})
+    record = await state.runs.load_run(request.run_id)
+    assert record is not None and record.events[0] == created
+    assert record.events[1] == delta.model_copy(update={"text": "as stored"})
 
 
 async def test_runs_events_and_settings_round_trip(state: State) -> None:

@@ -17,6 +17,7 @@ from actors.state import open_state
 from actors.state.db import Database
 from actors.state.runs import RunStore
 from actors.tool_pool import ToolPool
+from agents.encoded import EncodedEvent
 from agents.errors import RequestInvalid, UnknownRun
 from agents.events import TERMINAL_KINDS, Event, ModelCompleted, SubagentEvent, is_terminal
 from agents.examples import example_specs
@@ -60,7 +61,7 @@ async def follow(host: RunHost, run_id: str, after: int = 0) -> list[Event]:
     events: list[Event] = []
     async with asyncio.timeout(20):
         async for batch in host.events(run_id, after):
-            events.extend(batch)
+            events.extend(batch.events())
     return events
 
 
@@ -247,8 +248,8 @@ class EndHeldBack(RunStore):
         self.holding = True
         self.refused = 0
 
-    async def append_events(self, batch: dict[str, list[Event]]) -> None:
-        if self.holding and any(is_terminal(e) for events in batch.values() for e in events):
+    async def append_events(self, batch: dict[str, list[EncodedEvent]]) -> None:
+        if self.holding and any(is_terminal(e.event) for es in batch.values() for e in es):
             self.refused += 1
             raise ConnectionError("the store is down")
         await super().append_events(batch)

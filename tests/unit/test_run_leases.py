@@ -20,6 +20,7 @@ from actors.settings import RuntimeSettings, simulator_providers
 from actors.state import State
 from actors.state.runs import RunStore
 from actors.tool_pool import ToolPool
+from agents.encoded import EncodedEvent
 from agents.errors import Overloaded
 from agents.events import Event
 from agents.examples import example_specs
@@ -68,7 +69,7 @@ class SlowStore(RunStore):
         self.writable = asyncio.Event()
         self.writable.set()
 
-    async def append_events(self, batch: dict[str, list[Event]]) -> None:
+    async def append_events(self, batch: dict[str, list[EncodedEvent]]) -> None:
         await self.writable.wait()
         await super().append_events(batch)
 
@@ -144,7 +145,7 @@ async def _ended(host: RunHost, run_id: str) -> list[Event]:
     events: list[Event] = []
     async with asyncio.timeout(20):
         async for batch in host.events(run_id):
-            events.extend(batch)
+            events.extend(batch.events())
     await _until(lambda: host.load() == 0)
     return events
 
