@@ -11,8 +11,16 @@ The decision (issue 11, "few hops to start a run"):
   least-loaded host the view says has room, as the pool would choose.
 - A host that refuses is counted full here until the next fetch; the start then falls
   back to `pool.acquire(full=[...])`, which picks from the pool's own, fresher counts, or
-  makes a host (spawn on demand up to need, warm spares ahead of it). A host that is gone
-  or died is dropped from the view (see `Runs.start` for what a death mid-start means).
+  makes a host (spawn on demand up to need, warm spares ahead of it).
+- A host that is gone or died is dropped from the view. If it died under the start call
+  (the view may name a host that died since it was fetched), Ray cannot say whether it
+  got the call, so the starter asks the pool to `recover` the run: a stored record means
+  it started (it is resumed elsewhere, and its id is the answer); no record from a host
+  Ray declared dead (ActorDiedError) means it did not, and the next host is asked. A host
+  only unreachable (ActorUnavailableError) might still store it: ServiceUnavailable.
+  Left open: a PostgreSQL server finishing a COMMIT its client sent just before it died,
+  after the check (the check comes after Ray declared the process dead, far later than a
+  commit takes), or a host on a partitioned node that still reaches the database.
 - The pool learns every host's load from the host itself (`report`, coalesced: at most
   one message per LOAD_REPORT_DELAY_S per host, on starts and ends), so it keeps its warm
   spares without seeing the starts; a restarted pool asks the hosts, as before.

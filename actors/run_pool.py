@@ -18,6 +18,10 @@ logger = logging.getLogger("rayfleet")
 class RunPool:
     """Tracks each host's in-flight runs against `runs_per_actor`; keeps spare capacity warm.
 
+    Most runs start on a host a starter picked from its cached view of `loads()`, without
+    the pool (actors.host_view): the hosts `report` their loads, which replace the pool's
+    counts, and the host refuses a start it has no room for. `acquire` is the fallback.
+
     With runs_per_actor=1 every run gets a process of its own, reused after the run ends;
     with more, runs are packed as asyncio tasks. No Ray in here: `spawn` does the creating.
     """

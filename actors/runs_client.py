@@ -11,7 +11,7 @@ from typing import Any
 
 import ray
 from ray.actor import ActorHandle
-from ray.exceptions import RayActorError
+from ray.exceptions import ActorDiedError, RayActorError
 
 from actors.credentials import TenantContext
 from actors.host_view import HostView
@@ -106,7 +106,7 @@ class Runs:
             )
             try:
                 return await self._start_on(host_id, spec, request, context)
-            except HostFull:
+            except HostFull:  # full, or gone: nothing started there
                 self._view.full(host_id)
                 full.append(host_id)
         raise Overloaded(f"no run host had room after {START_TRIES} tries; try again", 1.0)
@@ -122,24 +122,27 @@ class Runs:
             run_id: str = await host.start_run.remote(spec, request, context)
             return run_id
         except RayActorError as exc:
-            # The host died before or while it started the run (a view may name a host
-            # that died since): Ray cannot say which. Not asked again blindly: a record
-            # in the store proves the run exists, and the pool then resumes it elsewhere.
+            # The host died before or while it started the run (the view may name a host
+            # that died since it was fetched): Ray cannot say which.
             self._hosts.pop(host_id, None)
             self._view.drop(host_id)
-            why = f"died while starting a run ({type(exc).__name__})"
+            died = exc
         if await self._was_created(request.run_id, host_id):
-            return request.run_id
+            return request.run_id  # it was: the pool resumed it on a live host
+        if isinstance(died, ActorDiedError):
+            # Dead for good, and no record of the run: it never started (a host stores the
+            # record before it starts the run, and a dead process stores nothing more).
+            # Another host is asked, with another run id.
+            raise HostFull(f"run host {host_id!r} is dead", 0)
+        # Unreachable, maybe not dead: it may still store the run, so not asked again.
+        why = f"died while starting a run ({type(died).__name__})"
         raise ServiceUnavailable(f"run host {host_id!r} {why}; try again", HOST_PREFIX + host_id)
 
     async def _was_created(self, run_id: str, host_id: str) -> bool:
-        """True if the run's record exists (it is then resumed on a live host)."""
+        """True if the run's record exists: the pool then resumes it on a live host."""
         try:
             await self._pool.recover.remote(run_id, suspect=host_id)
         except UnknownRun:
-            return False  # no record: the caller is told to try again
-        except Exception as exc:
-            logger.warning("could not tell whether run %s started: %r", run_id, exc)
             return False
         return True
 
