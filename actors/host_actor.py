@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+from collections.abc import Callable
 
 import ray
 
@@ -124,6 +125,36 @@ class RemoteLimiter:
         return unknown
 
 
+LOAD_REPORT_DELAY_S = 0.05
+"""A host tells the pool its load at most this often: one message for a burst of starts."""
+
+
+class LoadReports:
+    """Tells the pool a host's runs in flight after they changed, coalesced: the pool's
+    view only steers starters (the host refuses what it has no room for), so a report
+    may lag; a lost one is repaired by the next, or by a restarted pool asking the hosts."""
+
+    def __init__(
+        self,
+        send: Callable[[int], None],
+        load: Callable[[], int],
+        delay_s: float = LOAD_REPORT_DELAY_S,
+    ) -> None:
+        self._send = send
+        self._load = load
+        self._delay_s = delay_s
+        self._pending: asyncio.TimerHandle | None = None
+
+    def changed(self, _host_id: str) -> None:
+        if self._pending is None:
+            loop = asyncio.get_running_loop()
+            self._pending = loop.call_later(self._delay_s, self._report)
+
+    def _report(self) -> None:
+        self._pending = None
+        self._send(self._load())
+
+
 @ray.remote
 class RunHostActor(RunHost):
     def __init__(self, host_id: str, settings: RuntimeSettings) -> None:
@@ -133,6 +164,7 @@ class RunHostActor(RunHost):
         os.environ[NAMESPACE_ENV] = settings.namespace
         state = process_state(settings.state_url)
         pool = service(settings, POOL_ACTOR)
+        reports = LoadReports(lambda load: pool.tell("report", host_id, load), self.load)
         super().__init__(
             host_id,
             settings,
@@ -140,7 +172,8 @@ class RunHostActor(RunHost):
             StateMemory(state),
             state.runs,
             # Lost if the pool is down: a restarted pool counts loads from the hosts.
-            on_run_end=lambda h: pool.tell("release", h),
+            on_run_start=reports.changed,
+            on_run_end=reports.changed,
             limiter=RemoteLimiter(service(settings, LIMITER_ACTOR)),
             # The host that records a run counts it (rayfleet_runs_total and its cost); the
             # pool publishes the per-version gauges.

@@ -168,8 +168,18 @@ class RunPoolActor:
         await pool.warm_up()
         return pool.stats()
 
-    async def acquire(self) -> str:
-        return await (await self._ready()).acquire()
+    async def acquire(self, full: list[str] | None = None) -> str:
+        """A host with a free slot, now taken (made if none has one). `full`: hosts that
+        refused a start for want of room."""
+        return await (await self._ready()).acquire(full or ())
+
+    async def loads(self) -> dict[str, int]:
+        """Ready hosts and their runs in flight: the view run starters cache."""
+        return (await self._ready()).loads()
+
+    async def report(self, host_id: str, load: int) -> None:
+        """A host's runs in flight, told by the host when it changed."""
+        (await self._ready()).report(host_id, load)
 
     async def release(self, host_id: str) -> None:
         (await self._ready()).release(host_id)

@@ -27,7 +27,7 @@ from actors.switches import KILL_PREFIX, KillSwitches
 from actors.tenant_model import LimiterPort, TenantModel
 from agents.calls import canonical_json
 from agents.encoded import EncodedEvent, EventBatch
-from agents.errors import Overloaded, RequestInvalid, UnknownRun
+from agents.errors import HostFull, Overloaded, RequestInvalid, UnknownRun
 from agents.eventlog import EventLog
 from agents.events import (
     BudgetExceededEvent,
@@ -236,8 +236,11 @@ class RunHost:
         limiter: LimiterPort | None = None,
         outcomes: OutcomePort | None = None,
         switches: SettingsReader | None = None,
+        on_run_start: Callable[[str], None] | None = None,
     ) -> None:
-        """`switches`: where the kill switches are stored (none: no run is ever killed)."""
+        """`switches`: where the kill switches are stored (none: no run is ever killed);
+        `on_run_start` / `on_run_end`: told this host's id when a run starts (or resumes)
+        here / ends, i.e. when `load()` changed."""
         self.host_id = host_id
         self._settings = settings
         self._switches = KillSwitches()
@@ -256,6 +259,9 @@ class RunHost:
         self._background: set[asyncio.Task[None]] = set()
         self._flusher: asyncio.Task[None] | None = None
         self._on_run_end = on_run_end
+        self._on_run_start = on_run_start
+        self._starting = 0
+        """start_run calls past the capacity check whose run is not launched yet."""
         self._runs: dict[str, _Run] = {}
         self._finished: OrderedDict[str, None] = OrderedDict()
         self._router: ModelRouter | None = None
@@ -282,16 +288,27 @@ class RunHost:
     async def start_run(
         self, spec: AgentSpec, request: RunInput, context: TenantContext | None = None
     ) -> str:
-        """Start a run as a task and return its id once `run.created` is in its log."""
+        """Start a run as a task and return its id once `run.created` is in its log.
+
+        The host is the judge of its own room: holding `runs_per_actor` runs (resumed ones
+        included), it refuses with HostFull, having started nothing. Starters pick hosts
+        from a cached view of the pool (actors.host_view), so only the host knows for sure."""
         if request.run_id in self._runs:
             raise RequestInvalid(f"run {request.run_id!r} already exists", "run_id")
         if host_of(request.run_id) != self.host_id:
             raise RequestInvalid(f"run {request.run_id!r} belongs to another host", "run_id")
+        capacity = self._settings.runs_per_actor
+        if self.load() + self._starting >= capacity:
+            raise HostFull(f"run host {self.host_id!r} holds runs_per_actor={capacity} runs", 0)
         # The record is durable before the run starts: from here on it can be resumed.
         context = context or TenantContext(tenant=request.tenant)
-        if self._store is not None:
-            await self._store.create_run(spec, request, context, self.host_id)
-        log = self._launch(spec, request, context, [])
+        self._starting += 1
+        try:
+            if self._store is not None:
+                await self._store.create_run(spec, request, context, self.host_id)
+            log = self._launch(spec, request, context, [])
+        finally:
+            self._starting -= 1
         try:  # answer once run.created is durable and visible
             await asyncio.wait_for(log.wait_published(1), self._settings.store_timeout_s)
         except TimeoutError:
@@ -355,6 +372,8 @@ class RunHost:
         task.add_done_callback(lambda _: self._finish(request.run_id, lease))
         if lease is not None:
             self._renew_leases()
+        if self._on_run_start is not None:
+            self._on_run_start(self.host_id)
         return log
 
     def _run_killed(self, spec: AgentSpec, tenant: str, started: float) -> str | None:

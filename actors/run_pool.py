@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable, Coroutine, Mapping
+from collections.abc import Callable, Collection, Coroutine, Mapping
 from typing import Any
 
 from agents.errors import Overloaded
@@ -17,6 +17,10 @@ logger = logging.getLogger("rayfleet")
 
 class RunPool:
     """Tracks each host's in-flight runs against `runs_per_actor`; keeps spare capacity warm.
+
+    Most runs start on a host a starter picked from its cached view of `loads()`, without
+    the pool (actors.host_view): the hosts `report` their loads, which replace the pool's
+    counts, and the host refuses a start it has no room for. `acquire` is the fallback.
 
     With runs_per_actor=1 every run gets a process of its own, reused after the run ends;
     with more, runs are packed as asyncio tasks. No Ray in here: `spawn` does the creating.
@@ -75,20 +79,38 @@ class RunPool:
             self._add_host()
         await asyncio.gather(*list(self._starting.values()))
 
-    async def acquire(self) -> str:
-        """A host id with a free slot, which is now taken."""
+    async def acquire(self, full: Collection[str] = ()) -> str:
+        """A host id with a free slot, which is now taken. `full`: hosts the caller found
+        full (they refused a start), counted full until they report again."""
+        for host_id in full:
+            if host_id in self._load:
+                self._load[host_id] = max(self._load[host_id], self._capacity)
         candidates = [h for h, load in self._load.items() if load < self._capacity]
         host_id = min(candidates, key=self._load.__getitem__) if candidates else self._add_host()
         self._load[host_id] += 1
-        # Keep spare hosts starting in the background so the next acquire does not wait.
-        while (
-            self._free_slots() < self._warm * self._capacity and len(self._load) < self._max_hosts
-        ):
-            self._add_host()
+        self._keep_spares()
         starting = self._starting.get(host_id)
         if starting is not None:
             await asyncio.shield(starting)
         return host_id
+
+    def _keep_spares(self) -> None:
+        # Keep spare hosts starting in the background so the next start does not wait.
+        while (
+            self._free_slots() < self._warm * self._capacity and len(self._load) < self._max_hosts
+        ):
+            self._add_host()
+
+    def loads(self) -> dict[str, int]:
+        """Runs in flight per host that is ready (one still starting is not listed)."""
+        return {h: load for h, load in self._load.items() if h not in self._starting}
+
+    def report(self, host_id: str, load: int) -> None:
+        """A host's own count of its runs in flight (hosts start runs without asking the
+        pool): it replaces the pool's. A host the pool no longer has is not taken back."""
+        if host_id in self._load:
+            self._load[host_id] = max(0, load)
+            self._keep_spares()
 
     def adopt(self, loads: Mapping[str, int]) -> None:
         """Take over running hosts (host id -> runs in flight), as a restarted pool does."""

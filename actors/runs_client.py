@@ -1,26 +1,35 @@
-"""The client Serve replicas (and other callers) reach runs with: start one on a host the
-pool hands out, follow its events, and find it again on another host if its host died."""
+"""The client Serve replicas (and other callers) reach runs with: start one on a host of
+the cached pool view (actors.host_view), follow its events, and find it again on another
+host if its host died."""
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
+import logging
 from collections.abc import AsyncGenerator
 from typing import Any
 
 import ray
 from ray.actor import ActorHandle
-from ray.exceptions import RayActorError
+from ray.exceptions import ActorDiedError, RayActorError
 
 from actors.credentials import TenantContext
+from actors.host_view import HostView
 from actors.run_host import host_of, new_run_id
 from actors.services import HOST_PREFIX, MAX_MOVES, POOL_ACTOR, service
 from actors.settings import RuntimeSettings
 from agents.encoded import EventBatch
-from agents.errors import ServiceUnavailable, UnknownRun
+from agents.errors import HostFull, Overloaded, ServiceUnavailable, UnknownRun
 from agents.events import Event
 from agents.loop import RunInput
 from agents.spec import AgentSpec
 from agents.summary import RunSummary
+
+logger = logging.getLogger("rayfleet")
+
+START_TRIES = 4
+"""Hosts one start is offered to (the view's pick, then the pool's) before Overloaded."""
 
 
 class Runs:
@@ -40,6 +49,8 @@ class Runs:
         self._pool = service(settings, POOL_ACTOR, handle=pool, recreate=recreate)
         self._hosts: dict[str, ActorHandle[Any]] = {}
         self._moved: dict[str, str] = {}  # run id -> its host, for runs not on their first
+        self._view = HostView(settings.runs_per_actor)
+        self._fetching: asyncio.Task[None] | None = None
 
     def _handle(self, host_id: str) -> ActorHandle[Any] | None:
         host = self._hosts.get(host_id)
@@ -74,28 +85,89 @@ class Runs:
         namespace: str | None = None,
         assignment: str = "stable",
     ) -> str:
+        """Start a run; its id once `run.created` is durable. One call to a host in the
+        common case: the host comes from the cached view, the pool is asked only when the
+        view has no room or a host refused (see actors.host_view)."""
         context = context or TenantContext()
-        host_id = await self._pool.acquire.remote()
-        request = RunInput(
-            run_id=new_run_id(host_id),
-            input=input,
-            thread_id=thread_id,
-            namespace=namespace or context.tenant,
-            tenant=context.tenant,
-            assignment=assignment,
-            primary_run_id=context.shadow_of,
-        )
-        host = self._handle(host_id)
-        why = "is gone"
-        if host is not None:
+        await self._fresh_view()
+        full: list[str] = []
+        for attempt in range(START_TRIES):
+            host_id = self._view.pick() if attempt == 0 else None
+            if host_id is None:
+                host_id = await self._pool.acquire.remote(full)
+                self._view.took(host_id)
+                self._fetch_in_background()  # the pool made or found room: learn it
+            request = RunInput(
+                run_id=new_run_id(host_id),
+                input=input,
+                thread_id=thread_id,
+                namespace=namespace or context.tenant,
+                tenant=context.tenant,
+                assignment=assignment,
+                primary_run_id=context.shadow_of,
+            )
             try:
-                run_id: str = await host.start_run.remote(spec, request, context)
-                return run_id
-            except RayActorError as exc:
-                # Not asked again: the run may exist now (the pool then resumes it).
-                why = f"died while starting a run ({type(exc).__name__})"
-        self._hosts.pop(host_id, None)
+                return await self._start_on(host_id, spec, request, context)
+            except HostFull:  # full, or gone: nothing started there
+                self._view.full(host_id)
+                full.append(host_id)
+        raise Overloaded(f"no run host had room after {START_TRIES} tries; try again", 1.0)
+
+    async def _start_on(
+        self, host_id: str, spec: AgentSpec, request: RunInput, context: TenantContext
+    ) -> str:
+        host = self._handle(host_id)
+        if host is None:  # no actor by that name: nothing was asked, so nothing started
+            self._view.drop(host_id)
+            raise HostFull(f"run host {host_id!r} is gone", 0)
+        try:
+            run_id: str = await host.start_run.remote(spec, request, context)
+            return run_id
+        except RayActorError as exc:
+            # The host died before or while it started the run (the view may name a host
+            # that died since it was fetched): Ray cannot say which.
+            self._hosts.pop(host_id, None)
+            self._view.drop(host_id)
+            died = exc
+        if await self._was_created(request.run_id, host_id):
+            return request.run_id  # it was: the pool resumed it on a live host
+        if isinstance(died, ActorDiedError):
+            # Dead for good, and no record of the run: it never started (a host stores the
+            # record before it starts the run, and a dead process stores nothing more).
+            # Another host is asked, with another run id.
+            raise HostFull(f"run host {host_id!r} is dead", 0)
+        # Unreachable, maybe not dead: it may still store the run, so not asked again.
+        why = f"died while starting a run ({type(died).__name__})"
         raise ServiceUnavailable(f"run host {host_id!r} {why}; try again", HOST_PREFIX + host_id)
+
+    async def _was_created(self, run_id: str, host_id: str) -> bool:
+        """True if the run's record exists: the pool then resumes it on a live host."""
+        try:
+            await self._pool.recover.remote(run_id, suspect=host_id)
+        except UnknownRun:
+            return False
+        return True
+
+    async def _fresh_view(self) -> None:
+        if not self._view.fetched:
+            await self._fetch()  # the first start waits for the view
+        elif self._view.stale():
+            self._fetch_in_background()
+
+    def _fetch_in_background(self) -> None:
+        if self._fetching is None or self._fetching.done():
+            self._fetching = asyncio.create_task(self._fetch_view())
+
+    async def _fetch(self) -> None:
+        self._fetch_in_background()
+        assert self._fetching is not None
+        await asyncio.shield(self._fetching)
+
+    async def _fetch_view(self) -> None:
+        try:
+            self._view.update(await self._pool.loads.remote())
+        except Exception as exc:  # the view only steers: starts fall back to the pool
+            logger.warning("fetching the run pool's view failed: %r", exc)
 
     async def batches(self, run_id: str, after: int = 0) -> AsyncGenerator[EventBatch, None]:
         """Every event after seq `after`, live until the terminal one, in batches as the

@@ -38,8 +38,8 @@ RETRY_SAFE: dict[str, frozenset[str]] = {
     LIMITER_ACTOR: frozenset({"settle", "update_limits", "usage", "release_run", "renew_runs"}),
     EMBEDDINGS_ACTOR: EMBEDDINGS_RETRY_SAFE,
     # A restarted pool rebuilds its hosts' loads from the hosts, so an acquire lost in its
-    # crash took nothing: asking again takes one slot. `release` goes by `tell`.
-    POOL_ACTOR: frozenset({"acquire", "recover", "warm_up", "stats"}),
+    # crash took nothing: asking again takes one slot. `report` goes by `tell`.
+    POOL_ACTOR: frozenset({"acquire", "recover", "warm_up", "stats", "loads"}),
     # submit is keyed by batch id; cancel of a cancelled batch changes nothing.
     BATCHES_ACTOR: frozenset({"submit", "get", "cancel", "wait", "running", "ready"}),
 }

@@ -24,6 +24,7 @@
     ├── TenantLimited             over a tenant limit (429 + Retry-After)
     ├── Killed                    a kill switch is on (503; in a run: run.cancelled)
     ├── Overloaded                no capacity to start a run
+    │   └── HostFull              a run host holds runs_per_actor runs (another is tried)
     └── ServiceUnavailable        a shared service is down or restarting (503 + Retry-After)
 
 Every error crosses Ray boundaries pickled: each class passes all its constructor
@@ -226,12 +227,15 @@ class TenantLimited(RayfleetError):
         quota: float | None = None,
         remaining: float | None = None,
         reset_s: float | None = None,
+        limit: str | None = None,
     ) -> None:
-        super().__init__(message, retry_after_s, quota, remaining, reset_s)
+        super().__init__(message, retry_after_s, quota, remaining, reset_s, limit)
         self.retry_after_s = retry_after_s
         self.quota = quota
         self.remaining = remaining
         self.reset_s = reset_s
+        self.limit = limit
+        """The limit that refused (`requests_per_min`, `concurrent_runs`, ...), if known."""
 
 
 class Killed(RayfleetError):
@@ -251,6 +255,13 @@ class Overloaded(RayfleetError):
     def __init__(self, message: str, retry_after_s: float = 1.0) -> None:
         super().__init__(message, retry_after_s)
         self.retry_after_s = retry_after_s
+
+
+class HostFull(Overloaded):
+    """A run host already holds `runs_per_actor` runs and started nothing: whoever starts
+    runs takes another host (clients see it only if no host took the run)."""
+
+    code = "host_full"
 
 
 class ServiceUnavailable(RayfleetError):

@@ -1,15 +1,25 @@
-"""One Serve deployment per agent version: it owns the spec and starts runs on the run hosts."""
+"""One Serve deployment per agent version: it owns the spec and starts runs on the run hosts.
+
+A run start crosses it once: the gateway (auth, version choice, kill switches,
+Idempotency-Key, shadows) makes one call here; this replica admits the run with the tenant
+limiter, picks a host from its cached view of the pool (actors.host_view) and makes the one
+call to that host, which answers once `run.created` is durable.
+"""
 
 from __future__ import annotations
 
 from ray import serve
 
 from actors.credentials import TenantContext
+from actors.limiter import Admission
+from actors.named import NamedActor
 from actors.runs_client import Runs
 from actors.runtime import ensure_runtime
-from actors.services import check_agents_package
+from actors.services import LIMITER_ACTOR, check_agents_package, service
 from actors.settings import RuntimeSettings
+from agents.errors import TenantLimited
 from agents.spec import AgentSpec
+from serve_app.detached import detached, nothing_started
 from serve_app.handle_api import HandleSurface
 
 
@@ -38,12 +48,14 @@ class AgentDeployment(HandleSurface):
         self._spec = spec
         self._settings = settings
         self._runs: Runs | None = None
+        self._limiter: NamedActor | None = None
 
-    async def _client(self) -> Runs:
-        if self._runs is None:
+    async def _client(self) -> tuple[Runs, NamedActor]:
+        if self._runs is None or self._limiter is None:
             pool = await ensure_runtime(self._settings)
             self._runs = Runs(self._settings, pool, recreate=True)
-        return self._runs
+            self._limiter = service(self._settings, LIMITER_ACTOR, recreate=True)
+        return self._runs, self._limiter
 
     async def start(
         self,
@@ -53,9 +65,44 @@ class AgentDeployment(HandleSurface):
         namespace: str | None = None,
         assignment: str = "stable",
     ) -> str:
-        """Start a run of this version for a tenant; returns its run id."""
-        runs = await self._client()
-        return await runs.start(self._spec, input, thread_id, context, namespace, assignment)
+        """Start a run of this version for a tenant; returns its id once `run.created` is
+        durable. The tenant limiter admits it first (TenantLimited, with the limit that
+        refused); a shadow run (`context.shadow_of`) takes no slot. A caller that leaves
+        mid-start does not stop it half-way (serve_app.detached)."""
+        return await detached(
+            self._start(input, thread_id, context or TenantContext(), namespace, assignment)
+        )
+
+    async def _start(
+        self,
+        input: str,
+        thread_id: str | None,
+        context: TenantContext,
+        namespace: str | None,
+        assignment: str,
+    ) -> str:
+        runs, limiter = await self._client()
+        lease = None
+        if context.shadow_of is None:
+            admission: Admission = await limiter.admit_run.remote(context.tenant)
+            if not admission.ok:
+                raise TenantLimited(
+                    f"tenant {context.tenant!r} is over its {admission.limit} limit",
+                    admission.retry_after_s,
+                    admission.quota,
+                    admission.remaining,
+                    admission.reset_s,
+                    admission.limit,
+                )
+            lease = admission.lease
+            context = context.model_copy(update={"lease": lease})
+        try:
+            return await runs.start(self._spec, input, thread_id, context, namespace, assignment)
+        except BaseException as exc:
+            if lease is not None and nothing_started(exc):
+                # Releasing is idempotent: the host may have released it too.
+                await limiter.release_run.remote(lease)
+            raise  # else the run may exist: its lease expires unless its host renews it
 
     def spec(self) -> AgentSpec:
         return self._spec

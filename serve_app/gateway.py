@@ -1,6 +1,7 @@
 """The gateway: Serve ingress for the HTTP/SSE API and the Python handle API.
 
-It picks the agent version, asks that version's deployment to start the run, then streams
+It picks the agent version, asks that version's deployment to start the run (one hop: the
+deployment admits it, picks the host and starts it there), then streams
 the run's events straight from the run host that owns it (one Ray hop per batch of events).
 """
 
@@ -36,7 +37,6 @@ from actors.batches import (
     new_batch_id,
 )
 from actors.credentials import TenantContext
-from actors.limiter import Admission
 from actors.named import NamedActor
 from actors.outcomes import VersionStats
 from actors.runs_client import Runs
@@ -62,7 +62,7 @@ from serve_app.bodies import read_json
 from serve_app.config import AppConfig
 from serve_app.deletion import delete_run
 from serve_app.delivery import KILL_ADMIN, ROLLBACK, Delivery
-from serve_app.detached import detached, nothing_started
+from serve_app.detached import detached
 from serve_app.handle_api import HandleSurface
 from serve_app.http_errors import as_rayfleet_error, error_response, problem
 from serve_app.idempotency import Idempotency
@@ -119,8 +119,8 @@ class Gateway(HandleSurface):
         self._batch_driver = BatchDriver(config.runtime)
         self._keys = Idempotency(self._state.keys, config.runtime.idempotency_key_ttl_s)
         self._background: set[asyncio.Task[None]] = set()
-        self._over_rate: dict[str, tuple[float, Admission]] = {}
-        """Tenants the limiter refused for their request rate: when, and its answer."""
+        self._over_rate: dict[str, tuple[float, TenantLimited]] = {}
+        """Tenants the limiter refused for their request rate: when, and its refusal."""
 
     def handle_limit_bytes(self) -> int:
         return self._config.max_body_bytes  # a handle call weighs what its HTTP body would
@@ -268,36 +268,26 @@ class Gateway(HandleSurface):
         if killed is not None:
             raise Killed(killed)
         key = f"{agent}@{choice.version}"
-        assert self._limiter is not None
         self._refuse_if_known_over_rate(tenant.id)
-        admission: Admission = await self._limiter.admit_run.remote(tenant.id)
-        if not admission.ok:
-            if admission.limit == "requests_per_min":
-                # No request of this tenant can be admitted before then: refuse those here,
-                # without a limiter hop (a tenant over its rate then costs others little).
-                self._over_rate[tenant.id] = (time.monotonic(), admission)
-            raise TenantLimited(
-                f"tenant {tenant.id!r} is over its {admission.limit} limit",
-                admission.retry_after_s,
-                admission.quota,
-                admission.remaining,
-                admission.reset_s,
-            )
-        context = _context(tenant, admission.lease)
-        limiter = self._limiter
+        context = _context(tenant)
+        deployment = self._agents[key]
 
         async def start() -> str:
-            try:
-                started: str = await self._agents[key].start.remote(
-                    request.input, request.thread_id, context, tenant.namespace, assignment
-                )
-            except BaseException as exc:
-                if nothing_started(exc):  # releasing is idempotent: its host may have too
-                    await limiter.release_run.remote(admission.lease)
-                raise  # else the run may exist: its lease expires unless it renews it
+            # One hop: the version's deployment admits the run (the tenant limiter), picks
+            # a host and starts it there; it releases the slot of a run that never started.
+            started: str = await deployment.start.remote(
+                request.input, request.thread_id, context, tenant.namespace, assignment
+            )
             return started
 
-        run_id = await detached(start())
+        try:
+            run_id = await detached(start())
+        except TenantLimited as exc:
+            if exc.limit == "requests_per_min":
+                # No request of this tenant can be admitted before then: refuse those here,
+                # without a hop (a tenant over its rate then costs others little).
+                self._over_rate[tenant.id] = (time.monotonic(), exc)
+            raise
         for shadow in choice.shadows:
             self._spawn(self._shadow(run_id, f"{agent}@{shadow}", tenant, request.input))
         return run_id
@@ -322,17 +312,18 @@ class Gateway(HandleSurface):
         known = self._over_rate.get(tenant)
         if known is None:
             return
-        refused_at, admission = known
+        refused_at, refusal = known
         waited = time.monotonic() - refused_at
-        if waited >= admission.retry_after_s:
+        if waited >= refusal.retry_after_s:
             del self._over_rate[tenant]
             return
         raise TenantLimited(
-            f"tenant {tenant!r} is over its {admission.limit} limit",
-            admission.retry_after_s - waited,
-            admission.quota,
+            f"tenant {tenant!r} is over its {refusal.limit} limit",
+            refusal.retry_after_s - waited,
+            refusal.quota,
             0,
-            max(0.0, admission.reset_s - waited),
+            max(0.0, (refusal.reset_s or 0.0) - waited),
+            refusal.limit,
         )
 
     async def _owned(self, tenant: TenantConfig, run_id: str) -> RunSummary:

@@ -51,6 +51,7 @@ EXPECTED_STATUS = {
     "AllProvidersFailed": 502,
     "TenantLimited": 429,
     "Overloaded": 503,
+    "HostFull": 503,
     "ServiceUnavailable": 503,
 }
 
