@@ -75,7 +75,12 @@ class RaySession:
 @pytest.fixture(scope="session")
 def ray_session() -> Iterator[RaySession]:
     """A local Ray on 127.0.0.1 shared by tests/actors and tests/serve, shut down at the end."""
-    # Serve reads this when its controller and proxies start, which happens in this session.
+    # Serve's constants are read once per process at import: imported here first, this
+    # driver's handles keep their router on Serve's own loop thread, so a handle made in one
+    # test's event loop still works in the next test's. Serve's processes, started below,
+    # read the variable and run throughput-optimized, as in production.
+    import ray.serve
+
     os.environ["RAY_SERVE_THROUGHPUT_OPTIMIZED"] = "1"
     import ray
 
