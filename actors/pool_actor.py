@@ -181,9 +181,6 @@ class RunPoolActor:
         """A host's runs in flight, told by the host when it changed."""
         (await self._ready()).report(host_id, load)
 
-    async def release(self, host_id: str) -> None:
-        (await self._ready()).release(host_id)
-
     async def stats(self) -> dict[str, int]:
         return (await self._ready()).stats()
 

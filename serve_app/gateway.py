@@ -693,11 +693,11 @@ class Gateway(HandleSurface):
         )
 
 
-def _context(tenant: TenantConfig, lease: str | None = None) -> TenantContext:
-    """How the tenant's runs reach providers and its limits (stored with each run)."""
+def _context(tenant: TenantConfig) -> TenantContext:
+    """How the tenant's runs reach providers and its limits (stored with each run); the
+    run's slot lease is added by the deployment that admits it."""
     return TenantContext(
         tenant=tenant.id,
-        lease=lease,
         credentials=tenant.credentials,
         use_default_credentials=tenant.use_default_credentials,
         metered=tenant.limits.tokens_per_min is not None
