@@ -330,7 +330,10 @@ class RunHost:
         self, spec: AgentSpec, request: RunInput, context: TenantContext, events: list[Event]
     ) -> EventLog:
         durable = self._store is not None
-        log = EventLog(request.run_id, events, durable=durable, on_append=self._mark_dirty)
+        trace_id = request.trace.trace_id if request.trace is not None else None
+        log = EventLog(
+            request.run_id, events, durable=durable, on_append=self._mark_dirty, trace_id=trace_id
+        )
         started = time.monotonic()
         self._watch_switches()
         tenant_model = TenantModel(

@@ -32,8 +32,10 @@ class EventLog:
         *,
         durable: bool = False,
         on_append: Callable[[EventLog], None] | None = None,
+        trace_id: str | None = None,
     ) -> None:
         self.run_id = run_id
+        self.trace_id = trace_id
         self._events: list[Event] = list(events or [])
         self._json: list[str | None] = [None] * len(self._events)  # by seq - 1, once needed
         # Events handed in at construction were read back from the store: already durable.
@@ -71,7 +73,11 @@ class EventLog:
         if self.closed:
             raise RuntimeError(f"run {self.run_id} already ended; cannot emit {event_type}")
         event = event_type(
-            run_id=self.run_id, seq=self.last_seq + 1, ts=self._wall_clock(), **fields
+            run_id=self.run_id,
+            seq=self.last_seq + 1,
+            ts=self._wall_clock(),
+            trace_id=self.trace_id,
+            **fields,
         )
         self._events.append(event)
         self._json.append(None)

@@ -22,6 +22,8 @@ class _Event(BaseModel):
     """1, 2, 3 ... per run; the SSE id, used to resume."""
     ts: float = 0.0
     """Unix time the event was recorded."""
+    trace_id: str | None = None
+    """The run's trace (agents.tracing.RunTrace), for finding its spans and logs."""
 
 
 class RunCreated(_Event):

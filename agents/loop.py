@@ -45,6 +45,7 @@ from agents.pruning import Summary, View, build_view, summary_prompt, to_summari
 from agents.replay import RunState, replay, tool_message, wrap_up_message
 from agents.spec import AgentSpec, TierSpec, ToolSpec
 from agents.tokens import estimate_tokens
+from agents.tracing import RunTrace
 
 Tools = tuple[ToolSchema, ...]
 
@@ -73,6 +74,9 @@ class RunInput(BaseModel):
     """How the run got its version: stable, canary, shadow or pinned."""
     primary_run_id: str | None = None
     """For a shadow run: the run it mirrors."""
+    trace: RunTrace | None = None
+    """Where the run sits in a trace; stored with the run so a resumed run continues it.
+    None only for runs stored before traces existed."""
 
 
 @dataclass
