@@ -22,6 +22,7 @@ from agents.errors import ServiceUnavailable
 from agents.messages import Message, ToolCall
 from agents.ports import ToolOutcome, ToolPort
 from agents.spec import ToolSpec
+from agents.tracing import configure_tracing
 
 
 class RemoteTools:
@@ -159,6 +160,7 @@ class LoadReports:
 class RunHostActor(RunHost):
     def __init__(self, host_id: str, settings: RuntimeSettings) -> None:
         check_agents_package()
+        configure_tracing()
         # Tools running here that use the shared actors (embeddings) find them in this
         # namespace, as in the tool-pool actor (whose runtime_env sets it).
         os.environ[NAMESPACE_ENV] = settings.namespace

@@ -25,6 +25,7 @@ from agents.events import Event
 from agents.loop import RunInput
 from agents.spec import AgentSpec
 from agents.summary import RunSummary
+from agents.tracing import RunTrace
 
 logger = logging.getLogger("rayfleet")
 
@@ -84,6 +85,7 @@ class Runs:
         context: TenantContext | None = None,
         namespace: str | None = None,
         assignment: str = "stable",
+        trace: RunTrace | None = None,
     ) -> str:
         """Start a run; its id once `run.created` is durable. One call to a host in the
         common case: the host comes from the cached view, the pool is asked only when the
@@ -105,6 +107,7 @@ class Runs:
                 tenant=context.tenant,
                 assignment=assignment,
                 primary_run_id=context.shadow_of,
+                trace=trace or RunTrace.start(),
             )
             try:
                 return await self._start_on(host_id, spec, request, context)

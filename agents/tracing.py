@@ -21,7 +21,8 @@ from contextvars import ContextVar
 from opentelemetry import trace
 from opentelemetry.context import Context
 from opentelemetry.sdk.trace.id_generator import RandomIdGenerator
-from opentelemetry.trace import NonRecordingSpan, SpanContext, TraceFlags, Tracer
+from opentelemetry.trace import NonRecordingSpan, SpanContext, SpanKind, TraceFlags, Tracer
+from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 from pydantic import BaseModel, ConfigDict, Field
 
 _TRACEPARENT = re.compile(
@@ -92,6 +93,30 @@ def parse_traceparent(value: str) -> tuple[str, str, bool] | None:
     return match["trace"], match["span"], bool(int(match["flags"], 16) & 0x01)
 
 
+_W3C = TraceContextTextMapPropagator()
+
+
+@contextlib.contextmanager
+def inbound_span(
+    name: str, traceparent: str | None, attributes: Mapping[str, str] | None = None
+) -> Iterator[str | None]:
+    """A SERVER span for a request that may start a run, a child of the caller's
+    `traceparent` (or, without one, of whatever span is current: Ray Serve's own request
+    span when its tracing is on). Yields the traceparent to hand down to the run: this
+    span's when it is recorded, else the caller's, so the run joins the caller's trace
+    whether or not this process exports spans."""
+    parent = _W3C.extract({"traceparent": traceparent}) if traceparent else None
+    with tracer().start_as_current_span(
+        name, context=parent, kind=SpanKind.SERVER, attributes=attributes
+    ) as span:
+        if not span.is_recording():
+            yield traceparent
+            return
+        carrier: dict[str, str] = {}
+        _W3C.inject(carrier)
+        yield carrier.get("traceparent", traceparent)
+
+
 _pinned: ContextVar[tuple[int, int] | None] = ContextVar("rayfleet_pinned_ids", default=None)
 
 
@@ -159,7 +184,14 @@ def configure_tracing(environ: Mapping[str, str] = os.environ) -> bool:
         # The SDK reads the rest of the standard variables itself: OTEL_SERVICE_NAME and
         # OTEL_RESOURCE_ATTRIBUTES (Resource.create), OTEL_TRACES_SAMPLER(_ARG), the
         # exporter's OTEL_EXPORTER_OTLP_* and the batch processor's OTEL_BSP_*.
-        resource = Resource.create({"service.name": environ.get("OTEL_SERVICE_NAME", "rayfleet")})
+        # process.pid tells which process (gateway, run host) made a span.
+        attributes: dict[str, str | int] = {"process.pid": os.getpid()}
+        named = environ.get("OTEL_SERVICE_NAME") or "service.name=" in environ.get(
+            "OTEL_RESOURCE_ATTRIBUTES", ""
+        )
+        if not named:
+            attributes["service.name"] = "rayfleet"
+        resource = Resource.create(attributes)
         provider = TracerProvider(resource=resource, id_generator=PinnedIds())
         provider.add_span_processor(BatchSpanProcessor(OTLPSpanExporter()))
         trace.set_tracer_provider(provider)

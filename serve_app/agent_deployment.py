@@ -19,6 +19,7 @@ from actors.services import LIMITER_ACTOR, check_agents_package, service
 from actors.settings import RuntimeSettings
 from agents.errors import TenantLimited
 from agents.spec import AgentSpec
+from agents.tracing import RunTrace, configure_tracing, tracer
 from serve_app.detached import detached, nothing_started
 from serve_app.handle_api import HandleSurface
 
@@ -45,6 +46,7 @@ class AgentDeployment(HandleSurface):
 
     def __init__(self, spec: AgentSpec, settings: RuntimeSettings) -> None:
         check_agents_package()
+        configure_tracing()
         self._spec = spec
         self._settings = settings
         self._runs: Runs | None = None
@@ -64,14 +66,16 @@ class AgentDeployment(HandleSurface):
         context: TenantContext | None = None,
         namespace: str | None = None,
         assignment: str = "stable",
+        traceparent: str | None = None,
     ) -> str:
         """Start a run of this version for a tenant; returns its id once `run.created` is
         durable. The tenant limiter admits it first (TenantLimited, with the limit that
         refused); a shadow run (`context.shadow_of`) takes no slot. A caller that leaves
-        mid-start does not stop it half-way (serve_app.detached)."""
-        return await detached(
-            self._start(input, thread_id, context or TenantContext(), namespace, assignment)
-        )
+        mid-start does not stop it half-way (serve_app.detached). The run's trace is a
+        child of `traceparent` (W3C), else a trace of its own."""
+        trace = RunTrace.start(traceparent)
+        context = context or TenantContext()
+        return await detached(self._start(input, thread_id, context, namespace, assignment, trace))
 
     async def _start(
         self,
@@ -80,11 +84,19 @@ class AgentDeployment(HandleSurface):
         context: TenantContext,
         namespace: str | None,
         assignment: str,
+        trace: RunTrace,
     ) -> str:
         runs, limiter = await self._client()
         lease = None
         if context.shadow_of is None:
-            admission: Admission = await limiter.admit_run.remote(context.tenant)
+            with tracer().start_as_current_span(
+                "rayfleet.limiter.admit_run",
+                context=trace.parent_context(),
+                attributes={"rayfleet.tenant": context.tenant},
+            ) as span:
+                admission: Admission = await limiter.admit_run.remote(context.tenant)
+                if not admission.ok and admission.limit is not None:
+                    span.set_attribute("rayfleet.limit", admission.limit)
             if not admission.ok:
                 raise TenantLimited(
                     f"tenant {context.tenant!r} is over its {admission.limit} limit",
@@ -97,7 +109,9 @@ class AgentDeployment(HandleSurface):
             lease = admission.lease
             context = context.model_copy(update={"lease": lease})
         try:
-            return await runs.start(self._spec, input, thread_id, context, namespace, assignment)
+            return await runs.start(
+                self._spec, input, thread_id, context, namespace, assignment, trace
+            )
         except BaseException as exc:
             if lease is not None and nothing_started(exc):
                 # Releasing is idempotent: the host may have released it too.

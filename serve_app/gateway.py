@@ -57,6 +57,7 @@ from agents.errors import (
 from agents.events import Event
 from agents.spec import AgentSpec
 from agents.summary import RunSummary
+from agents.tracing import configure_tracing, inbound_span
 from serve_app.batch_driver import BatchDriver
 from serve_app.bodies import read_json
 from serve_app.config import AppConfig
@@ -104,6 +105,7 @@ class Gateway(HandleSurface):
         self, agents: dict[str, DeploymentHandle[Any]], specs: list[AgentSpec], config: AppConfig
     ) -> None:
         check_agents_package()
+        configure_tracing()
         self._agents = agents
         self._specs = {spec.key: spec for spec in specs}
         self._config = config
@@ -241,9 +243,13 @@ class Gateway(HandleSurface):
         thread_id: str | None = None,
         version: str | None = None,
         api_key: str | None = None,
+        traceparent: str | None = None,
     ) -> str:
-        """Start a run; returns its id. The run goes on whatever happens to the caller."""
-        return await self._start(self._tenant(api_key), agent, input, thread_id, version)
+        """Start a run; returns its id. The run goes on whatever happens to the caller.
+        With a W3C `traceparent`, the run's trace is a child of the caller's."""
+        tenant = self._tenant(api_key)
+        with inbound_span("start_run", traceparent, {"rayfleet.tenant": tenant.id}) as parent:
+            return await self._start(tenant, agent, input, thread_id, version, parent)
 
     async def _start(
         self,
@@ -252,6 +258,7 @@ class Gateway(HandleSurface):
         input: str,
         thread_id: str | None,
         version: str | None,
+        traceparent: str | None = None,
     ) -> str:
         request = _validate(
             RunRequest, {"input": input, "thread_id": thread_id, "version": version}
@@ -276,7 +283,12 @@ class Gateway(HandleSurface):
             # One hop: the version's deployment admits the run (the tenant limiter), picks
             # a host and starts it there; it releases the slot of a run that never started.
             started: str = await deployment.start.remote(
-                request.input, request.thread_id, context, tenant.namespace, assignment
+                request.input,
+                request.thread_id,
+                context,
+                tenant.namespace,
+                assignment,
+                traceparent,
             )
             return started
 
@@ -363,11 +375,14 @@ class Gateway(HandleSurface):
         run_id: str | None = None,
         after: int = 0,
         api_key: str | None = None,
+        traceparent: str | None = None,
     ) -> AsyncIterator[Event]:
-        """Start a run and stream its events; with `run_id`, resume that run after `after`."""
+        """Start a run and stream its events; with `run_id`, resume that run after `after`.
+        With a W3C `traceparent`, a new run's trace is a child of the caller's."""
         tenant = self._tenant(api_key)
         if run_id is None:
-            run_id = await self._start(tenant, agent, input, thread_id, version)
+            with inbound_span("start_run", traceparent, {"rayfleet.tenant": tenant.id}) as parent:
+                run_id = await self._start(tenant, agent, input, thread_id, version, parent)
         else:
             _check_after(await self._owned(tenant, run_id), after)
         async for event in self._events(run_id, after):
@@ -566,14 +581,17 @@ class Gateway(HandleSurface):
         run = _validate(RunRequest, body)
         agent = request.path_params["agent"]
         await self._client()
-        created = await self._keys.once(
-            request.headers,
-            tenant.id,
-            "runs",
-            agent,
-            run,
-            lambda _: self._start(tenant, agent, run.input, run.thread_id, run.version),
-        )
+        traceparent = request.headers.get("traceparent")
+        route = "POST /v1/agents/{agent}/runs"
+        with inbound_span(route, traceparent, {"rayfleet.tenant": tenant.id}) as parent:
+            created = await self._keys.once(
+                request.headers,
+                tenant.id,
+                "runs",
+                agent,
+                run,
+                lambda _: self._start(tenant, agent, run.input, run.thread_id, run.version, parent),
+            )
         run_id = created.id
         if created.replayed:
             await self._owned(tenant, run_id)  # deleted since: 404, not a broken stream

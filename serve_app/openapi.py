@@ -300,6 +300,17 @@ _IDEMPOTENCY_KEY = {
     ),
     "schema": {"type": "string", "pattern": "^[!-~]{1,255}$"},
 }
+_TRACEPARENT = {
+    "name": "traceparent",
+    "in": "header",
+    "required": False,
+    "description": (
+        "W3C Trace Context: the run's trace becomes a child of this span (the gateway's span, "
+        "then the run's `invoke_agent` span). A malformed value is ignored and the run starts "
+        "a trace of its own. Every event carries the run's `trace_id`."
+    ),
+    "schema": {"type": "string"},
+}
 _REPLAYED = {
     "Idempotent-Replayed": {
         "description": "`true` when this answers a repeated Idempotency-Key.",
@@ -373,7 +384,7 @@ def _paths() -> dict[str, Any]:
                     "(200); otherwise 202 with links to poll or stream. The run goes on "
                     "whatever happens to the caller."
                 ),
-                "parameters": [_AGENT, _IDEMPOTENCY_KEY],
+                "parameters": [_AGENT, _IDEMPOTENCY_KEY, _TRACEPARENT],
                 "requestBody": {
                     "required": True,
                     "description": "At most 1 MiB (`max_body_bytes`); unknown fields are a 422.",

@@ -38,6 +38,12 @@ atexit.register(shutil.rmtree, _DATA_DIR, ignore_errors=True)
 # developer's own state URL must never reach them, nor the Ray workers they start.
 os.environ.pop("RAYFLEET_STATE_URL", None)
 
+# Traces go where the tests say (the `otlp` fixture), never where a developer's shell points.
+for _name in [name for name in os.environ if name.startswith("OTEL_")]:
+    del os.environ[_name]
+
+from tests.otlp import OtlpReceiver  # noqa: E402 - after the variables Ray reads at import
+
 pytest_plugins = ["tests.fixtures_sim", "tests.fixtures_pg"]
 
 _real_connect = socket.socket.connect
@@ -73,8 +79,23 @@ class RaySession:
 
 
 @pytest.fixture(scope="session")
-def ray_session() -> Iterator[RaySession]:
-    """A local Ray on 127.0.0.1 shared by tests/actors and tests/serve, shut down at the end."""
+def otlp() -> Iterator[OtlpReceiver]:
+    """The session's OTLP/HTTP trace receiver (tests/otlp.py)."""
+    receiver = OtlpReceiver().start()
+    try:
+        yield receiver
+    finally:
+        receiver.close()
+
+
+@pytest.fixture(scope="session")
+def ray_session(otlp: OtlpReceiver) -> Iterator[RaySession]:
+    """A local Ray on 127.0.0.1 shared by tests/actors and tests/serve, shut down at the end.
+    Its processes export traces to the session's receiver, sampled 100%, in small batches:
+    the standard variables, read by every process Ray starts."""
+    os.environ["OTEL_EXPORTER_OTLP_TRACES_ENDPOINT"] = otlp.endpoint
+    os.environ["OTEL_TRACES_SAMPLER"] = "parentbased_always_on"
+    os.environ["OTEL_BSP_SCHEDULE_DELAY"] = "200"
     # Serve's constants are read once per process at import: imported here first, this
     # driver's handles keep their router on Serve's own loop thread, so a handle made in one
     # test's event loop still works in the next test's. Serve's processes, started below,

@@ -5,8 +5,8 @@ starts). Its runs go through HTTP, streamed and 202-then-GET, succeeding, failin
 500 on every attempt, a dropped stream, an in-band stream error, a provider echoing the key)
 and cancelled; then every byte we can reach is searched for the canary: what HTTP returned,
 the run store, effect ledger and memory SQLite files (WAL included), the Ray session
-directory (logs and all), and Ray's Prometheus metrics. The tests run in file order: the
-scan comes last and checks that every scenario ran first.
+directory (logs and all), Ray's Prometheus metrics and every span exported. The tests run
+in file order: the scan comes last and checks that every scenario ran first.
 """
 
 from __future__ import annotations
@@ -25,6 +25,7 @@ from agents.events import TERMINAL_KINDS, Event
 from serve_app.sse import SSEDecoder
 from tests.fixtures_sim import Sim
 from tests.helpers import wait_for
+from tests.otlp import OtlpReceiver
 from tests.serve.conftest import Service
 from tests.serve.metrics import scrape_until
 from tests.serve.tenants import BYOK_KEY, BYOK_MISSING_KEY, CANARY, UNSET_ENV, auth
@@ -313,7 +314,7 @@ def test_a_missing_key_variable_fails_the_run_and_names_the_variable(
 # --- the scan ------------------------------------------------------------------------------
 
 
-def test_the_canary_appears_nowhere(service: Service, seen: Transcript) -> None:
+def test_the_canary_appears_nowhere(service: Service, seen: Transcript, otlp: OtlpReceiver) -> None:
     import ray
 
     missing = SCENARIOS - seen.scenarios
@@ -326,6 +327,10 @@ def test_the_canary_appears_nowhere(service: Service, seen: Transcript) -> None:
     # tenants: where a key would show if one leaked into a tag).
     metrics = scrape_until(lambda page: "ray_rayfleet_runs_total{" in page)
     texts.append(metrics)
+    # Every span the processes exported (tests/otlp.py), once each run's spans are in: the
+    # run span names its run.
+    wait_for(lambda: all(run_id.encode() in otlp.raw() for run_id in seen.run_ids), 60)
+    texts.append(("OTLP spans", otlp.raw().decode("latin-1")))
     text_leaks = [leak for where, text in texts for leak in leaks_in(where, text)]
 
     assert service.settings.state_url is not None
