@@ -117,8 +117,9 @@ def fail(span: Span, exc: BaseException, timed_out: bool = False) -> None:
         span.set_attribute("rayfleet.cancelled", True)
         return
     span.set_attribute("error.type", error_type(exc, timed_out))
-    # Provider and rayfleet messages are redacted and carry no content; anything else may.
-    described = isinstance(exc, RayfleetError)
+    # A provider's error message is redacted and quotes no content; others may (an unusable
+    # reply quotes the model's tool arguments), so they are left to the run's events.
+    described = isinstance(exc, ProviderError)
     span.set_status(Status(StatusCode.ERROR, str(exc) if described else None))
 
 
@@ -248,7 +249,9 @@ class RunSpans:
             attributes["rayfleet.status"] = last.kind.removeprefix("run.")
             if isinstance(last, RunFailed):
                 attributes["error.type"] = last.code
-                span.set_status(Status(StatusCode.ERROR, last.message))
+                # Its message may quote content (a tool's error, a model's reply): it is in
+                # the run's events, under the same trace id.
+                span.set_status(Status(StatusCode.ERROR, last.message if self._content else None))
             elif isinstance(last, RunCancelled):
                 attributes["rayfleet.cancel_reason"] = last.reason
             elif self._content:

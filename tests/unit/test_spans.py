@@ -7,9 +7,11 @@ from __future__ import annotations
 
 import asyncio
 import json
+import pickle
 import tempfile
 from collections.abc import AsyncGenerator, AsyncIterator, Iterator, Sequence
 from contextlib import aclosing
+from pathlib import Path
 
 import httpx2
 import pytest
@@ -26,15 +28,16 @@ from actors.limiter import TenantLimiter
 from actors.router import ModelRouter, RouterSettings
 from actors.run_host import RunHost, new_run_id
 from actors.settings import RuntimeSettings, simulator_providers
+from actors.state import State
 from actors.tool_pool import ToolPool, ToolRetrySettings
 from agents.eventlog import EventLog
 from agents.events import Event, RunCompleted, RunCreated, SubagentEvent, ToolResulted
 from agents.examples import example_specs
 from agents.loop import Ports, RunInput, execute_run
 from agents.messages import Message, TextDelta, ToolCall
-from agents.ports import Discard
+from agents.ports import Discard, ToolOutcome
 from agents.spans import derived_span_id
-from agents.spec import AgentSpec, ModelRef, TierSpec, ToolSpec
+from agents.spec import AgentSpec, ContextSpec, ModelRef, TierSpec, ToolSpec
 from agents.tracing import PinnedIds, RunTrace, tracer, use_provider
 from tests.fixtures_sim import Sim
 from tests.scripted import PRICES, Reply, Script, ScriptedModel
@@ -399,3 +402,106 @@ async def test_a_discarded_attempt_and_a_stream_stopped_early_end_their_chat_spa
     assert "rayfleet.discarded" not in (fallback.attributes or {})
     assert dict(stopped.attributes or {})["rayfleet.cancelled"] is True
     assert stopped.status.status_code == StatusCode.UNSET
+
+
+class Thread:
+    """A memory port holding a long earlier conversation."""
+
+    def __init__(self, turns: int) -> None:
+        self.messages: list[Message] = []
+        for i in range(turns):
+            self.messages.append(Message(role="user", content=f"question {i}: " + "x" * 400))
+            self.messages.append(Message(role="assistant", content=f"answer {i}: " + "y" * 400))
+
+    async def load_thread(self, namespace: str, thread_id: str) -> list[Message]:
+        return list(self.messages)
+
+    async def append_thread(self, namespace: str, thread_id: str, messages: list[Message]) -> None:
+        self.messages.extend(messages)
+
+
+async def test_a_summary_is_a_span_with_its_chat_span_and_pruning_a_step_event(
+    spans: InMemorySpanExporter, sim: Sim
+) -> None:
+    sim.script(
+        {"type": "text", "text": "Summary: questions about orders.", "model": "sim-fast"},
+        {"type": "text", "text": "It shipped.", "model": "sim-strong"},
+    )
+    spec = BOSS.model_copy(
+        update={
+            "tiers": {
+                **BOSS.tiers,
+                "fast": TierSpec(chain=(ModelRef(provider="sim-anthropic", model="sim-fast"),)),
+            },
+            "tools": (),
+            "context": ContextSpec(max_tokens=900, keep_recent_messages=2),
+            "response_cache_ttl_s": None,
+        }
+    )
+    runtime = RuntimeSettings(
+        providers=simulator_providers(sim.base_url),
+        cache=CacheSettings(directory=tempfile.mkdtemp(prefix="rayfleet-test-cache-")),
+    )
+    host = RunHost("h1", runtime, ToolPool(), memory=Thread(turns=6))
+    try:
+        request = RunInput(run_id=new_run_id("h1"), input="Has it shipped?", thread_id="t1")
+        events = await follow(host, await host.start_run(spec, request))
+    finally:
+        await host.aclose()
+    assert events[-1].kind == "run.completed"
+    got = spans.get_finished_spans()
+    (run,) = named(got, "invoke_agent boss")
+    assert dict(run.attributes or {})["gen_ai.conversation.id"] == "t1"
+    (step,) = children(got, run)
+    (summarize,) = named(children(got, step), "rayfleet.context.summarize")
+    assert dict(summarize.attributes or {})["rayfleet.context.summary_made"] is True
+    assert [s.name for s in children(got, summarize)] == ["chat sim-fast"]
+    assert [s.name for s in children(got, step) if s.name.startswith("chat")] == ["chat sim-strong"]
+    (pruned,) = [e for e in step.events if e.name == "rayfleet.context.pruned"]
+    assert dict(pruned.attributes or {})["rayfleet.context.summarized"] == 11
+    assert "Summary:" not in texts(got)
+
+
+async def test_a_side_effect_answered_by_the_ledger_is_a_replayed_tool_span(
+    spans: InMemorySpanExporter, tmp_path: Path
+) -> None:
+    flaky_tools.reset()
+    effect = ToolSpec(
+        name="effect",
+        description="Acts once.",
+        function=f"{flaky_tools.HERE}:flaky_effect",
+        side_effects=True,
+        parameters={"type": "object", "properties": {"item": {"type": "string"}}},
+    )
+    spec = support().model_copy(update={"tools": (effect,)})
+    act = ToolCall(id="c1", name="effect", arguments={"item": "x"})
+    state = State(f"sqlite://{tmp_path / 'state'}")
+    try:
+        tools = ToolPool(ledger=state.ledger)
+        first = EventLog("run-1")
+        model = ScriptedModel([Reply("", (act,)), Reply("Done.")])
+        await execute_run(spec, RunInput(run_id="run-1", input="act"), Ports(model, tools), first)
+        # The host died after the effect, before its tool.result was stored.
+        events = first.events()
+        cut = next(i for i, e in enumerate(events) if isinstance(e, ToolResulted))
+        spans.clear()
+        again = EventLog("run-1", events[:cut])
+        model = ScriptedModel([Reply("Done.")])
+        await execute_run(spec, RunInput(run_id="run-1", input="act"), Ports(model, tools), again)
+    finally:
+        await state.close()
+    assert again.events()[-1].kind == "run.completed"
+    assert len(flaky_tools.effects) == 1  # once
+    (tool,) = named(spans.get_finished_spans(), "execute_tool effect")
+    attributes = dict(tool.attributes or {})
+    assert attributes["rayfleet.tool.replayed"] is True
+    assert attributes["rayfleet.tool.attempts"] == 0
+
+
+def test_a_tool_outcome_carries_its_history_across_ray_but_never_stores_it() -> None:
+    outcome = ToolOutcome(ok=True, output="x", attempts=2, replayed=True)
+    copied = pickle.loads(pickle.dumps(outcome))
+    assert (copied.attempts, copied.replayed) == (2, True)
+    stored = json.loads(outcome.model_dump_json())
+    assert "attempts" not in stored and "replayed" not in stored
+    assert outcome == ToolOutcome(ok=True, output="x")  # the same answer
