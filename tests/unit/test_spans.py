@@ -24,12 +24,14 @@ from opentelemetry.trace import SpanKind, StatusCode
 import tests.tools_for_tests as flaky_tools
 from actors.caches import CacheSettings
 from actors.credentials import TenantContext
-from actors.limiter import TenantLimiter
+from actors.limiter import TenantLimiter, TenantLimits
 from actors.router import ModelRouter, RouterSettings
 from actors.run_host import RunHost, new_run_id
 from actors.settings import RuntimeSettings, simulator_providers
 from actors.state import State
+from actors.tenant_model import TenantModel
 from actors.tool_pool import ToolPool, ToolRetrySettings
+from agents.errors import TenantLimited
 from agents.eventlog import EventLog
 from agents.events import Event, RunCompleted, RunCreated, SubagentEvent, ToolResulted
 from agents.examples import example_specs
@@ -505,3 +507,22 @@ def test_a_tool_outcome_carries_its_history_across_ray_but_never_stores_it() -> 
     stored = json.loads(outcome.model_dump_json())
     assert "attempts" not in stored and "replayed" not in stored
     assert outcome == ToolOutcome(ok=True, output="x")  # the same answer
+
+
+async def test_a_limiter_refusal_names_the_limit_on_its_span(
+    spans: InMemorySpanExporter, sim: Sim
+) -> None:
+    limiter = TenantLimiter({"acme": TenantLimits(daily_budget_usd=1e-9)})
+    async with httpx2.AsyncClient() as http:
+        router = ModelRouter(simulator_providers(sim.base_url), PRICES, http)
+        model = TenantModel(router, TenantContext(tenant="acme", metered=True), PRICES, limiter)
+        messages = (Message(role="user", content="hello " * 50),)
+        with pytest.raises(TenantLimited):
+            async for _ in model.stream(BOSS.tiers["strong"], messages, (), timeout_s=5):
+                pass
+    (reserve,) = named(spans.get_finished_spans(), "rayfleet.limiter.reserve")
+    attributes = dict(reserve.attributes or {})
+    assert attributes["rayfleet.limiter.refused"] == "daily_budget_usd"
+    assert attributes["error.type"] == "tenant_limited"
+    assert attributes["rayfleet.tenant"] == "acme"
+    assert not named(spans.get_finished_spans(), "chat sim-strong")  # no provider call
