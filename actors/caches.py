@@ -26,6 +26,7 @@ import diskcache
 from pydantic import BaseModel, ConfigDict, Field, JsonValue, ValidationError
 
 from actors.datadir import default_data_dir, private_dir
+from agents import spans
 from agents.messages import Message, TextDelta, ToolCall, ToolSchema, Usage
 from agents.ports import Discard, ModelPort, ModelResult, ToolOutcome, ToolPort
 from agents.spec import TierSpec, ToolSpec
@@ -322,10 +323,12 @@ class CachedModel:
             ):
                 yield item
             return
-        started = self._clock()
+        started, started_ns = self._clock(), spans.now_ns()
         key = self.key(tier, messages, tools)
         hit = _parse(ModelResult, self._cache.get(key))
         if hit is not None:
+            # Its span is ended before anything is yielded: none is open across a yield.
+            spans.cache_hit(spans.current_context(), tier.chain[0].model, hit, started_ns)
             response = hit.response
             if response.message.content:
                 yield TextDelta(text=response.message.content)

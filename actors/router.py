@@ -39,6 +39,7 @@ from tenacity import AsyncRetrying, RetryCallState, wait_exponential_jitter
 from actors.breaker import Breakers, Permit
 from actors.providers.anthropic import AnthropicClient
 from actors.providers.openai import OpenAIClient
+from agents import spans
 from agents.errors import AllProvidersFailed, ConfigError, ProviderRejected, ProviderUnavailable
 from agents.messages import Message, ModelRequest, StreamItem, TextDelta, ToolSchema, Usage
 from agents.ports import Discard, ModelResult
@@ -168,6 +169,10 @@ class ModelRouter:
         sleep: Sleep = asyncio.sleep,
     ) -> None:
         self._clients = {name: build_client(name, cfg, http) for name, cfg in providers.items()}
+        # A span's gen_ai.provider.name is the wire format the provider speaks (openai or
+        # anthropic: all the router knows for sure of who serves it); rayfleet.provider is the
+        # configured name, as in events and metrics.
+        self._kinds = {name: cfg.kind for name, cfg in providers.items()}
         self._prices = prices
         self._clock = clock
         self._sleep = sleep
@@ -223,6 +228,7 @@ class ModelRouter:
     ) -> AsyncIterator[TextDelta | Discard | ModelResult]:
         for ref in tier.chain:
             self._client(ref.provider)  # an unknown provider is a config error, up front
+        parent = spans.current_context()  # the caller's (its step): attempts' spans go under it
         call = _Call(deadline=self._clock() + timeout_s, credentials=credentials)
         for index, ref in enumerate(tier.chain):
             if credentials is not None and not credentials.allow_default:
@@ -250,17 +256,31 @@ class ModelRouter:
                     break
                 call.attempts += 1
                 outcome: _Attempt | ModelResult | None = None
+                kind = self._kinds[ref.provider]
+                span = spans.start_chat(
+                    parent, kind, ref.provider, ref.model, call.attempts, index > 0
+                )
                 attempt = self._attempt(ref, request, permit, call, tier.chain, index)
-                async with aclosing(attempt):
-                    async for item in attempt:
-                        if isinstance(item, _Attempt | ModelResult):
-                            outcome = item
-                        else:
-                            yield item
+                try:
+                    async with aclosing(attempt):
+                        async for item in attempt:
+                            if isinstance(item, _Attempt | ModelResult):
+                                outcome = item
+                            else:
+                                if isinstance(item, Discard) and span.is_recording():
+                                    span.set_attribute("rayfleet.discarded", True)
+                                yield item
+                except BaseException as exc:  # rejected, cancelled, or the caller stopped
+                    spans.fail(span, exc)
+                    span.end()
+                    raise
                 if isinstance(outcome, ModelResult):
+                    spans.chat_result(span, outcome)
                     yield outcome
                     return
                 assert outcome is not None
+                spans.fail(span, outcome.error, outcome.timed_out)
+                span.end()
                 wait_s = self._next_wait_s(outcome, number, waited_retry_after)
                 if wait_s is None:
                     break

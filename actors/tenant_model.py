@@ -10,6 +10,7 @@ from actors.credentials import TenantContext
 from actors.limiter import Admission
 from actors.router import Credentials, ModelRouter
 from actors.switches import KillSwitches
+from agents import spans
 from agents.errors import Killed, TenantLimited
 from agents.messages import Message, TextDelta, ToolSchema, Usage
 from agents.ports import Discard, ModelResult
@@ -90,7 +91,16 @@ class TenantModel:
         tokens = estimate_tokens(messages, tools)
         worst = Usage(input_tokens=tokens, output_tokens=tier.max_output_tokens)
         estimate = self._prices.cost_usd(tier.chain[0].model, worst)
-        admission = await self._limiter.reserve(self._context.tenant, worst.total_tokens, estimate)
+        span = spans.start_reserve(spans.current_context(), self._context.tenant)
+        try:
+            admission = await self._limiter.reserve(
+                self._context.tenant, worst.total_tokens, estimate
+            )
+        except BaseException as exc:
+            spans.fail(span, exc)
+            span.end()
+            raise
+        spans.reserved(span, None if admission.ok else admission.limit or "unknown")
         if not admission.ok or admission.reservation is None:
             raise TenantLimited(
                 f"tenant {self._context.tenant!r} reached its {admission.limit} limit",

@@ -189,7 +189,7 @@ class ToolPool:
                     f"effect ledger unavailable, tool {tool.name} was not called: {_describe(exc)}"
                 )
             if recorded is not None:
-                return recorded
+                return recorded.model_copy(update={"replayed": True})
             # Checked after the recall: a resumed run gets what happened even if the tool's
             # definition has changed since.
             try:
@@ -241,22 +241,27 @@ class ToolPool:
                 )
         except TimeoutError as exc:
             if deadline.expired():
-                return _failure(f"tool {tool.name} timed out after {timeout_s:g}s{_of(attempts)}")
-            return _failure(f"tool {tool.name} failed{_after(attempts)}: {_describe(exc)}")
+                error = f"tool {tool.name} timed out after {timeout_s:g}s{_of(attempts)}"
+                return _failure(error, attempts.count)
+            error = f"tool {tool.name} failed{_after(attempts)}: {_describe(exc)}"
+            return _failure(error, attempts.count)
         except RetryError as exc:
             last = exc.last_attempt.exception()
             early = attempts.count < self._retry.attempts
             why = f", no time left within {timeout_s:g}s to retry" if early else ""
             return _failure(
                 f"tool {tool.name} failed after {_count(attempts)}{why}: "
-                f"{_describe(last) if last is not None else 'unknown error'}"
+                f"{_describe(last) if last is not None else 'unknown error'}",
+                attempts.count,
             )
         except Exception as exc:  # any tool error is the model's to react to
-            return _failure(f"tool {tool.name} failed{_after(attempts)}: {_describe(exc)}")
+            error = f"tool {tool.name} failed{_after(attempts)}: {_describe(exc)}"
+            return _failure(error, attempts.count)
         try:
-            return ToolOutcome(ok=True, output=_serialise(value))
+            return ToolOutcome(ok=True, output=_serialise(value), attempts=attempts.count)
         except Exception as exc:  # unserialisable types, circular references
-            return _failure(f"tool {tool.name} returned a value that is not JSON: {_describe(exc)}")
+            error = f"tool {tool.name} returned a value that is not JSON: {_describe(exc)}"
+            return _failure(error, attempts.count)
 
     def _slot_of(self, tool: ToolSpec) -> contextlib.AbstractAsyncContextManager[Any]:
         """What an attempt holds besides a pool slot: one of the tool's own, if it has a cap.
@@ -405,8 +410,8 @@ def _describe(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
 
 
-def _failure(error: str) -> ToolOutcome:
-    return ToolOutcome(ok=False, output="", error=error)
+def _failure(error: str, attempts: int = 0) -> ToolOutcome:
+    return ToolOutcome(ok=False, output="", error=error, attempts=attempts)
 
 
 def is_transient(exc: BaseException) -> bool:

@@ -14,6 +14,7 @@ import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
+from opentelemetry import trace
 from pydantic import BaseModel, ConfigDict
 
 from agents.budget import RunBudget
@@ -43,6 +44,7 @@ from agents.ports import Discard, MemoryPort, ModelPort, ModelResult, ToolOutcom
 from agents.pricing import PriceTable
 from agents.pruning import Summary, View, build_view, summary_prompt, to_summarize, window_start
 from agents.replay import RunState, replay, tool_message, wrap_up_message
+from agents.spans import RunSpans, derived_span_id, summarize_span, tool_done, tool_span
 from agents.spec import AgentSpec, TierSpec, ToolSpec
 from agents.tokens import estimate_tokens
 from agents.tracing import RunTrace
@@ -110,6 +112,7 @@ class _Run:
     state: RunState
     coalescing: Coalescing
     clock: Callable[[], float]
+    spans: RunSpans
     request_index: int = 0
     """Where the request is in `state.messages` (after the recalled thread)."""
 
@@ -146,7 +149,17 @@ async def execute_run(
         )
     created_ts = log.events()[0].ts
     budget = RunBudget(spec.budgets, clock=clock, elapsed_s=max(0.0, wall_clock() - created_ts))
-    run = _Run(spec, request, ports, log, budget, RunState(messages=[]), coalescing, clock)
+    spans = RunSpans(spec, request, created_ts, resumed)
+    run = _Run(spec, request, ports, log, budget, RunState(messages=[]), coalescing, clock, spans)
+    try:
+        with spans.current():
+            await _execute(run, resumed)
+    finally:
+        spans.end(log.events()[-1])  # only a terminal event ends them
+
+
+async def _execute(run: _Run, resumed: bool) -> None:
+    spec, log, budget = run.spec, run.log, run.budget
     deadline = asyncio.timeout(budget.remaining_s)
     try:
         async with deadline:
@@ -211,6 +224,8 @@ async def _prepare(run: _Run, resumed: bool) -> None:
         state.cost_usd,
     )
     run.state = state
+    if resumed:
+        run.spans.resume_step(run.log.events(), state.step, done=state.phase == "next")
     if state.phase == "model" and state.streamed_partial:
         # Readers saw part of a model call that died with the host: void it, then redo it.
         run.log.emit(ModelDiscarded, step=state.step, reason="resumed after the run host stopped")
@@ -235,16 +250,17 @@ async def _loop(run: _Run) -> str:
             _check_budget(run)
             budget.steps = state.step = state.step + 1
             log.emit(StepStarted, step=state.step)
+            run.spans.start_step(state.step)
             state.phase = "model"
         if state.phase == "model":
             wrapping_up = state.wrap_up is not None
             tier_name = spec.wrap_up_tier_name if wrapping_up else spec.loop_tier
             tier, offered = spec.tiers[tier_name], () if wrapping_up else tools
-            view = await _context(run, offered)
+            view = await run.spans.in_step(_context(run, offered))
             if not _affordable(run, tier, view.tokens):
                 _out_of_dollars(run, tier, view.tokens)
                 continue  # now wrapping up: the call is rebuilt for the wrap-up tier
-            result = await _model_turn(run, tier, view.messages, offered)
+            result = await run.spans.in_step(_model_turn(run, tier, view.messages, offered))
             budget.record(result.response.usage, result.cost_usd)
             reply = result.response.message
             log.emit(
@@ -282,7 +298,7 @@ async def _loop(run: _Run) -> str:
             state.calls, state.pending, state.phase = list(calls), list(calls), "tools"
         if state.phase == "tools":
             while state.pending:
-                state.messages.append(await _tool_turn(run, state.pending[0]))
+                state.messages.append(await run.spans.in_step(_tool_turn(run, state.pending[0])))
                 state.pending.pop(0)
             state.phase = "next"
             _progress(run)
@@ -302,6 +318,7 @@ def _progress(run: _Run) -> None:
         elapsed_s=round(budget.elapsed_s, 3),
         time_left_s=round(budget.remaining_s, 3),
     )
+    run.spans.end_step()
 
 
 def _worst_cost(run: _Run, tier: TierSpec, input_tokens: int) -> float:
@@ -351,14 +368,14 @@ async def _context(run: _Run, tools: Tools) -> View:
             state.messages, run.request_index, tools, spec, state.summary, drop=False
         )
         if before.tokens > spec.max_tokens:
-            made = await _summarize(run)
+            made = await summarize_span(_summarize(run))
     view = build_view(state.messages, run.request_index, tools, spec, state.summary)
     decision = (view.truncated, view.summarized, view.dropped)
     if made is None and decision == state.pruning:
         return view
     state.pruning = decision
     summary, result = made if made is not None else (None, None)
-    run.log.emit(
+    pruned = run.log.emit(
         ContextPruned,
         step=state.step,
         tokens_before=view.full_tokens,
@@ -374,6 +391,7 @@ async def _context(run: _Run, tools: Tools) -> View:
         usage=result.response.usage if result is not None else Usage(),
         cost_usd=result.cost_usd if result is not None else 0.0,
     )
+    run.spans.pruned(pruned)
     return view
 
 
@@ -468,15 +486,9 @@ async def _tool_turn(run: _Run, call: ToolCall) -> Message:
     spec, log, state = run.spec, run.log, run.state
     step, position = state.step, len(state.calls) - len(state.pending)
     started = run.clock()
-    tool = spec.tool(call.name)
-    if tool is None:
-        known = ", ".join(t.name for t in spec.tools) or "none"
-        error = f"unknown tool {call.name!r} (known: {known})"
-        outcome = ToolOutcome(ok=False, output="", error=error)
-    elif tool.agent is not None:
-        outcome = await _subagent(run, tool.agent, call)
-    else:
-        outcome = await _call_tool(run, tool, call, position)
+    with tool_span(call, spec.trace_content) as span:
+        outcome = await _run_tool(run, call, position)
+        tool_done(span, outcome, spec.trace_content)
     event = log.emit(
         ToolResulted,
         step=step,
@@ -492,6 +504,18 @@ async def _tool_turn(run: _Run, call: ToolCall) -> Message:
     )
     run.budget.record(outcome.usage, outcome.cost_usd)
     return tool_message(event)
+
+
+async def _run_tool(run: _Run, call: ToolCall, position: int) -> ToolOutcome:
+    spec = run.spec
+    tool = spec.tool(call.name)
+    if tool is None:
+        known = ", ".join(t.name for t in spec.tools) or "none"
+        error = f"unknown tool {call.name!r} (known: {known})"
+        return ToolOutcome(ok=False, output="", error=error)
+    if tool.agent is not None:
+        return await _subagent(run, tool.agent, call)
+    return await _call_tool(run, tool, call, position)
 
 
 async def _call_tool(run: _Run, tool: ToolSpec, call: ToolCall, position: int) -> ToolOutcome:
@@ -576,8 +600,9 @@ async def _subagent(run: _Run, spec: AgentSpec, call: ToolCall) -> ToolOutcome:
         namespace=run.request.namespace,
         tenant=run.request.tenant,
         assignment=run.request.assignment,
+        trace=_nested_trace(run.request.trace, key),
     )
-    log = EventLog(key, earlier, durable=True, on_append=nest)
+    log = EventLog(key, earlier, durable=True, on_append=nest, trace_id=run.log.trace_id)
     ports = run.ports
     if ports.model_for is not None:  # the sub-agent's own model settings (its cache)
         ports = dataclasses.replace(ports, model=ports.model_for(spec))
@@ -588,8 +613,10 @@ async def _subagent(run: _Run, spec: AgentSpec, call: ToolCall) -> ToolOutcome:
             await _durable(run)
 
         ports = dataclasses.replace(ports, durable=durable)
+    # Its content is recorded only if its caller's may be too: its task is the caller's.
+    content = spec.trace_content and parent.trace_content
     await execute_run(
-        spec.model_copy(update={"budgets": limits}),
+        spec.model_copy(update={"budgets": limits, "trace_content": content}),
         request,
         ports,
         log,
@@ -613,6 +640,16 @@ async def _subagent(run: _Run, spec: AgentSpec, call: ToolCall) -> ToolOutcome:
         cost_usd=end.cost_usd,
         usage=end.usage,
     )
+
+
+def _nested_trace(caller: RunTrace | None, key: str) -> RunTrace | None:
+    """A sub-agent's place in its caller's trace: under the current `execute_tool` span,
+    with a span id from its run id, so a resumed caller re-opens the same sub-agent span."""
+    if caller is None:
+        return None
+    tool = trace.get_current_span().get_span_context()
+    parent_id = format(tool.span_id, "016x") if tool.is_valid else None
+    return caller.child(derived_span_id(key), parent_id)
 
 
 async def _recall(

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from typing import Protocol
 
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, Field
 
 from agents.messages import Message, ModelResponse, TextDelta, ToolCall, ToolSchema, Usage
 from agents.spec import TierSpec, ToolSpec
@@ -70,6 +70,22 @@ class ToolOutcome(BaseModel):
     """What the call spent on models (a sub-agent used as a tool); booked to the run."""
     usage: Usage = Usage()
     """The tokens behind `cost_usd`; booked to the run too."""
+    # What happened to this call, for its span: they travel with the outcome (pickled across
+    # Ray) but are never part of a stored one (the effect ledger, the tool-result cache).
+    attempts: int = Field(0, exclude=True)
+    """How many times the tool was called for this outcome, retries included; 0: not at all
+    (a cache or ledger answer, a refusal)."""
+    replayed: bool = Field(False, exclude=True)
+    """Answered from the effect ledger: the side effect happened before, and not again."""
+
+    def __eq__(self, other: object) -> bool:
+        """Equal when they give the same answer, however each call came to it."""
+        if not isinstance(other, ToolOutcome):
+            return NotImplemented
+        return self.model_dump() == other.model_dump()
+
+    def __hash__(self) -> int:
+        return hash(self.model_dump_json())
 
 
 class ToolPort(Protocol):

@@ -224,6 +224,11 @@ class AgentSpec(_Config):
         "messages and tools) from a per-tenant cache for this long. Unset: off.",
     )
     timeouts: TimeoutSpec = Field(default_factory=TimeoutSpec, description="Per-call timeouts.")
+    trace_content: bool = Field(
+        False,
+        description="Record the run's input and answer, and its tool calls' arguments and "
+        "results, in its trace spans. Off: spans carry no message content.",
+    )
 
     @field_validator("loop_tier", "wrap_up_tier")
     @classmethod
