@@ -62,6 +62,7 @@ from actors.switches import KILL_PREFIX, ROLLBACK_PREFIX, KillSwitches
 from agents.encoded import EventBatch
 from agents.errors import RayfleetError, RequestInvalid, ServiceUnavailable, TenantLimited
 from agents.events import Event, RunCancelled, RunCompleted, RunFailed
+from agents.logs import configure_logging, first_traceback
 from agents.spec import AgentSpec
 
 if TYPE_CHECKING:
@@ -568,7 +569,9 @@ class BatchRunner:
                 }
                 self._switches, self._switches_at = merged, now
             except Exception as exc:  # keep the last known switches
-                logger.warning("reading kill switches failed: %r", exc)
+                logger.warning(
+                    "reading kill switches failed: %r", exc, exc_info=first_traceback(exc)
+                )
         killed = self._switches.run_killed(job.agent, job.version, job.context.tenant)
         if killed is not None:
             return f"killed: {killed}"
@@ -590,7 +593,9 @@ class BatchRunner:
         try:
             await self._runs.cancel(run_id)
         except Exception as exc:  # it may have ended: following it tells
-            logger.warning("cancelling run %s failed: %r", run_id, exc)
+            logger.warning(
+                "cancelling run %s failed: %r", run_id, exc, exc_info=first_traceback(exc)
+            )
 
     # -- state ------------------------------------------------------------------------------
 
@@ -696,7 +701,9 @@ class BatchRunner:
                 await self._store.put_setting(key, value)
                 return None
             except Exception as exc:
-                logger.warning("could not store %s (%d): %r", key, attempt, exc)
+                logger.warning(
+                    "could not store %s (%d): %r", key, attempt, exc, exc_info=first_traceback(exc)
+                )
                 error = f"{type(exc).__name__}: {str(exc)[:200]}"
             if attempt < self._journal_attempts:
                 await self._sleep(min(0.1 * 2 ** (attempt - 1), 2.0))
@@ -708,7 +715,7 @@ class BatchRunner:
         try:
             await self._store.put_setting(key, value)
         except Exception as exc:
-            logger.warning("could not store %s: %r", key, exc)
+            logger.warning("could not store %s: %r", key, exc, exc_info=first_traceback(exc))
 
 
 def _work_units(batch: _Batch) -> list[list[int]]:
@@ -798,6 +805,7 @@ class BatchRunnerActor:
         from actors.services import LIMITER_ACTOR, check_agents_package, service
 
         check_agents_package()
+        configure_logging("batches")
         runs = _FollowedRuns(Runs(settings))
         limiter = _RemoteAdmission(service(settings, LIMITER_ACTOR))
         # Batch journals are settings in the state, opened by this process itself.

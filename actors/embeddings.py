@@ -45,6 +45,7 @@ from agents.errors import (
     RequestInvalid,
     ServiceUnavailable,
 )
+from agents.logs import configure_logging
 from agents.messages import Usage
 from agents.pricing import ModelPrice, PriceTable
 
@@ -479,6 +480,7 @@ class _BatcherHost:
         from actors.services import check_agents_package  # services imports this module
 
         check_agents_package()
+        configure_logging("embeddings")
         self._batcher = build_batcher(settings, providers, prices, cache)
 
     def ready(self) -> bool:

@@ -19,6 +19,7 @@ from actors.state import State, process_state
 from actors.state.outcomes import OutcomeStore
 from actors.tool_pool import ToolPool
 from agents.errors import ServiceUnavailable
+from agents.logs import configure_logging
 from agents.messages import Message, ToolCall
 from agents.ports import ToolOutcome, ToolPort
 from agents.spec import ToolSpec
@@ -161,6 +162,7 @@ class RunHostActor(RunHost):
     def __init__(self, host_id: str, settings: RuntimeSettings) -> None:
         check_agents_package()
         configure_tracing()
+        configure_logging("run-host")
         # Tools running here that use the shared actors (embeddings) find them in this
         # namespace, as in the tool-pool actor (whose runtime_env sets it).
         os.environ[NAMESPACE_ENV] = settings.namespace

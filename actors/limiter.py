@@ -59,6 +59,7 @@ from actors.state.limiter import (
     put_limits,
 )
 from agents.errors import Overloaded
+from agents.logs import configure_logging, first_traceback
 
 logger = logging.getLogger("rayfleet")
 LimitName = Literal["requests_per_min", "tokens_per_min", "concurrent_runs", "daily_budget_usd"]
@@ -252,7 +253,7 @@ class TenantLimiter:
         try:
             saved = await self._state.load(self._day())
         except Exception as exc:
-            logger.warning("limiter state read failed: %r", exc)
+            logger.warning("limiter state read failed: %r", exc, exc_info=first_traceback(exc))
             raise Overloaded(f"the tenant limiter cannot read its state: {exc}", 5.0) from exc
         if not self._loaded:
             self._apply(self._given, saved)
@@ -596,6 +597,7 @@ class _TenantLimiterHost(TenantLimiter):
         reservation_ttl_s: float = 600.0,
         lease_ttl_s: float = 60.0,
     ) -> None:
+        configure_logging("limiter")
         super().__init__(
             limits,
             reservation_ttl_s=reservation_ttl_s,

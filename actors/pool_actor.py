@@ -20,6 +20,7 @@ from actors.settings import RuntimeSettings
 from actors.state import process_state
 from actors.state.outcomes import OutcomeStore
 from agents.errors import UnknownRun
+from agents.logs import configure_logging, first_traceback
 
 logger = logging.getLogger("rayfleet")
 
@@ -40,6 +41,7 @@ class RunPoolActor:
 
     def __init__(self, settings: RuntimeSettings) -> None:
         check_agents_package()
+        configure_logging("pool")
         self._settings = settings
         state = process_state(settings.state_url)
         self._runs = state.runs
@@ -206,7 +208,13 @@ class RunPoolActor:
                 except Exception as exc:
                     # The host we got may be dying too (it sat on the same lost node, or was
                     # still starting there): drop it and take another.
-                    logger.warning("resuming run %s failed (%d): %r", run_id, attempt, exc)
+                    logger.warning(
+                        "resuming run %s failed (%d): %r",
+                        run_id,
+                        attempt,
+                        exc,
+                        exc_info=first_traceback(exc),
+                    )
                     if new_host is not None:
                         pool.remove_host(new_host)
                     await asyncio.sleep(0.2 * attempt)

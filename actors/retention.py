@@ -16,6 +16,8 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import Protocol
 
+from agents.logs import first_traceback
+
 logger = logging.getLogger("rayfleet")
 
 SWEEP_EVERY_S = 600.0
@@ -110,4 +112,4 @@ async def sweep_forever(
                     "retention: deleted %d runs ended over %g days ago", deleted, retention_days
                 )
         except Exception as exc:
-            logger.warning("retention sweep failed: %r", exc)
+            logger.warning("retention sweep failed: %r", exc, exc_info=first_traceback(exc))

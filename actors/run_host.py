@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import contextvars
 import json
 import logging
 import re
@@ -37,6 +38,7 @@ from agents.events import (
     ToolResulted,
     is_terminal,
 )
+from agents.logs import first_traceback, in_run
 from agents.loop import Coalescing, Ports, RunInput, execute_run
 from agents.messages import Message, TextDelta, ToolCall, ToolSchema
 from agents.ports import Discard, MemoryPort, ModelPort, ModelResult, ToolOutcome, ToolPort
@@ -363,9 +365,10 @@ class RunHost:
             # A side effect runs once its tool.call is stored, i.e. published by `_flush`.
             durable=log.wait_published if durable else None,
         )
+        # The task binds its run for its log lines (a task's context is its own copy).
+        work = execute_run(spec, request, ports, log, coalescing=self._coalescing)
         task = asyncio.create_task(
-            execute_run(spec, request, ports, log, coalescing=self._coalescing),
-            name=request.run_id,
+            in_run(work, request.run_id, context.tenant, trace_id), name=request.run_id
         )
         # A run resumed after its end (a reader found its host dead) took no slot here: its
         # slot was released when it ended.
@@ -399,7 +402,9 @@ class RunHost:
                 self._switches = KillSwitches.from_settings(await stored.settings(KILL_PREFIX))
                 self._switches_read_at = asked_at
             except Exception as exc:  # keep the last known switches; try again
-                logger.warning("reading kill switches failed: %r", exc)
+                logger.warning(
+                    "reading kill switches failed: %r", exc, exc_info=first_traceback(exc)
+                )
             await asyncio.sleep(self._settings.switches_poll_s)
 
     def _renew_leases(self) -> None:
@@ -417,7 +422,12 @@ class RunHost:
             try:
                 unknown = await limiter.renew_runs(leases)
             except Exception as exc:  # try again next interval, well within the TTL
-                logger.warning("renewing %d run leases failed: %r", len(leases), exc)
+                logger.warning(
+                    "renewing %d run leases failed: %r",
+                    len(leases),
+                    exc,
+                    exc_info=first_traceback(exc),
+                )
                 continue
             if unknown:
                 logger.warning("%d live runs' leases had expired", len(unknown))
@@ -425,7 +435,9 @@ class RunHost:
     def _mark_dirty(self, log: EventLog) -> None:
         self._dirty[log.run_id] = log
         if self._flusher is None or self._flusher.done():
-            self._flusher = asyncio.create_task(self._flush())
+            # Called from within some run's task: the flusher, which serves every run, must
+            # not inherit that run's context (its log lines would name that run).
+            self._flusher = asyncio.create_task(self._flush(), context=contextvars.Context())
 
     async def _flush(self) -> None:
         """Group commit: one store call carries every run's new events; events that arrive
@@ -441,7 +453,9 @@ class RunHost:
             except Exception as exc:
                 # Nothing is published until it is stored: readers wait, the runs go on.
                 failures += 1
-                logger.warning("run store write failed (%d): %r", failures, exc)
+                logger.warning(
+                    "run store write failed (%d): %r", failures, exc, exc_info=first_traceback(exc)
+                )
                 for log in logs:
                     sent = batch[log.run_id]
                     if sent:

@@ -8,6 +8,7 @@ from collections.abc import Callable, Collection, Coroutine, Mapping
 from typing import Any
 
 from agents.errors import Overloaded
+from agents.logs import first_traceback
 
 Spawn = Callable[[str], Coroutine[Any, Any, None]]
 """Creates (and waits for) the run host with the given id."""
@@ -71,7 +72,8 @@ class RunPool:
         if task.cancelled() or error is not None:
             # A host that failed to start is never handed out; the next acquire adds another.
             self._load.pop(host_id, None)
-            logger.warning("run host %s failed to start: %r", host_id, error)
+            traced = first_traceback(error) if error is not None else None
+            logger.warning("run host %s failed to start: %r", host_id, error, exc_info=traced)
 
     async def warm_up(self) -> None:
         """Create the warm hosts now and wait until they are ready."""

@@ -22,6 +22,7 @@ from actors.settings import RuntimeSettings
 from agents.encoded import EventBatch
 from agents.errors import HostFull, Overloaded, ServiceUnavailable, UnknownRun
 from agents.events import Event
+from agents.logs import first_traceback
 from agents.loop import RunInput
 from agents.spec import AgentSpec
 from agents.summary import RunSummary
@@ -170,7 +171,9 @@ class Runs:
         try:
             self._view.update(await self._pool.loads.remote())
         except Exception as exc:  # the view only steers: starts fall back to the pool
-            logger.warning("fetching the run pool's view failed: %r", exc)
+            logger.warning(
+                "fetching the run pool's view failed: %r", exc, exc_info=first_traceback(exc)
+            )
 
     async def batches(self, run_id: str, after: int = 0) -> AsyncGenerator[EventBatch, None]:
         """Every event after seq `after`, live until the terminal one, in batches as the

@@ -44,6 +44,7 @@ from tenacity.stop import stop_base
 
 from actors.state import process_state
 from agents.errors import ToolFailed
+from agents.logs import configure_logging, first_traceback
 from agents.messages import ToolCall
 from agents.ports import EffectLedger, ToolOutcome
 from agents.spec import ToolSpec
@@ -220,7 +221,11 @@ class ToolPool:
                 await ledger.record(key, outcome)
         except Exception as exc:  # the outcome stands; the tool's own key guards a rerun
             logger.warning(
-                "effect ledger could not record tool %s key %r: %s", tool.name, key, _describe(exc)
+                "effect ledger could not record tool %s key %r: %s",
+                tool.name,
+                key,
+                _describe(exc),
+                exc_info=first_traceback(exc),
             )
 
     async def _attempt(
@@ -495,6 +500,7 @@ class _ToolPoolHost(ToolPool):
         retry: ToolRetrySettings | None = None,
         state_url: str | None = None,
     ) -> None:
+        configure_logging("tools")
         super().__init__(max_concurrency, retry=retry, ledger=process_state(state_url).ledger)
 
 

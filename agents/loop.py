@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import json
+import logging
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -39,6 +40,7 @@ from agents.events import (
     ToolResulted,
     parse_event,
 )
+from agents.logs import LOGGER, first_traceback
 from agents.messages import Message, TextDelta, ToolCall, ToolSchema, Usage
 from agents.ports import Discard, MemoryPort, ModelPort, ModelResult, ToolOutcome, ToolPort
 from agents.pricing import PriceTable
@@ -50,6 +52,8 @@ from agents.tokens import estimate_tokens
 from agents.tracing import RunTrace
 
 Tools = tuple[ToolSchema, ...]
+
+logger = logging.getLogger(LOGGER)
 
 
 @dataclass(frozen=True)
@@ -171,19 +175,19 @@ async def _execute(run: _Run, resumed: bool) -> None:
     except Killed as exc:
         log.emit(RunCancelled, reason=f"killed: {exc.message}", **_spent(budget))
         return
-    except TimeoutError:
+    except TimeoutError as exc:
         # Only our own deadline is a run timeout; a TimeoutError escaping a port is a bug there.
         if deadline.expired():
             limit_s = spec.budgets.run_timeout_s
             _fail(log, budget, RunTimeout(f"run exceeded run_timeout_s={limit_s:g}"))
         else:
-            _fail(log, budget, RayfleetError("internal error: TimeoutError"))
+            _internal_error(log, budget, request, exc)
         return
     except RayfleetError as exc:
         _fail(log, budget, exc)
         return
     except Exception as exc:  # a bug or an untranslated library error: still one terminal event
-        _fail(log, budget, RayfleetError(f"internal error: {type(exc).__name__}"))
+        _internal_error(log, budget, request, exc)
         return
     log.emit(
         RunCompleted,
@@ -196,6 +200,15 @@ async def _execute(run: _Run, resumed: bool) -> None:
 
 def _spent(budget: RunBudget) -> dict[str, object]:
     return {"steps": budget.steps, "usage": budget.usage, "cost_usd": budget.cost_usd}
+
+
+def _internal_error(log: EventLog, budget: RunBudget, request: RunInput, exc: Exception) -> None:
+    # The event names only the type (its text may hold what callers must not see); the
+    # traceback goes to the log, here and nowhere else.
+    logger.error(
+        "run %s failed: internal error (%s)", request.run_id, type(exc).__name__, exc_info=exc
+    )
+    _fail(log, budget, RayfleetError(f"internal error: {type(exc).__name__}"))
 
 
 def _fail(log: EventLog, budget: RunBudget, error: RayfleetError) -> None:
@@ -660,6 +673,7 @@ async def _recall(
     try:
         return await memory.load_thread(request.namespace, request.thread_id)
     except Exception as exc:  # memory is optional: degrade, say so (once), go on
+        logger.warning("thread recall failed: %r", exc, exc_info=first_traceback(exc))
         if not quiet:
             log.emit(MemoryDegraded, reason=f"thread recall failed: {type(exc).__name__}")
         return []
@@ -676,5 +690,6 @@ async def _remember(run: _Run, answer: str) -> None:
     try:
         await memory.append_thread(request.namespace, request.thread_id, turn)
     except Exception as exc:
+        logger.warning("thread save failed: %r", exc, exc_info=first_traceback(exc))
         run.state.degraded = True
         run.log.emit(MemoryDegraded, reason=f"thread save failed: {type(exc).__name__}")

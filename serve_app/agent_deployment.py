@@ -18,6 +18,7 @@ from actors.runtime import ensure_runtime
 from actors.services import LIMITER_ACTOR, check_agents_package, service
 from actors.settings import RuntimeSettings
 from agents.errors import TenantLimited
+from agents.logs import configure_logging
 from agents.spec import AgentSpec
 from agents.tracing import RunTrace, configure_tracing, tracer
 from serve_app.detached import detached, nothing_started
@@ -47,6 +48,7 @@ class AgentDeployment(HandleSurface):
     def __init__(self, spec: AgentSpec, settings: RuntimeSettings) -> None:
         check_agents_package()
         configure_tracing()
+        configure_logging("agent-deployment")
         self._spec = spec
         self._settings = settings
         self._runs: Runs | None = None

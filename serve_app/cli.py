@@ -26,6 +26,7 @@ from agents.events import (
     ToolCalled,
     ToolResulted,
 )
+from agents.logs import configure_logging
 from serve_app.sse import SSEDecoder
 
 if TYPE_CHECKING:
@@ -72,6 +73,7 @@ def serve(
     ] = None,
 ) -> None:
     """Start a local Ray head with the rayfleet Serve app and its simulator; Ctrl-C stops all."""
+    configure_logging("cli")
     for name, value in SERVE_ENV.items():
         os.environ.setdefault(name, value)  # before Ray starts: its processes inherit it
     args: dict[str, Any] = yaml.safe_load(config.read_text()) if config else {}
@@ -90,6 +92,9 @@ def serve(
         include_dashboard=False,
         _node_ip_address="127.0.0.1",
         logging_level=logging.WARNING,
+        # Other libraries' logs in Ray's processes as JSON lines too (rayfleet's own are
+        # agents.logs' JSON, whatever this says); WARNING: as quiet as Ray's own.
+        logging_config=ray.LoggingConfig(encoding="JSON", log_level="WARNING"),
         log_to_driver=False,
     )
     from serve_app.join import forget_head, record_head

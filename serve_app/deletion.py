@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING
 
 from actors.runs_client import Runs
 from agents.errors import Conflict, UnknownRun
+from agents.logs import first_traceback
 
 if TYPE_CHECKING:
     from actors.state.outcomes import OutcomeStore
@@ -39,4 +40,9 @@ async def delete_run(
     try:  # its host may still hold it for replay; a host that is gone holds nothing
         await runs.forget(run_id)
     except Exception as exc:
-        logger.info("host of deleted run %s did not forget it: %r", run_id, exc)
+        logger.info(
+            "host of deleted run %s did not forget it: %r",
+            run_id,
+            exc,
+            exc_info=first_traceback(exc),
+        )

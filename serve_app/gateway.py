@@ -55,6 +55,7 @@ from agents.errors import (
     UnknownRun,
 )
 from agents.events import Event
+from agents.logs import bind_run, configure_logging, first_traceback
 from agents.spec import AgentSpec
 from agents.summary import RunSummary
 from agents.tracing import configure_tracing, inbound_span
@@ -106,6 +107,7 @@ class Gateway(HandleSurface):
     ) -> None:
         check_agents_package()
         configure_tracing()
+        configure_logging("gateway")
         self._agents = agents
         self._specs = {spec.key: spec for spec in specs}
         self._config = config
@@ -164,7 +166,7 @@ class Gateway(HandleSurface):
                 if tick % 5 == 0:
                     await self._judge_canaries()
             except Exception as exc:
-                logger.warning("traffic refresh failed: %r", exc)
+                logger.warning("traffic refresh failed: %r", exc, exc_info=first_traceback(exc))
             await asyncio.sleep(1.0)
 
     async def _delivery_settings(self) -> dict[str, str]:
@@ -221,7 +223,9 @@ class Gateway(HandleSurface):
         ]
 
     def _tenant(self, api_key: str | None) -> TenantConfig:
-        return self._auth.authenticate(f"Bearer {api_key}" if api_key else None)
+        tenant = self._auth.authenticate(f"Bearer {api_key}" if api_key else None)
+        bind_run(tenant=tenant.id)  # this request's log lines name its tenant
+        return tenant
 
     def _choose(self, tenant: TenantConfig, agent: str, version: str | None) -> str:
         # An agent the tenant may not run looks exactly like one that does not exist.
@@ -300,6 +304,7 @@ class Gateway(HandleSurface):
                 # without a hop (a tenant over its rate then costs others little).
                 self._over_rate[tenant.id] = (time.monotonic(), exc)
             raise
+        bind_run(run_id=run_id)
         for shadow in choice.shadows:
             self._spawn(self._shadow(run_id, f"{agent}@{shadow}", tenant, request.input))
         return run_id
@@ -318,7 +323,13 @@ class Gateway(HandleSurface):
             )
             await self._agents[key].start.remote(text, None, context, tenant.namespace, "shadow")
         except Exception as exc:  # a shadow is a sample: losing one costs nothing visible
-            logger.warning("shadow run of %s on %s not started: %r", primary, key, exc)
+            logger.warning(
+                "shadow run of %s on %s not started: %r",
+                primary,
+                key,
+                exc,
+                exc_info=first_traceback(exc),
+            )
 
     def _refuse_if_known_over_rate(self, tenant: str) -> None:
         known = self._over_rate.get(tenant)
@@ -497,7 +508,9 @@ class Gateway(HandleSurface):
         return JSONResponse({"status": "ok"})
 
     def _caller(self, request: Request) -> TenantConfig:
-        return self._auth.authenticate(request.headers.get("authorization"))
+        tenant = self._auth.authenticate(request.headers.get("authorization"))
+        bind_run(tenant=tenant.id)  # this request's log lines name its tenant
+        return tenant
 
     async def _http_list_agents(self, request: Request) -> Response:
         tenant = self._caller(request)
@@ -772,7 +785,10 @@ async def _rayfleet_error(request: Request, exc: RayfleetError) -> Response:
 
 async def _unexpected_error(request: Request, exc: Exception) -> Response:
     error = as_rayfleet_error(exc)
-    logger.warning("%s %s failed: %s", request.method, request.url.path, type(exc).__name__)
+    if type(error) is RayfleetError:  # a bug, not an outage: its traceback, once
+        logger.error("%s %s failed", request.method, request.url.path, exc_info=exc)
+    else:
+        logger.warning("%s %s failed: %s", request.method, request.url.path, type(exc).__name__)
     return error_response(error)
 
 

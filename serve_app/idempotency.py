@@ -35,6 +35,7 @@ from pydantic import BaseModel
 
 from actors.state.runs import KeyClaim
 from agents.errors import Conflict, RequestInvalid
+from agents.logs import first_traceback
 from serve_app.detached import detached, nothing_started
 
 logger = logging.getLogger("rayfleet")
@@ -182,11 +183,18 @@ class Idempotency:
                 await self._store.finish_key(scope, created)
                 return
             except Exception as exc:  # it was created: answer anyway
-                logger.warning("could not record idempotency key (%d): %r", attempt, exc)
+                logger.warning(
+                    "could not record idempotency key (%d): %r",
+                    attempt,
+                    exc,
+                    exc_info=first_traceback(exc),
+                )
                 await self._sleep(0.1 * attempt)
 
     async def _release(self, scope: str) -> None:
         try:
             await self._store.release_key(scope)
         except Exception as exc:  # the claim lapses after pending_s
-            logger.warning("could not release idempotency key: %r", exc)
+            logger.warning(
+                "could not release idempotency key: %r", exc, exc_info=first_traceback(exc)
+            )

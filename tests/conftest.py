@@ -70,6 +70,16 @@ def _no_network(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
     yield
 
 
+@pytest.fixture(autouse=True)
+def _default_logging() -> Iterator[None]:
+    """A test that builds an actor's class in this process configures rayfleet's JSON logs
+    (agents.logs): undone after it, so the next test's `caplog` sees rayfleet's records."""
+    yield
+    from agents.logs import reset_logging
+
+    reset_logging()
+
+
 @dataclass(frozen=True)
 class RaySession:
     """The one local Ray of this pytest process (Ray allows one per process)."""

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 
 from actors.state.db import Args, Database, Schema, Statement, Transaction
 from agents.errors import Overloaded
+from agents.logs import first_traceback
 
 logger = logging.getLogger("rayfleet")
 
@@ -160,7 +161,7 @@ class LimiterState:
                 await self._db.ensure(SCHEMA)
                 await self._db.batch(_statements([write for write, _ in batch]))
             except Exception as exc:  # the database's error, as ours: the caller answers 503
-                logger.warning("limiter state write failed: %r", exc)
+                logger.warning("limiter state write failed: %r", exc, exc_info=first_traceback(exc))
                 failed = Overloaded(f"the tenant limiter cannot write its state: {exc}", 5.0)
                 for _, done in batch:
                     if not done.done():

@@ -36,6 +36,7 @@ from actors.outcomes import (
     _Row,
 )
 from actors.state.db import Database, Schema, Transaction
+from agents.logs import first_traceback
 
 logger = logging.getLogger("rayfleet")
 
@@ -293,7 +294,9 @@ class OutcomeStore:
             try:
                 await self.publish_metrics()
             except Exception as exc:
-                logger.warning("publishing outcome metrics failed: %r", exc)
+                logger.warning(
+                    "publishing outcome metrics failed: %r", exc, exc_info=first_traceback(exc)
+                )
             await asyncio.sleep(interval_s)
 
     async def shadow_pairs(self, agent: str, since: float | None = None) -> list[ShadowComparison]:
