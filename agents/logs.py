@@ -82,13 +82,20 @@ async def in_run(
     return await work
 
 
-# Keys a log line must never carry, even inside an exception's text: a Bearer token and the
-# `sk-...` shape of provider keys. A backstop; the code does not log keys in the first place.
-_SECRET = re.compile(r"(?i)(bearer\s+)[^\s\"',;]+|\bsk-[A-Za-z0-9_\-]{8,}")
+# What a log line must never carry, even inside an exception's text (a driver may echo a
+# connection string): a Bearer token, the `sk-...` shape of provider keys, a URL's password.
+# A backstop; the code does not log secrets in the first place.
+_SECRETS = (
+    (re.compile(r"(?i)(bearer\s+)[^\s\"',;]+"), r"\1***"),
+    (re.compile(r"\bsk-[A-Za-z0-9_\-]{8,}"), "sk-***"),
+    (re.compile(r"(\b[a-z][a-z0-9+.\-]*://[^/\s:@]*:)[^@\s/]+@"), r"\1***@"),
+)
 
 
 def _redact(text: str) -> str:
-    return _SECRET.sub(lambda m: f"{m.group(1)}***" if m.group(1) else "sk-***", text)
+    for pattern, replacement in _SECRETS:
+        text = pattern.sub(replacement, text)
+    return text
 
 
 class JsonFormatter(logging.Formatter):

@@ -138,3 +138,16 @@ def held(hold: str) -> int:
             break
         time.sleep(0.01)  # sync tools run in a worker thread of their pool
     return os.getpid()
+
+
+class _Broken:
+    """A tool namespace whose lookup fails with an error the tool pool does not translate
+    (not an AttributeError): `tests.tools_for_tests:broken.tool` reaches the run loop's
+    internal-error path, as a bug in any port would."""
+
+    @property
+    def tool(self) -> str:
+        raise RuntimeError("a bug behind the tool's name")
+
+
+broken = _Broken()

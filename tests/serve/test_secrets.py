@@ -344,6 +344,8 @@ def test_the_canary_appears_nowhere(service: Service, seen: Transcript, otlp: Ot
     # (committed to the WAL, mostly), so the scan looked where the runs are.
     for run_id in seen.run_ids:
         assert scan_files([data], run_id.encode()).leaks, f"{run_id} is not in {data}"
+    # ... and rayfleet's own log lines (agents.logs) are among the files it read.
+    assert scan_files([session / "logs"], b'"logger": "rayfleet"').leaks, "no rayfleet logs"
 
     print(
         f"\nscanned {len(texts)} HTTP bodies ({sum(len(t) for _, t in texts)} chars), "

@@ -160,11 +160,15 @@ def test_keys_are_redacted_even_inside_an_exceptions_text(out: io.StringIO) -> N
     try:
         raise ValueError("provider said: Incorrect API key sk-proj-abcdef0123456789")
     except ValueError:
-        logger.exception("request failed with Authorization: Bearer t0ken-Secret")
+        logger.exception(
+            "request failed with Authorization: Bearer t0ken-Secret on %s",
+            "postgresql://rayfleet:pa55word@127.0.0.1/rayfleet",
+        )
     [line] = lines(out)
     text = json.dumps(line)
-    assert "abcdef0123456789" not in text and "t0ken-Secret" not in text
+    assert all(s not in text for s in ("abcdef0123456789", "t0ken-Secret", "pa55word"))
     assert "Bearer ***" in line["message"] and "sk-***" in line["exc"]
+    assert "postgresql://rayfleet:***@127.0.0.1/rayfleet" in line["message"]
 
 
 def test_the_level_comes_from_the_environment_once() -> None:
