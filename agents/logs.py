@@ -191,7 +191,8 @@ _TRACED_MAX = 1024
 def first_traceback(exc: BaseException) -> BaseException | None:
     """`exc` the first time this process sees an error of its type raised at its line, else
     None: as `exc_info=` for a failure the caller survives and may meet again every retry
-    (a store outage, a dead actor), it logs each distinct failure's traceback once."""
+    (a store outage, a dead actor), it logs each distinct failure's traceback once. Bounded:
+    past 1024 distinct failures a process logs no more tracebacks this way."""
     tb = exc.__traceback__
     while tb is not None and tb.tb_next is not None:
         tb = tb.tb_next

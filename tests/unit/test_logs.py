@@ -146,8 +146,8 @@ async def test_an_internal_error_logs_its_traceback_once_with_the_runs_context(
             execute_run(spec, request, Ports(model=model, tools=ToolPool()), log), "run-1", "acme"
         )
     )
-    failed = log.events()[-1]
-    assert failed.kind == "run.failed" and failed.message == "internal error: Bug"  # type: ignore[union-attr]
+    failed: Any = log.events()[-1]
+    assert failed.kind == "run.failed" and failed.message == "internal error: Bug"
     [line] = lines(out)
     assert line["level"] == "ERROR" and line["run_id"] == "run-1" and line["tenant"] == "acme"
     assert "internal error (Bug)" in line["message"]
