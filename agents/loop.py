@@ -181,13 +181,13 @@ async def _execute(run: _Run, resumed: bool) -> None:
             limit_s = spec.budgets.run_timeout_s
             _fail(log, budget, RunTimeout(f"run exceeded run_timeout_s={limit_s:g}"))
         else:
-            _internal_error(log, budget, request, exc)
+            _internal_error(log, budget, run.request, exc)
         return
     except RayfleetError as exc:
         _fail(log, budget, exc)
         return
     except Exception as exc:  # a bug or an untranslated library error: still one terminal event
-        _internal_error(log, budget, request, exc)
+        _internal_error(log, budget, run.request, exc)
         return
     log.emit(
         RunCompleted,

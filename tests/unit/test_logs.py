@@ -13,7 +13,10 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
+from opentelemetry import trace
 from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
 from actors.tool_pool import ToolPool
 from agents.eventlog import EventLog
@@ -27,7 +30,7 @@ from agents.logs import (
     in_run,
 )
 from agents.loop import Ports, RunInput, execute_run
-from agents.tracing import PinnedIds
+from agents.tracing import PinnedIds, RunTrace, use_provider
 from tests.scripted import ScriptedModel
 
 logger = logging.getLogger("rayfleet")
@@ -202,3 +205,26 @@ def test_first_traceback_names_each_distinct_failure_once() -> None:
     assert first_traceback(first) is first
     assert first_traceback(again) is None  # the same type raised at the same line
     assert first_traceback(other) is other
+
+
+async def test_with_traces_on_the_internal_error_names_the_run_span(out: io.StringIO) -> None:
+    exporter = InMemorySpanExporter()
+    provider = TracerProvider(id_generator=PinnedIds())
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    use_provider(provider)
+    try:
+        spec = next(s for s in example_specs() if s.name == "support")
+        run_trace = RunTrace.start()
+        request = RunInput(run_id="run-1", input="hi", tenant="acme", trace=run_trace)
+        ports = Ports(model=ScriptedModel([Bug("a bug in a port")]), tools=ToolPool())
+        log = EventLog("run-1", trace_id=run_trace.trace_id)
+        work = execute_run(spec, request, ports, log)
+        await asyncio.create_task(in_run(work, "run-1", "acme", run_trace.trace_id))
+    finally:
+        use_provider(trace.NoOpTracerProvider())
+        provider.shutdown()
+    [line] = lines(out)
+    assert line["level"] == "ERROR" and line["trace_id"] == run_trace.trace_id
+    # The span the loop was in when it failed: the run's own, or one inside it.
+    span_ids = {format(s.context.span_id, "016x") for s in exporter.get_finished_spans()}
+    assert line["span_id"] in span_ids
