@@ -20,6 +20,7 @@ import httpx2
 
 from actors.caches import CachedModel, CachedTools, CacheStore
 from actors.credentials import TenantContext
+from actors.metrics import RunObserver, rayfleet_metrics
 from actors.outcomes import RunOutcome
 from actors.router import ModelRouter
 from actors.settings import RuntimeSettings
@@ -33,6 +34,7 @@ from agents.events import (
     BudgetExceededEvent,
     Event,
     RunCreated,
+    RunFailed,
     ToolCalled,
     ToolResulted,
     is_terminal,
@@ -194,7 +196,7 @@ def outcome_of(events: list[Event]) -> RunOutcome | None:
     summary = summarize(events)
     if summary.status == "running" or summary.ended_at is None:
         return None
-    created = events[0]
+    created, end = events[0], events[-1]
     assert isinstance(created, RunCreated)
     return RunOutcome(
         run_id=summary.run_id,
@@ -210,6 +212,7 @@ def outcome_of(events: list[Event]) -> RunOutcome | None:
         output=summary.output,
         steps=summary.steps,
         over_budget=any(isinstance(e, BudgetExceededEvent) for e in events),
+        code=end.code if isinstance(end, RunFailed) else "",
     )
 
 
@@ -220,6 +223,8 @@ class _Run:
     task: asyncio.Task[None]
     lease: str | None = None
     """The run slot this host renews while the run lives and releases when it ends."""
+    observer: RunObserver | None = None
+    """Derives the run's metrics from the events this host stores (none for a shadow)."""
 
 
 class RunHost:
@@ -371,7 +376,11 @@ class RunHost:
         # slot was released when it ended.
         ended = bool(events) and is_terminal(events[-1])
         lease = None if ended else context.lease
-        self._runs[request.run_id] = _Run(spec.key, log, task, lease)
+        observer = None
+        if request.assignment != "shadow":
+            observer = RunObserver(rayfleet_metrics(), spec, context.tenant, events)
+        self._runs[request.run_id] = _Run(spec.key, log, task, lease, observer)
+        self._live_runs_changed()
         task.add_done_callback(lambda _: self._finish(request.run_id, lease))
         if lease is not None:
             self._renew_leases()
@@ -436,9 +445,11 @@ class RunHost:
             logs, self._dirty = list(self._dirty.values()), {}
             # Encoded once here: the store's rows, and later every reader's SSE frames.
             batch = {log.run_id: log.encoded(log.take_unsent()) for log in logs}
+            started = time.perf_counter()
             try:
                 await self._store.append_events({k: v for k, v in batch.items() if v})
             except Exception as exc:
+                self._committed("error", started)
                 # Nothing is published until it is stored: readers wait, the runs go on.
                 failures += 1
                 logger.warning("run store write failed (%d): %r", failures, exc)
@@ -450,9 +461,23 @@ class RunHost:
                 await asyncio.sleep(min(0.05 * 2**failures, 2.0))
                 continue
             failures = 0
+            self._committed("ok", started)
             for log in logs:
                 if batch[log.run_id]:
                     log.publish(batch[log.run_id][-1].event.seq)
+                    run = self._runs.get(log.run_id)
+                    if run is not None and run.observer is not None:
+                        # Stored: observed once, here, and never again (a host that resumes
+                        # the run reads these events back from the store).
+                        run.observer.observe(e.event for e in batch[log.run_id])
+
+    def _committed(self, status: str, started: float) -> None:
+        rayfleet_metrics().store_commit_seconds.observe(
+            time.perf_counter() - started, tags={"status": status}
+        )
+
+    def _live_runs_changed(self) -> None:
+        rayfleet_metrics().live_runs.set(self.load(), tags={"host": self.host_id})
 
     def _finish(self, run_id: str, lease: str | None) -> None:
         if self._limiter is not None and lease is not None:
@@ -466,6 +491,7 @@ class RunHost:
         while len(self._finished) > self._settings.finished_runs_kept:
             evicted, _ = self._finished.popitem(last=False)
             self._runs.pop(evicted, None)
+        self._live_runs_changed()
         if self._on_run_end is not None:
             self._on_run_end(self.host_id)
 

@@ -8,6 +8,7 @@ from typing import Protocol
 
 from actors.credentials import TenantContext
 from actors.limiter import Admission
+from actors.metrics import limiter_refused
 from actors.router import Credentials, ModelRouter
 from actors.switches import KillSwitches
 from agents.errors import Killed, TenantLimited
@@ -92,6 +93,7 @@ class TenantModel:
         estimate = self._prices.cost_usd(tier.chain[0].model, worst)
         admission = await self._limiter.reserve(self._context.tenant, worst.total_tokens, estimate)
         if not admission.ok or admission.reservation is None:
+            limiter_refused(self._context.tenant, admission.limit)
             raise TenantLimited(
                 f"tenant {self._context.tenant!r} reached its {admission.limit} limit",
                 admission.retry_after_s,

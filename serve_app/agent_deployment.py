@@ -12,6 +12,7 @@ from ray import serve
 
 from actors.credentials import TenantContext
 from actors.limiter import Admission
+from actors.metrics import limiter_refused
 from actors.named import NamedActor
 from actors.runs_client import Runs
 from actors.runtime import ensure_runtime
@@ -86,6 +87,7 @@ class AgentDeployment(HandleSurface):
         if context.shadow_of is None:
             admission: Admission = await limiter.admit_run.remote(context.tenant)
             if not admission.ok:
+                limiter_refused(context.tenant, admission.limit)
                 raise TenantLimited(
                     f"tenant {context.tenant!r} is over its {admission.limit} limit",
                     admission.retry_after_s,

@@ -58,6 +58,13 @@ def serve(
         Path | None, typer.Option(help="YAML with the rayfleet app args (see cluster/serve.yaml).")
     ] = None,
     num_cpus: Annotated[int, typer.Option(help="CPUs the local Ray head offers.")] = 2,
+    metrics_port: Annotated[
+        int,
+        typer.Option(
+            help="Port of Ray's Prometheus endpoint (/metrics, rayfleet's metrics included) "
+            "on 127.0.0.1; 0: a free one."
+        ),
+    ] = 8080,
     sim_port: Annotated[
         int, typer.Option(help="Port of the provider simulator on 127.0.0.1; 0: a free one.")
     ] = 0,
@@ -89,6 +96,9 @@ def serve(
         num_cpus=num_cpus,
         include_dashboard=False,
         _node_ip_address="127.0.0.1",
+        # Ray's metrics agent serves it on the node's IP: here 127.0.0.1. A fixed port, as
+        # on `ray start` clusters (KubeRay's 8080), so a Prometheus config can name it.
+        _metrics_export_port=metrics_port or None,
         logging_level=logging.WARNING,
         log_to_driver=False,
     )
@@ -102,6 +112,9 @@ def serve(
         console.print(f"rayfleet is serving at [bold]http://127.0.0.1:{port}[/] (Ctrl-C stops it)")
         console.print(f"  provider simulator: {sim.base_url} (its /_sim control API off)")
         console.print(f"  state: {state_url}", soft_wrap=True)  # a long URL on one line
+        nodes = ray.nodes()  # type: ignore[no-untyped-call]
+        exported = [n["MetricsExportPort"] for n in nodes if n.get("Alive")]
+        console.print(f"  metrics (Prometheus): http://127.0.0.1:{exported[0]}/metrics")
         example = '{"input": "Where is order 1234?"}'
         console.print(
             f"  try: curl -N -H 'Accept: text/event-stream' -d '{example}' "
