@@ -449,7 +449,7 @@ class RunHost:
             try:
                 await self._store.append_events({k: v for k, v in batch.items() if v})
             except Exception as exc:
-                self._committed("error", started)
+                self._observe_commit("error", time.perf_counter() - started, {})
                 # Nothing is published until it is stored: readers wait, the runs go on.
                 failures += 1
                 logger.warning("run store write failed (%d): %r", failures, exc)
@@ -461,20 +461,26 @@ class RunHost:
                 await asyncio.sleep(min(0.05 * 2**failures, 2.0))
                 continue
             failures = 0
-            self._committed("ok", started)
+            elapsed_s = time.perf_counter() - started
             for log in logs:
                 if batch[log.run_id]:
                     log.publish(batch[log.run_id][-1].event.seq)
-                    run = self._runs.get(log.run_id)
-                    if run is not None and run.observer is not None:
-                        # Stored: observed once, here, and never again (a host that resumes
-                        # the run reads these events back from the store).
-                        run.observer.observe(e.event for e in batch[log.run_id])
+            self._observe_commit("ok", elapsed_s, batch)
 
-    def _committed(self, status: str, started: float) -> None:
-        rayfleet_metrics().store_commit_seconds.observe(
-            time.perf_counter() - started, tags={"status": status}
-        )
+    def _observe_commit(
+        self, status: str, elapsed_s: float, stored: dict[str, list[EncodedEvent]]
+    ) -> None:
+        """A commit's latency, and the metrics of the events it stored: observed once, here,
+        and never again (a host that resumes a run reads its events back from the store).
+        Metrics never stop the group commit: a failure here is logged and dropped."""
+        try:
+            rayfleet_metrics().store_commit_seconds.observe(elapsed_s, tags={"status": status})
+            for run_id, events in stored.items():
+                run = self._runs.get(run_id)
+                if events and run is not None and run.observer is not None:
+                    run.observer.observe(e.event for e in events)
+        except Exception as exc:
+            logger.warning("recording metrics failed: %r", exc)
 
     def _live_runs_changed(self) -> None:
         rayfleet_metrics().live_runs.set(self.load(), tags={"host": self.host_id})

@@ -20,6 +20,8 @@ SLOTS_KEY = "rf-test-slots-f3b8a2"
 SLOTS_RUNS = 2
 OBSERVED_KEY = "rf-test-observed-8c47d0"
 """tests/serve/test_metrics.py's own tenant: the metrics tagged with it are its runs'."""
+OBSERVED_RPM_KEY = "rf-test-observed-rpm-27e915"
+"""tests/serve/test_metrics.py's tenant with one run per minute: its refusals are counted."""
 LIMITED_RPM = 30
 THRIFTY_BUDGET_USD = 0.03
 UNSET_ENV = "RAYFLEET_TEST_UNSET_KEY"
@@ -46,6 +48,11 @@ TENANCY = TenancyConfig(
             limits=TenantLimits(concurrent_runs=SLOTS_RUNS),
         ),
         TenantConfig(id="observed", api_key_sha256=(digest(OBSERVED_KEY),)),
+        TenantConfig(
+            id="observed_rpm",
+            api_key_sha256=(digest(OBSERVED_RPM_KEY),),
+            limits=TenantLimits(requests_per_min=1),
+        ),
         TenantConfig(
             id="byok",
             api_key_sha256=(digest(BYOK_KEY),),

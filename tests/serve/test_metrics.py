@@ -23,9 +23,10 @@ from agents.events import (
     ToolResulted,
 )
 from tests.fixtures_sim import Sim
+from tests.helpers import wait_for
 from tests.serve.conftest import Service
 from tests.serve.metrics import samples, scrape_until
-from tests.serve.tenants import OBSERVED_KEY, auth
+from tests.serve.tenants import OBSERVED_KEY, OBSERVED_RPM_KEY, auth
 from tests.serve.test_runs_http import read_sse
 
 pytestmark = pytest.mark.serve
@@ -127,3 +128,30 @@ def test_the_metrics_say_what_the_runs_events_say(service: Service, sim: Sim) ->
     assert samples(page, "ray_rayfleet_live_runs")
     assert samples(page, "ray_rayfleet_sse_clients")  # the gateway's streams, all closed now
     assert samples(page, "ray_rayfleet_breaker_state")
+
+
+def test_limiter_refusals_are_counted_by_tenant_and_limit(service: Service, sim: Sim) -> None:
+    # One run per minute: the first start is admitted, the next two are refused (by the
+    # limiter, then by the gateway from the refusal it remembers); both are counted.
+    refusals = {"tenant": "observed_rpm", "limit": "requests_per_min"}
+    _, before = scrape_until(lambda page: True)
+    headers = auth(OBSERVED_RPM_KEY)
+    statuses = []
+    for text in ("Hello?", "Hello again?", "Anyone?"):
+        response = service.http.post(RUNS, json={"input": text}, headers=headers)
+        statuses.append(response.status_code)
+        if response.status_code == 202:
+            run_id = response.json()["run_id"]
+    assert statuses == [202, 429, 429], statuses
+
+    def refused(page: str) -> bool:
+        name = "ray_rayfleet_limiter_refusals_total"
+        return total(page, name, **refusals) - total(before, name, **refusals) == 2
+
+    scrape_until(refused)
+
+    def ended() -> bool:  # leave nothing running for the next test
+        summary = service.http.get(f"/v1/runs/{run_id}", headers=headers).json()
+        return bool(summary["status"] != "running")
+
+    wait_for(ended, timeout_s=30)

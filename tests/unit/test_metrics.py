@@ -9,25 +9,31 @@ import re
 from collections.abc import Iterator
 from pathlib import Path
 
+import httpx2
 import pytest
 
 from actors.breaker import Breakers
 from actors.caches import CacheSettings
+from actors.credentials import TenantContext
+from actors.limiter import TenantLimiter, TenantLimits
 from actors.metrics import RayfleetMetrics, RunObserver, rayfleet_metrics
 from actors.outcomes import RayOutcomeMetrics
+from actors.router import ModelRouter
 from actors.run_host import RunHost, new_run_id
 from actors.settings import RuntimeSettings, simulator_providers
 from actors.state import open_state
+from actors.tenant_model import TenantModel
 from actors.tool_pool import ToolPool
+from agents.errors import TenantLimited
 from agents.eventlog import EventLog
 from agents.events import Event, ModelCompleted, RunCompleted, RunCreated, is_terminal
 from agents.examples import example_specs, support_tools
 from agents.loop import Ports, RunInput, execute_run
-from agents.messages import ToolCall, Usage
+from agents.messages import Message, ToolCall, Usage
 from agents.spec import AgentSpec
 from tests.fixtures_sim import Sim
 from tests.helpers import eventually
-from tests.scripted import Reply, ScriptedModel
+from tests.scripted import PRICES, Reply, ScriptedModel
 
 ROOT = Path(__file__).parents[2]
 DASHBOARD = ROOT / "cluster" / "grafana-dashboard.json"
@@ -220,6 +226,25 @@ async def test_a_run_host_records_a_run_once_and_not_again_when_it_resumes_it(
     finally:
         await host.aclose()
         await state.close()
+
+
+async def test_a_model_call_the_limiter_refuses_is_counted_by_its_limit(
+    sim: Sim, recorded: dict[str, RecordedPoints]
+) -> None:
+    limiter = TenantLimiter({"acme": TenantLimits(daily_budget_usd=1e-9)})
+    context = TenantContext(tenant="acme", metered=True)
+    async with httpx2.AsyncClient() as http:
+        router = ModelRouter(simulator_providers(sim.base_url), PRICES, http)
+        model = TenantModel(router, context, PRICES, limiter)
+        tier = support().tiers["strong"]
+        messages = (Message(role="user", content="Where is order 1002?"),)
+        with pytest.raises(TenantLimited):
+            async for _ in model.stream(tier, messages, (), timeout_s=5):
+                pass
+    assert recorded["limiter_refusals"].points == [
+        (1.0, {"tenant": "acme", "limit": "daily_budget_usd"})
+    ]
+    assert recorded["model_attempt_seconds"].points == []  # nothing was sent
 
 
 # -- the dashboard ------------------------------------------------------------------------
