@@ -7,6 +7,7 @@ import json
 import logging
 import os
 import signal
+import socket
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
@@ -84,6 +85,7 @@ def serve(
     args: dict[str, Any] = yaml.safe_load(config.read_text()) if config else {}
     _check_data_dir()
     state_url = _check_state(state, args.get("runtime", {}).get("state_url"))
+    _check_metrics_port(metrics_port)
     sim = _start_simulator(sim_port)
     import ray
 
@@ -141,6 +143,22 @@ def _stop_on_signals() -> None:
 
     signal.signal(signal.SIGINT, signal.default_int_handler)
     signal.signal(signal.SIGTERM, stop)
+
+
+def _check_metrics_port(port: int) -> None:
+    """Ray does not start at all when its metrics port is taken (its node times out after
+    a minute): say so at once, and what to do."""
+    if not port:
+        return
+    with socket.socket() as probe:
+        try:
+            probe.bind(("127.0.0.1", port))
+        except OSError:
+            err.print(
+                f"[red]the metrics port 127.0.0.1:{port} is in use[/]: pass --metrics-port "
+                "with a free port, or --metrics-port 0 to let Ray pick one"
+            )
+            raise typer.Exit(2) from None
 
 
 def _check_data_dir() -> None:
