@@ -44,7 +44,10 @@ class CircuitBreaker:
         failure_threshold: int = 5,
         open_s: float = 30.0,
         clock: Callable[[], float] = time.monotonic,
+        on_change: Callable[[str, BreakerState], None] | None = None,
     ) -> None:
+        """`on_change(provider, state)`: told the state at creation and at every change
+        (actors.metrics keeps it as a gauge)."""
         if failure_threshold < 1:
             raise ValueError(f"failure_threshold must be >= 1, not {failure_threshold}")
         self.provider = provider
@@ -56,6 +59,9 @@ class CircuitBreaker:
         self._open_until = 0.0
         self._probe_out = False
         self._generation = 0
+        self._on_change = on_change
+        if on_change is not None:
+            on_change(provider, "closed")
 
     def __repr__(self) -> str:
         return f"CircuitBreaker({self.provider!r}, state={self.state!r})"
@@ -116,6 +122,8 @@ class CircuitBreaker:
         self._open_until = self._clock() + max(0.0, seconds)
 
     def _transition(self, state: BreakerState) -> None:
+        if self._on_change is not None and state != self._state:
+            self._on_change(self.provider, state)
         self._state = state
         self._generation += 1
         self._failures = 0
@@ -131,10 +139,12 @@ class Breakers:
         failure_threshold: int = 5,
         open_s: float = 30.0,
         clock: Callable[[], float] = time.monotonic,
+        on_change: Callable[[str, BreakerState], None] | None = None,
     ) -> None:
         self._failure_threshold = failure_threshold
         self._open_s = open_s
         self._clock = clock
+        self._on_change = on_change
         self._by_provider: dict[str, CircuitBreaker] = {}
 
     def __getitem__(self, provider: str) -> CircuitBreaker:
@@ -145,6 +155,7 @@ class Breakers:
                 failure_threshold=self._failure_threshold,
                 open_s=self._open_s,
                 clock=self._clock,
+                on_change=self._on_change,
             )
             self._by_provider[provider] = breaker
         return breaker

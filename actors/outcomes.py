@@ -72,6 +72,9 @@ class RunOutcome(BaseModel):
     over_budget: bool = False
     """A budget ran out (the run failed on it, or wrapped up with what it had): the run is
     unsuccessful unless the caller posts an outcome saying otherwise."""
+    code: str = ""
+    """A failed run's error code (run.failed); empty otherwise. A metric label only, not
+    stored."""
 
     @model_validator(mode="after")
     def _shadow_has_a_primary(self) -> RunOutcome:
@@ -270,15 +273,17 @@ METRICS_INTERVAL_S = 5.0
 
 class RayOutcomeMetrics:
     """Outcome metrics as Ray metrics (Prometheus through Ray's metrics agent, where Ray
-    prefixes them with `ray_`). Tags: agent, version, tenant (+ status on runs)."""
+    prefixes them with `ray_`). Tags: agent, version, tenant (+ status and code on runs).
+    The other metrics are actors.metrics."""
 
     def __init__(self) -> None:
         from ray.util.metrics import Counter, Gauge
 
         self._runs = Counter(
             "rayfleet_runs_total",
-            "Finished runs recorded, by how they ended (shadow runs excluded).",
-            tag_keys=(*_TAGS, "status"),
+            "Finished runs recorded, by how they ended: status, and a failed run's error "
+            "code (shadow runs excluded).",
+            tag_keys=(*_TAGS, "status", "code"),
         )
         self._cost = Counter(
             "rayfleet_run_cost_usd_total",
@@ -303,7 +308,7 @@ class RayOutcomeMetrics:
 
     def run_recorded(self, outcome: RunOutcome) -> None:
         tags = {"agent": outcome.agent, "version": outcome.version, "tenant": outcome.tenant}
-        self._runs.inc(1.0, tags={**tags, "status": outcome.status})
+        self._runs.inc(1.0, tags={**tags, "status": outcome.status, "code": outcome.code})
         if outcome.cost_usd > 0:  # a Ray counter only takes positive steps
             self._cost.inc(outcome.cost_usd, tags=tags)
 

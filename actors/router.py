@@ -37,6 +37,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 from tenacity import AsyncRetrying, RetryCallState, wait_exponential_jitter
 
 from actors.breaker import Breakers, Permit
+from actors.metrics import attempt_ended, breaker_changed
 from actors.providers.anthropic import AnthropicClient
 from actors.providers.openai import OpenAIClient
 from agents import spans
@@ -181,6 +182,7 @@ class ModelRouter:
             failure_threshold=self.settings.breaker_failures,
             open_s=self.settings.breaker_open_s,
             clock=clock,
+            on_change=breaker_changed,
         )
         # tenacity's strategy computes the backoff; the loop below owns the attempts because
         # it yields streamed items between them.
@@ -330,6 +332,7 @@ class ModelRouter:
                     yield item
                     continue
                 breaker.succeeded(permit)
+                attempt_ended(ref.provider, "ok", self._clock() - started)
                 estimated = item.usage == Usage()  # no usage reported: estimate, and say so
                 if estimated:
                     item = item.model_copy(update={"usage": _estimate(request, item.message)})
@@ -344,6 +347,7 @@ class ModelRouter:
                 return
         except ProviderRejected:
             breaker.succeeded(permit)  # it answered: the provider is up, the request is bad
+            attempt_ended(ref.provider, "rejected", self._clock() - started)
             raise
         except ProviderUnavailable as exc:
             elapsed = self._clock() - started
@@ -351,6 +355,8 @@ class ModelRouter:
             retry_after = exc.retry_after_s
             too_long = retry_after is not None and retry_after > self.settings.retry_after_cap_s
             breaker.failed(permit, open_for_s=retry_after if too_long else None)
+            status = "timeout" if timed_out and not streamed else _status(exc)
+            attempt_ended(ref.provider, status, elapsed)
             call.tried.append(f"{ref.provider}/{ref.model}")
             call.failures.append(f"{ref.provider}/{ref.model}: {exc}")
             call.last_provider = ref.provider
@@ -402,6 +408,11 @@ class ModelRouter:
         if skipped:
             message += f"; skipped, circuit breaker open: {skipped}"
         return AllProvidersFailed(message, call.last_provider)
+
+
+def _status(error: ProviderUnavailable) -> str:
+    """An unavailable attempt's metric status: its HTTP status, else "unavailable"."""
+    return "unavailable" if error.status_code is None else str(error.status_code)
 
 
 def _estimate(request: ModelRequest, reply: Message) -> Usage:

@@ -21,6 +21,7 @@ import httpx2
 
 from actors.caches import CachedModel, CachedTools, CacheStore
 from actors.credentials import TenantContext
+from actors.metrics import RunObserver, rayfleet_metrics
 from actors.outcomes import RunOutcome
 from actors.router import ModelRouter
 from actors.settings import RuntimeSettings
@@ -34,6 +35,7 @@ from agents.events import (
     BudgetExceededEvent,
     Event,
     RunCreated,
+    RunFailed,
     ToolCalled,
     ToolResulted,
     is_terminal,
@@ -196,7 +198,7 @@ def outcome_of(events: list[Event]) -> RunOutcome | None:
     summary = summarize(events)
     if summary.status == "running" or summary.ended_at is None:
         return None
-    created = events[0]
+    created, end = events[0], events[-1]
     assert isinstance(created, RunCreated)
     return RunOutcome(
         run_id=summary.run_id,
@@ -212,6 +214,7 @@ def outcome_of(events: list[Event]) -> RunOutcome | None:
         output=summary.output,
         steps=summary.steps,
         over_budget=any(isinstance(e, BudgetExceededEvent) for e in events),
+        code=end.code if isinstance(end, RunFailed) else "",
     )
 
 
@@ -222,6 +225,8 @@ class _Run:
     task: asyncio.Task[None]
     lease: str | None = None
     """The run slot this host renews while the run lives and releases when it ends."""
+    observer: RunObserver | None = None
+    """Derives the run's metrics from the events this host stores (none for a shadow)."""
 
 
 class RunHost:
@@ -374,7 +379,11 @@ class RunHost:
         # slot was released when it ended.
         ended = bool(events) and is_terminal(events[-1])
         lease = None if ended else context.lease
-        self._runs[request.run_id] = _Run(spec.key, log, task, lease)
+        observer = None
+        if request.assignment != "shadow":
+            observer = RunObserver(rayfleet_metrics(), spec, context.tenant, events)
+        self._runs[request.run_id] = _Run(spec.key, log, task, lease, observer)
+        self._live_runs_changed()
         task.add_done_callback(lambda _: self._finish(request.run_id, lease))
         if lease is not None:
             self._renew_leases()
@@ -448,9 +457,11 @@ class RunHost:
             logs, self._dirty = list(self._dirty.values()), {}
             # Encoded once here: the store's rows, and later every reader's SSE frames.
             batch = {log.run_id: log.encoded(log.take_unsent()) for log in logs}
+            started = time.perf_counter()
             try:
                 await self._store.append_events({k: v for k, v in batch.items() if v})
             except Exception as exc:
+                self._observe_commit("error", time.perf_counter() - started, {})
                 # Nothing is published until it is stored: readers wait, the runs go on.
                 failures += 1
                 logger.warning(
@@ -464,9 +475,29 @@ class RunHost:
                 await asyncio.sleep(min(0.05 * 2**failures, 2.0))
                 continue
             failures = 0
+            elapsed_s = time.perf_counter() - started
             for log in logs:
                 if batch[log.run_id]:
                     log.publish(batch[log.run_id][-1].event.seq)
+            self._observe_commit("ok", elapsed_s, batch)
+
+    def _observe_commit(
+        self, status: str, elapsed_s: float, stored: dict[str, list[EncodedEvent]]
+    ) -> None:
+        """A commit's latency, and the metrics of the events it stored: observed once, here,
+        and never again (a host that resumes a run reads its events back from the store).
+        Metrics never stop the group commit: a failure here is logged and dropped."""
+        try:
+            rayfleet_metrics().store_commit_seconds.observe(elapsed_s, tags={"status": status})
+            for run_id, events in stored.items():
+                run = self._runs.get(run_id)
+                if events and run is not None and run.observer is not None:
+                    run.observer.observe(e.event for e in events)
+        except Exception as exc:
+            logger.warning("recording metrics failed: %r", exc)
+
+    def _live_runs_changed(self) -> None:
+        rayfleet_metrics().live_runs.set(self.load(), tags={"host": self.host_id})
 
     def _finish(self, run_id: str, lease: str | None) -> None:
         if self._limiter is not None and lease is not None:
@@ -480,6 +511,7 @@ class RunHost:
         while len(self._finished) > self._settings.finished_runs_kept:
             evicted, _ = self._finished.popitem(last=False)
             self._runs.pop(evicted, None)
+        self._live_runs_changed()
         if self._on_run_end is not None:
             self._on_run_end(self.host_id)
 

@@ -8,6 +8,7 @@ from typing import Protocol
 
 from actors.credentials import TenantContext
 from actors.limiter import Admission
+from actors.metrics import limiter_refused
 from actors.router import Credentials, ModelRouter
 from actors.switches import KillSwitches
 from agents import spans
@@ -102,6 +103,7 @@ class TenantModel:
             raise
         spans.reserved(span, None if admission.ok else admission.limit or "unknown")
         if not admission.ok or admission.reservation is None:
+            limiter_refused(self._context.tenant, admission.limit)
             raise TenantLimited(
                 f"tenant {self._context.tenant!r} reached its {admission.limit} limit",
                 admission.retry_after_s,

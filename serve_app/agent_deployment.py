@@ -12,6 +12,7 @@ from ray import serve
 
 from actors.credentials import TenantContext
 from actors.limiter import Admission
+from actors.metrics import limiter_refused
 from actors.named import NamedActor
 from actors.runs_client import Runs
 from actors.runtime import ensure_runtime
@@ -100,6 +101,7 @@ class AgentDeployment(HandleSurface):
                 if not admission.ok and admission.limit is not None:
                     span.set_attribute("rayfleet.limit", admission.limit)
             if not admission.ok:
+                limiter_refused(context.tenant, admission.limit)
                 raise TenantLimited(
                     f"tenant {context.tenant!r} is over its {admission.limit} limit",
                     admission.retry_after_s,

@@ -7,6 +7,7 @@ import json
 import logging
 import os
 import signal
+import socket
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
@@ -59,6 +60,13 @@ def serve(
         Path | None, typer.Option(help="YAML with the rayfleet app args (see cluster/serve.yaml).")
     ] = None,
     num_cpus: Annotated[int, typer.Option(help="CPUs the local Ray head offers.")] = 2,
+    metrics_port: Annotated[
+        int,
+        typer.Option(
+            help="Port of Ray's Prometheus endpoint (/metrics, rayfleet's metrics included) "
+            "on 127.0.0.1; 0: a free one."
+        ),
+    ] = 8080,
     sim_port: Annotated[
         int, typer.Option(help="Port of the provider simulator on 127.0.0.1; 0: a free one.")
     ] = 0,
@@ -79,6 +87,7 @@ def serve(
     args: dict[str, Any] = yaml.safe_load(config.read_text()) if config else {}
     _check_data_dir()
     state_url = _check_state(state, args.get("runtime", {}).get("state_url"))
+    _check_metrics_port(metrics_port)
     sim = _start_simulator(sim_port)
     import ray
 
@@ -91,6 +100,9 @@ def serve(
         num_cpus=num_cpus,
         include_dashboard=False,
         _node_ip_address="127.0.0.1",
+        # Ray's metrics agent serves it on the node's IP: here 127.0.0.1. A fixed port, as
+        # on `ray start` clusters (KubeRay's 8080), so a Prometheus config can name it.
+        _metrics_export_port=metrics_port or None,
         logging_level=logging.WARNING,
         # Other libraries' logs in Ray's processes as JSON lines too (rayfleet's own are
         # agents.logs' JSON, whatever this says); WARNING: as quiet as Ray's own.
@@ -107,6 +119,9 @@ def serve(
         console.print(f"rayfleet is serving at [bold]http://127.0.0.1:{port}[/] (Ctrl-C stops it)")
         console.print(f"  provider simulator: {sim.base_url} (its /_sim control API off)")
         console.print(f"  state: {state_url}", soft_wrap=True)  # a long URL on one line
+        nodes = ray.nodes()  # type: ignore[no-untyped-call]
+        exported = [n["MetricsExportPort"] for n in nodes if n.get("Alive")]
+        console.print(f"  metrics (Prometheus): http://127.0.0.1:{exported[0]}/metrics")
         example = '{"input": "Where is order 1234?"}'
         console.print(
             f"  try: curl -N -H 'Accept: text/event-stream' -d '{example}' "
@@ -133,6 +148,22 @@ def _stop_on_signals() -> None:
 
     signal.signal(signal.SIGINT, signal.default_int_handler)
     signal.signal(signal.SIGTERM, stop)
+
+
+def _check_metrics_port(port: int) -> None:
+    """Ray does not start at all when its metrics port is taken (its node times out after
+    a minute): say so at once, and what to do."""
+    if not port:
+        return
+    with socket.socket() as probe:
+        try:
+            probe.bind(("127.0.0.1", port))
+        except OSError:
+            err.print(
+                f"[red]the metrics port 127.0.0.1:{port} is in use[/]: pass --metrics-port "
+                "with a free port, or --metrics-port 0 to let Ray pick one"
+            )
+            raise typer.Exit(2) from None
 
 
 def _check_data_dir() -> None:

@@ -37,6 +37,7 @@ from actors.batches import (
     new_batch_id,
 )
 from actors.credentials import TenantContext
+from actors.metrics import SSEClients, limiter_refused
 from actors.named import NamedActor
 from actors.outcomes import VersionStats
 from actors.runs_client import Runs
@@ -125,6 +126,7 @@ class Gateway(HandleSurface):
         self._background: set[asyncio.Task[None]] = set()
         self._over_rate: dict[str, tuple[float, TenantLimited]] = {}
         """Tenants the limiter refused for their request rate: when, and its refusal."""
+        self._sse_clients = SSEClients()
 
     def handle_limit_bytes(self) -> int:
         return self._config.max_body_bytes  # a handle call weighs what its HTTP body would
@@ -340,6 +342,7 @@ class Gateway(HandleSurface):
         if waited >= refusal.retry_after_s:
             del self._over_rate[tenant]
             return
+        limiter_refused(tenant, refusal.limit)  # refused as the limiter would: counted alike
         raise TenantLimited(
             f"tenant {tenant!r} is over its {refusal.limit} limit",
             refusal.retry_after_s - waited,
@@ -711,10 +714,14 @@ class Gateway(HandleSurface):
         # Only called once the caller is known to own the run. Each batch's frames were
         # built by the run host: relayed as one body chunk, no event decoded here.
         async def frames() -> AsyncIterator[bytes]:
-            runs = await self._client()
-            async with contextlib.aclosing(runs.batches(run_id, after)) as batches:
-                async for batch in batches:
-                    yield batch.frames
+            self._sse_clients.opened()
+            try:
+                runs = await self._client()
+                async with contextlib.aclosing(runs.batches(run_id, after)) as batches:
+                    async for batch in batches:
+                        yield batch.frames
+            finally:
+                self._sse_clients.closed()
 
         return EventSourceResponse(
             frames(),

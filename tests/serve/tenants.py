@@ -18,6 +18,10 @@ BYOK_KEY = "rf-test-byok-3a8e07"
 BYOK_MISSING_KEY = "rf-test-byok-missing-62d9b4"
 SLOTS_KEY = "rf-test-slots-f3b8a2"
 SLOTS_RUNS = 2
+OBSERVED_KEY = "rf-test-observed-8c47d0"
+"""tests/serve/test_metrics.py's own tenant: the metrics tagged with it are its runs'."""
+OBSERVED_RPM_KEY = "rf-test-observed-rpm-27e915"
+"""tests/serve/test_metrics.py's tenant with one run per minute: its refusals are counted."""
 LIMITED_RPM = 30
 THRIFTY_BUDGET_USD = 0.03
 UNSET_ENV = "RAYFLEET_TEST_UNSET_KEY"
@@ -42,6 +46,12 @@ TENANCY = TenancyConfig(
             id="slots",
             api_key_sha256=(digest(SLOTS_KEY),),
             limits=TenantLimits(concurrent_runs=SLOTS_RUNS),
+        ),
+        TenantConfig(id="observed", api_key_sha256=(digest(OBSERVED_KEY),)),
+        TenantConfig(
+            id="observed_rpm",
+            api_key_sha256=(digest(OBSERVED_RPM_KEY),),
+            limits=TenantLimits(requests_per_min=1),
         ),
         TenantConfig(
             id="byok",

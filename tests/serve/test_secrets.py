@@ -323,9 +323,25 @@ def test_the_canary_appears_nowhere(service: Service, seen: Transcript, otlp: Ot
     for url in ("/openapi.json", "/healthz", "/v1/agents", "/v1/runs/run-h0-00000000000000000000"):
         response = service.http.get(url, headers=auth(BYOK_KEY))
         texts.append((f"GET {url} -> {response.status_code}", response.text))
-    # Ray's metrics as Prometheus scrapes them, once they hold rayfleet's own (tagged with
-    # tenants: where a key would show if one leaked into a tag).
-    metrics = scrape_until(lambda page: "ray_rayfleet_runs_total{" in page)
+
+    # Ray's metrics as Prometheus scrapes them, once they hold rayfleet's own for this
+    # tenant's runs (tagged with tenants, providers, error codes, and the breakers of the
+    # tenant's own keys, named by a digest: where a key would show if one leaked into a tag).
+    def holds_the_tenants_figures(page: str) -> bool:
+        return all(
+            marker in page
+            for marker in (
+                "ray_rayfleet_runs_total{",
+                'code="provider_rejected"',
+                "ray_rayfleet_runs_started_total{",
+                'tenant="byok"',
+                "ray_rayfleet_breaker_state{",
+                'provider="sim-openai#',
+                "ray_rayfleet_model_attempt_duration_seconds_count{",
+            )
+        )
+
+    metrics = scrape_until(holds_the_tenants_figures)
     texts.append(metrics)
     # Every span the processes exported (tests/otlp.py), once each run's spans are in: the
     # run span names its run.

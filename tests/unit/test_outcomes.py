@@ -67,15 +67,15 @@ def test_ray_metrics_sink_takes_every_kind_of_group() -> None:
         metrics[name] = RecordedPoints()
         metric._metric = metrics[name]
     sink.run_recorded(run("a", cost_usd=0.0))
-    sink.run_recorded(run("b", status="failed", cost_usd=0.2))
+    sink.run_recorded(run("b", status="failed", cost_usd=0.2, code="tool_failed"))
     sink.group_totals(("support", "v1", "acme"), 2, 1, 0.2)
     sink.group_totals(("support", "v1", "globex"), 1, 0, 0.2)
 
     acme = {"agent": "support", "version": "v1", "tenant": "acme"}
     globex = {**acme, "tenant": "globex"}
     assert metrics["_runs"].points == [
-        (1.0, {**acme, "status": "completed"}),
-        (1.0, {**acme, "status": "failed"}),
+        (1.0, {**acme, "status": "completed", "code": ""}),
+        (1.0, {**acme, "status": "failed", "code": "tool_failed"}),
     ]
     assert metrics["_cost"].points == [(0.2, acme)]  # a free run adds no step to the counter
     assert metrics["_recorded"].points == [(2, acme), (1, globex)]
