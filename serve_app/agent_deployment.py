@@ -99,7 +99,7 @@ class AgentDeployment(HandleSurface):
             ) as span:
                 admission: Admission = await limiter.admit_run.remote(context.tenant)
                 if not admission.ok and admission.limit is not None:
-                    span.set_attribute("rayfleet.limit", admission.limit)
+                    span.set_attribute("rayfleet.limiter.refused", admission.limit)
             if not admission.ok:
                 limiter_refused(context.tenant, admission.limit)
                 raise TenantLimited(
