@@ -9,15 +9,14 @@ import asyncio
 import json
 import pickle
 import tempfile
-from collections.abc import AsyncGenerator, AsyncIterator, Iterator, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Sequence
 from contextlib import aclosing
 from pathlib import Path
 
 import httpx2
 import pytest
 from opentelemetry import trace
-from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
-from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace import ReadableSpan
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.trace import SpanKind, StatusCode
 
@@ -40,9 +39,10 @@ from agents.messages import Message, TextDelta, ToolCall
 from agents.ports import Discard, ToolOutcome
 from agents.spans import derived_span_id
 from agents.spec import AgentSpec, ContextSpec, ModelRef, TierSpec, ToolSpec
-from agents.tracing import PinnedIds, RunTrace, tracer, use_provider
+from agents.tracing import RunTrace, tracer
 from tests.fixtures_sim import Sim
 from tests.scripted import PRICES, Reply, Script, ScriptedModel
+from tests.unit.test_pruning import Thread
 
 CALLER = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
 TASK = "Where is order 7?"
@@ -79,19 +79,6 @@ BOSS = AgentSpec(
         ),
     ),
 )
-
-
-@pytest.fixture
-def spans() -> Iterator[InMemorySpanExporter]:
-    exporter = InMemorySpanExporter()
-    provider = TracerProvider(id_generator=PinnedIds())
-    provider.add_span_processor(SimpleSpanProcessor(exporter))
-    use_provider(provider)
-    try:
-        yield exporter
-    finally:
-        use_provider(trace.NoOpTracerProvider())
-        provider.shutdown()
 
 
 @pytest.fixture
@@ -404,22 +391,6 @@ async def test_a_discarded_attempt_and_a_stream_stopped_early_end_their_chat_spa
     assert "rayfleet.discarded" not in (fallback.attributes or {})
     assert dict(stopped.attributes or {})["rayfleet.cancelled"] is True
     assert stopped.status.status_code == StatusCode.UNSET
-
-
-class Thread:
-    """A memory port holding a long earlier conversation."""
-
-    def __init__(self, turns: int) -> None:
-        self.messages: list[Message] = []
-        for i in range(turns):
-            self.messages.append(Message(role="user", content=f"question {i}: " + "x" * 400))
-            self.messages.append(Message(role="assistant", content=f"answer {i}: " + "y" * 400))
-
-    async def load_thread(self, namespace: str, thread_id: str) -> list[Message]:
-        return list(self.messages)
-
-    async def append_thread(self, namespace: str, thread_id: str, messages: list[Message]) -> None:
-        self.messages.extend(messages)
 
 
 async def test_a_summary_is_a_span_with_its_chat_span_and_pruning_a_step_event(

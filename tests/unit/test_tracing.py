@@ -2,39 +2,21 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
 import pytest
 from opentelemetry import trace
-from opentelemetry.sdk.trace import TracerProvider
-from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
 from agents.tracing import (
-    PinnedIds,
     RunTrace,
     enabled,
     inbound_span,
     parse_traceparent,
     pinned_ids,
     tracer,
-    use_provider,
 )
 
 TRACE = "0af7651916cd43dd8448eb211c80319c"
 CALLER = "b7ad6b7169203331"
-
-
-@pytest.fixture
-def exported() -> Iterator[InMemorySpanExporter]:
-    exporter = InMemorySpanExporter()
-    provider = TracerProvider(id_generator=PinnedIds())
-    provider.add_span_processor(SimpleSpanProcessor(exporter))
-    use_provider(provider)
-    try:
-        yield exporter
-    finally:
-        use_provider(trace.NoOpTracerProvider())
 
 
 def test_a_valid_traceparent_makes_the_run_its_child() -> None:
@@ -73,7 +55,7 @@ def test_a_child_run_keeps_the_trace() -> None:
 
 
 def test_the_run_span_takes_the_stored_ids_wherever_it_is_opened(
-    exported: InMemorySpanExporter,
+    spans: InMemorySpanExporter,
 ) -> None:
     run = RunTrace.start(f"00-{TRACE}-{CALLER}-01")
     for _host in range(2):  # as the first host and as the host that resumed the run
@@ -81,7 +63,7 @@ def test_the_run_span_takes_the_stored_ids_wherever_it_is_opened(
             span = tracer().start_span("invoke_agent x", context=run.parent_context())
         with trace.use_span(span, end_on_exit=True):
             tracer().start_span("step").end()
-    step, first, _, second = exported.get_finished_spans()  # in the order they ended
+    step, first, _, second = spans.get_finished_spans()  # in the order they ended
     for got in (first, second):
         assert got.context is not None and got.parent is not None
         assert f"{got.context.trace_id:032x}" == TRACE
@@ -91,21 +73,21 @@ def test_the_run_span_takes_the_stored_ids_wherever_it_is_opened(
     assert step.context is not None and f"{step.context.span_id:016x}" != run.span_id
 
 
-def test_a_root_run_has_no_parent(exported: InMemorySpanExporter) -> None:
+def test_a_root_run_has_no_parent(spans: InMemorySpanExporter) -> None:
     run = RunTrace.start()
     with pinned_ids(run):
         tracer().start_span("invoke_agent x", context=run.parent_context()).end()
-    (span,) = exported.get_finished_spans()
+    (span,) = spans.get_finished_spans()
     assert span.parent is None and span.context is not None
     assert f"{span.context.trace_id:032x}" == run.trace_id
 
 
 def test_the_inbound_span_is_the_callers_child_and_hands_down_its_own(
-    exported: InMemorySpanExporter,
+    spans: InMemorySpanExporter,
 ) -> None:
     with inbound_span("POST /v1/agents/{agent}/runs", f"00-{TRACE}-{CALLER}-01") as handed:
         pass
-    (span,) = exported.get_finished_spans()
+    (span,) = spans.get_finished_spans()
     assert span.context is not None and span.parent is not None
     assert f"{span.parent.span_id:016x}" == CALLER
     assert handed == f"00-{TRACE}-{span.context.span_id:016x}-01"
