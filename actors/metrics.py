@@ -18,8 +18,13 @@ happen.
 
 from __future__ import annotations
 
+import logging
+import threading
+import time
 from collections.abc import Iterable
 from typing import TYPE_CHECKING
+
+from ray.util.metrics import Gauge
 
 from agents.events import (
     BudgetProgress,
@@ -35,7 +40,7 @@ from agents.events import (
 )
 
 if TYPE_CHECKING:
-    from ray.util.metrics import Counter, Gauge, Histogram
+    from ray.util.metrics import Counter, Histogram
 
     from agents.spec import AgentSpec
 
@@ -50,12 +55,68 @@ _SECONDS_COMMIT = [0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0
 BREAKER_VALUES = {"closed": 0.0, "half_open": 1.0, "open": 2.0}
 """rayfleet_breaker_state's values."""
 
+GAUGE_REFRESH_S = 5.0
+"""How often a held gauge reports its values again. Ray's metrics agent drops a gauge value
+that was not reported again within two export intervals (the gauge TTL in
+ray/_private/telemetry/open_telemetry_metric_recorder.py), so a value set once (a breaker
+that stays closed, an idle host's live runs, a quiet version's cost per success) would
+vanish from the page instead of staying what it is."""
+
+logger = logging.getLogger("rayfleet")
+
+
+class HeldGauge(Gauge):
+    """A Ray gauge that keeps reporting the last value of each label set it was given."""
+
+    def __init__(self, name: str, description: str, tag_keys: tuple[str, ...] = ()) -> None:
+        super().__init__(name, description, tag_keys=tag_keys)
+        self._held_values: dict[tuple[tuple[str, str], ...], float] = {}
+        with _held_lock:
+            _held.append(self)
+            _start_refresher()
+
+    def set(self, value: float | None, tags: dict[str, str] | None = None) -> None:
+        labels = tags or {}  # Ray treats no tags and {} alike: the default tags
+        if value is not None:
+            self._held_values[tuple(sorted(labels.items()))] = value
+        super().set(value, tags=labels)
+
+    def report_again(self) -> None:
+        for labels, value in list(self._held_values.items()):
+            super().set(value, tags=dict(labels))
+
+
+_held: list[HeldGauge] = []
+_held_lock = threading.Lock()
+_refresher: threading.Thread | None = None
+
+
+def _start_refresher() -> None:
+    """One daemon thread per process re-reports every held gauge (not an asyncio task: the
+    gauges of a process outlive any one event loop in it)."""
+    global _refresher
+    if _refresher is None:
+        _refresher = threading.Thread(target=_refresh_forever, name="rayfleet-gauges", daemon=True)
+        _refresher.start()
+
+
+def _refresh_forever() -> None:
+    while True:
+        time.sleep(GAUGE_REFRESH_S)
+        with _held_lock:
+            gauges = list(_held)
+        for gauge in gauges:
+            try:
+                gauge.report_again()
+            except Exception as exc:  # a metric must never stop the others
+                logger.warning("reporting a gauge again failed: %r", exc)
+
 
 class RayfleetMetrics:
     """Every rayfleet metric but the outcome ones, as Ray metric objects."""
 
     def __init__(self) -> None:
-        from ray.util.metrics import Counter, Gauge, Histogram
+        from ray.util.metrics import Counter, Histogram
 
         self.runs_started: Counter = Counter(
             "rayfleet_runs_started_total",
@@ -109,7 +170,7 @@ class RayfleetMetrics:
             boundaries=_SECONDS_CALL,
             tag_keys=("provider", "status"),
         )
-        self.breaker_state: Gauge = Gauge(
+        self.breaker_state = HeldGauge(
             "rayfleet_breaker_state",
             "A provider's circuit breaker in this process: 0 closed, 1 half-open, 2 open "
             "(provider#digest: the breaker of a tenant's own key).",
@@ -120,7 +181,7 @@ class RayfleetMetrics:
             "Requests and model calls the tenant limiter refused, by the limit that refused.",
             tag_keys=("tenant", "limit"),
         )
-        self.live_runs: Gauge = Gauge(
+        self.live_runs = HeldGauge(
             "rayfleet_live_runs",
             "Runs in flight on a run host.",
             tag_keys=("host",),
@@ -131,7 +192,7 @@ class RayfleetMetrics:
             boundaries=_SECONDS_COMMIT,
             tag_keys=("status",),
         )
-        self.sse_clients: Gauge = Gauge(
+        self.sse_clients = HeldGauge(
             "rayfleet_sse_clients",
             "SSE streams open on a gateway replica.",
             tag_keys=(),

@@ -277,7 +277,9 @@ class RayOutcomeMetrics:
     The other metrics are actors.metrics."""
 
     def __init__(self) -> None:
-        from ray.util.metrics import Counter, Gauge
+        from ray.util.metrics import Counter
+
+        from actors.metrics import HeldGauge
 
         self._runs = Counter(
             "rayfleet_runs_total",
@@ -290,17 +292,17 @@ class RayOutcomeMetrics:
             "Dollars spent by finished runs, successful or not (shadow runs excluded).",
             tag_keys=_TAGS,
         )
-        self._successes = Gauge(
+        self._successes = HeldGauge(
             "rayfleet_successful_runs",
             "Successful runs so far (explicit outcomes applied; completed = success otherwise).",
             tag_keys=_TAGS,
         )
-        self._recorded = Gauge(
+        self._recorded = HeldGauge(
             "rayfleet_recorded_runs",
             "Finished runs so far (from the outcome store; shadow runs excluded).",
             tag_keys=_TAGS,
         )
-        self._per_success = Gauge(
+        self._per_success = HeldGauge(
             "rayfleet_cost_per_successful_run_usd",
             "Cost of all runs / successful runs, per agent version and tenant.",
             tag_keys=_TAGS,

@@ -3,6 +3,7 @@ the run host's spans, in one trace, under the `traceparent` the client sent."""
 
 from __future__ import annotations
 
+import asyncio
 import secrets
 
 import pytest
@@ -72,3 +73,26 @@ def test_a_malformed_traceparent_starts_a_trace_of_its_own(
     spans = otlp.wait_for_spans(trace_id, lambda s: bool(by_name(s, "invoke_agent")))
     (gateway,) = by_name(spans, ROUTE)
     assert gateway.parent_id is None  # the root: nothing of the bad header was kept
+
+
+async def test_a_handle_call_joins_the_callers_trace(
+    service: Service, sim: Sim, otlp: OtlpReceiver
+) -> None:
+    from ray import serve
+
+    trace_id, caller = secrets.token_hex(16), secrets.token_hex(8)
+    handle = serve.get_app_handle("rayfleet").options(stream=True, method_name="stream_run")
+    events = [
+        event
+        async for event in handle.remote(
+            "support", "Hello", traceparent=f"00-{trace_id}-{caller}-01"
+        )
+    ]
+    assert_complete_stream(events)
+    assert {e.trace_id for e in events} == {trace_id}
+    spans = await asyncio.to_thread(
+        otlp.wait_for_spans, trace_id, lambda s: bool(by_name(s, "invoke_agent"))
+    )
+    (start,) = by_name(spans, "start_run")
+    (run,) = by_name(spans, "invoke_agent support")
+    assert start.parent_id == caller and run.parent_id == start.span_id

@@ -16,7 +16,7 @@ from actors.breaker import Breakers
 from actors.caches import CacheSettings
 from actors.credentials import TenantContext
 from actors.limiter import TenantLimiter, TenantLimits
-from actors.metrics import RayfleetMetrics, RunObserver, rayfleet_metrics
+from actors.metrics import HeldGauge, RayfleetMetrics, RunObserver, rayfleet_metrics
 from actors.outcomes import RayOutcomeMetrics
 from actors.router import ModelRouter
 from actors.run_host import RunHost, new_run_id
@@ -291,3 +291,18 @@ def test_every_dashboard_expression_names_a_metric_we_define() -> None:
     assert not missing, f"metrics on no panel: {missing}"
     ids = [p["id"] for p in dashboard["panels"]]
     assert len(ids) == len(set(ids))
+
+
+def test_a_held_gauge_reports_each_label_sets_last_value_again() -> None:
+    # Ray's metrics agent drops a gauge value not reported again within two export
+    # intervals: a breaker that stays closed must still show 0, not vanish.
+    gauge = HeldGauge("rayfleet_test_held", "A held gauge of this test.", tag_keys=("provider",))
+    points = RecordedPoints()
+    gauge._metric = points  # type: ignore[assignment]
+    gauge.set(2.0, tags={"provider": "a"})
+    gauge.set(0.0, tags={"provider": "b"})
+    gauge.set(1.0, tags={"provider": "a"})
+    gauge.set(None, tags={"provider": "b"})  # Ray's no-op: the last value stands
+    points.points.clear()
+    gauge.report_again()
+    assert sorted((v, t["provider"]) for v, t in points.points) == [(0.0, "b"), (1.0, "a")]
