@@ -399,12 +399,14 @@ class Floor:
         """One run: (seconds, steps, terminal kind)."""
         from agents.eventlog import EventLog
         from agents.loop import RunInput, execute_run
+        from agents.tracing import RunTrace
 
         self._n += 1
         run_id = f"run-floor-{self._n:020x}"
-        log = EventLog(run_id)
+        request = RunInput(run_id=run_id, input=text, trace=RunTrace.start())  # as rayfleet's
+        log = EventLog(run_id, trace_id=request.trace.trace_id if request.trace else None)
         started = time.perf_counter()
-        await execute_run(self.spec, RunInput(run_id=run_id, input=text), self.ports, log)
+        await execute_run(self.spec, request, self.ports, log)
         elapsed = time.perf_counter() - started
         last = log.events()[-1]
         return elapsed, int(getattr(last, "steps", 0)), last.kind

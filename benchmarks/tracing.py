@@ -9,6 +9,9 @@ spans it decodes. Same `support` agent and five-step input as benchmarks/step_ov
     latency: 8 runs in flight (--concurrency): added latency per step, on - off (p50, p99)
     CPU: 32 runs in flight (--cpu-concurrency): server CPU per step, on - off
         target: <= 0.3 ms CPU per step with tracing on
+    in-process: the floor loop (execute_run + router + tool pool, no Ray) at 32 in flight
+        with tracing off vs on (the SDK, batch processor and OTLP exporter in this process):
+        the same cost without the whole service's noise (which is about +-1 ms/step)
 
 Off must cost nothing measurable: with no exporter configured the tracer is OpenTelemetry's
 no-op one, so the price is that of the no-op span calls a step makes; it is measured here
@@ -51,12 +54,19 @@ class SpanSink:
 
         self.spans = 0
         self.exports = 0
+        self.decode = True
+        """False: only answer (the in-process phase counts this process's CPU)."""
         lock = threading.Lock()
         sink = self
 
         class Handler(BaseHTTPRequestHandler):
             def do_POST(self) -> None:
                 body = self.rfile.read(int(self.headers.get("Content-Length", "0")))
+                if not sink.decode:
+                    self.send_response(200)
+                    self.send_header("Content-Length", "0")
+                    self.end_headers()
+                    return
                 request = ExportTraceServiceRequest.FromString(body)
                 count = sum(
                     len(scope.spans) for rs in request.resource_spans for scope in rs.scope_spans
@@ -105,6 +115,35 @@ async def one_mode(
     return {"latency": latency, "cpu": cpu, "spans_per_step": spans / cpu["steps"]}
 
 
+async def in_process(sim: c.Simulator, sink: SpanSink, on: bool, runs: int, n: int) -> float:
+    """CPU ms per step of the floor loop in this process, traced or not."""
+    from opentelemetry import trace
+    from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
+    from opentelemetry.sdk.trace import TracerProvider
+    from opentelemetry.sdk.trace.export import BatchSpanProcessor
+
+    from agents.tracing import PinnedIds, use_provider
+
+    provider = TracerProvider(id_generator=PinnedIds())
+    provider.add_span_processor(BatchSpanProcessor(OTLPSpanExporter(endpoint=sink.endpoint)))
+    if on:
+        use_provider(provider)
+    sink.decode = False
+    floor = c.Floor(sim)
+    try:
+        await c.bounded(n, n, lambda i: floor.run(c.FIVE_STEP_INPUT))
+        cpu0 = c.own_cpu_s()
+        results = await c.bounded(runs, n, lambda i: floor.run(c.FIVE_STEP_INPUT))
+        provider.force_flush()  # the export of these runs' spans is part of their cost
+        cpu = c.own_cpu_s() - cpu0
+    finally:
+        await floor.aclose()
+        use_provider(trace.NoOpTracerProvider())
+        provider.shutdown()
+        sink.decode = True
+    return cpu * 1000 / (sum(r[1] for r in results) or 1)
+
+
 def noop_span_cost_us() -> float:
     """CPU of one span through OpenTelemetry's no-op tracer (what off costs per span)."""
     from agents.tracing import tracer
@@ -122,8 +161,18 @@ def noop_span_cost_us() -> float:
 async def amain(args: argparse.Namespace) -> None:
     sink = SpanSink()
     results: dict[bool, list[dict[str, Any]]] = {False: [], True: []}
+    floor: dict[bool, list[float]] = {False: [], True: []}
     try:
         with c.simulator(args.ttft_ms) as sim:
+            for round_ in range(args.rounds * 2):
+                for on in (False, True):
+                    n = args.cpu_concurrency
+                    floor[on].append(await in_process(sim, sink, on, args.cpu_runs, n))
+                    print(
+                        f"in-process round {round_ + 1}, tracing {'on' if on else 'off'}: "
+                        f"{floor[on][-1]:.3f} ms/step at {n} in flight",
+                        flush=True,
+                    )
             for round_ in range(args.rounds):
                 for on in (False, True):
                     result = await one_mode(sim, sink, on, args)
@@ -137,7 +186,7 @@ async def amain(args: argparse.Namespace) -> None:
                     )
     finally:
         sink.close()
-    report(results, args)
+    report(results, floor, args)
 
 
 def mean(values: list[float]) -> float:
@@ -150,7 +199,11 @@ def mean_by_kind(rs: list[dict[str, Any]]) -> dict[str, float]:
     return {k: mean([r["cpu"]["cpu_by_kind_ms_per_step"].get(k, 0.0) for r in rs]) for k in kinds}
 
 
-def report(results: dict[bool, list[dict[str, Any]]], args: argparse.Namespace) -> None:
+def report(
+    results: dict[bool, list[dict[str, Any]]],
+    floor: dict[bool, list[float]],
+    args: argparse.Namespace,
+) -> None:
     off, on = results[False], results[True]
     cpu_off = mean([r["cpu"]["cpu_ms_per_step"] for r in off])
     cpu_on = mean([r["cpu"]["cpu_ms_per_step"] for r in on])
@@ -173,6 +226,12 @@ def report(results: dict[bool, list[dict[str, Any]]], args: argparse.Namespace) 
         f"{latency(on, 'p99_s') - latency(off, 'p99_s'):+.2f} ms"
     )
     print(f"spans exported per step with tracing on: {spans:.2f}")
+    floor_off, floor_on = mean(floor[False]), mean(floor[True])
+    print(
+        f"in-process floor at {args.cpu_concurrency} in flight: off {floor_off:.3f} ms/step, "
+        f"on {floor_on:.3f} ms/step = {c.ratio(floor_on, floor_off):.2f}x; tracing adds "
+        f"{floor_on - floor_off:+.3f} ms/step (target <= {CPU_TARGET_MS} ms)"
+    )
     print(
         f"tracing off: {noop_us:.2f} us of CPU per no-op span x {spans:.2f} spans per step = "
         f"{noop_us * spans / 1000:.4f} ms per step"
