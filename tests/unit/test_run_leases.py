@@ -25,7 +25,8 @@ from agents.errors import Overloaded
 from agents.events import Event
 from agents.examples import example_specs
 from agents.loop import RunInput
-from agents.spec import AgentSpec
+from agents.spec import AgentSpec, ToolSpec
+from tests import tools_for_tests
 from tests.fixtures_sim import Sim
 from tests.helpers import eventually, taken
 
@@ -157,13 +158,35 @@ async def _until(condition: Callable[[], bool]) -> None:
     await eventually(holds, timeout_s=10)
 
 
+def holding(support: AgentSpec) -> AgentSpec:
+    """`support` with one tool, which waits while a file exists (the run is held live)."""
+    held = ToolSpec(
+        name="held",
+        description="Waits while the hold file exists.",
+        parameters={"type": "object", "properties": {"hold": {"type": "string"}}},
+        function=f"{tools_for_tests.HERE}:held",
+    )
+    return support.model_copy(update={"tools": (held,)})
+
+
 async def test_a_run_frees_its_own_slot_once_and_a_shadow_frees_none(
-    cluster: Cluster, support: AgentSpec
+    cluster: Cluster, support: AgentSpec, sim: Sim, tmp_path: Path
 ) -> None:
     await cluster.hold_one_slot()
     host = cluster.host("h1")
-    primary = await cluster.start(host, support, "Where is order 1234?")
+    # The run is held in its tool call while the count is read: a run that ended first
+    # would have freed its slot already.
+    hold = tmp_path / "hold"
+    hold.touch()
+    sim.script(
+        {"type": "tool_call", "name": "held", "arguments": {"hold": str(hold)}},
+        {"type": "text", "text": "Done."},
+    )
+    primary = await cluster.start(host, holding(support), "Hold on.")
+    started = Path(f"{hold}.started")
+    await _until(lambda: started.exists())
     assert await cluster.running() == 2
+    hold.unlink()
     await _ended(host, primary)
     await _until(lambda: not host._background)  # the release is sent in the background
     assert await cluster.running() == 1
