@@ -48,7 +48,7 @@ def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, str,
     tmp = tmp_path_factory.mktemp("make-serve")
     env = {**os.environ, "PYTHONPATH": str(ROOT), "RAYFLEET_DATA_DIR": str(tmp / "data")}
     command = [sys.executable, "-m", "serve_app.cli", "serve", "--port", str(port)]
-    command += ["--sim-port", str(sim_port), "--num-cpus", "2"]
+    command += ["--sim-port", str(sim_port), "--num-cpus", "2", "--metrics-port", "0"]
     command += ["--state", f"sqlite://{tmp / 'state'}"]
     with open(tmp / "serve.log", "wb") as log:
         proc = subprocess.Popen(

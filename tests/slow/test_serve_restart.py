@@ -127,7 +127,8 @@ def serving(tmp: Path, name: str, config: Path, heads: list[str]) -> Iterator[Li
         MARKER: marker,
     }
     command = [sys.executable, "-m", "serve_app.cli", "serve", "--port", str(port)]
-    command += ["--sim-port", str(sim_port), "--num-cpus", "2", "--config", str(config)]
+    command += ["--sim-port", str(sim_port), "--num-cpus", "2", "--metrics-port", "0"]
+    command += ["--config", str(config)]
     log = tmp / f"{name}.log"
     with open(log, "wb") as out:
         proc = subprocess.Popen(
