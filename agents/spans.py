@@ -177,14 +177,15 @@ class RunSpans:
             return
         parent = trace.set_span_in_context(self.run)
         start = None if started_ts is None else _ns(started_ts)
+        attributes = {"rayfleet.step": step}
         if self._trace is not None:
             pinned = self._trace.child(derived_span_id(self._trace.span_id, "step", str(step)))
             with pinned_ids(pinned):
-                self.step = tracer().start_span("step", parent, start_time=start)
+                self.step = tracer().start_span(
+                    "step", parent, start_time=start, attributes=attributes
+                )
         else:
-            self.step = tracer().start_span("step", parent, start_time=start)
-        if self.step.is_recording():
-            self.step.set_attribute("rayfleet.step", step)
+            self.step = tracer().start_span("step", parent, start_time=start, attributes=attributes)
 
     async def in_step(self, work: Awaitable[T]) -> T:
         """Await `work` (a model or tool call of the step) with the step span current."""
@@ -266,17 +267,18 @@ def tool_span(call: ToolCall, content: bool) -> Iterator[Span]:
     if not on():
         yield INVALID_SPAN
         return
-    span = tracer().start_span(f"execute_tool {call.name}", kind=SpanKind.INTERNAL)
-    if span.is_recording():
-        attributes: dict[str, AttributeValue] = {
-            "gen_ai.operation.name": "execute_tool",
-            "gen_ai.tool.name": call.name,
-            "gen_ai.tool.call.id": call.id,
-            "gen_ai.tool.type": "function",
-        }
-        if content:
-            attributes["gen_ai.tool.call.arguments"] = json.dumps(call.arguments)
-        span.set_attributes(attributes)
+    # Attributes given at the start cost less than set afterwards (one pass, no lock).
+    attributes: dict[str, AttributeValue] = {
+        "gen_ai.operation.name": "execute_tool",
+        "gen_ai.tool.name": call.name,
+        "gen_ai.tool.call.id": call.id,
+        "gen_ai.tool.type": "function",
+    }
+    if content:
+        attributes["gen_ai.tool.call.arguments"] = json.dumps(call.arguments)
+    span = tracer().start_span(
+        f"execute_tool {call.name}", kind=SpanKind.INTERNAL, attributes=attributes
+    )
     try:
         with trace.use_span(span, record_exception=False, set_status_on_exception=False):
             yield span
@@ -319,19 +321,16 @@ def start_chat(
     generator that makes the attempt started: it is never attached across a yield)."""
     if parent is None:
         return INVALID_SPAN
-    span = tracer().start_span(f"chat {model}", parent, SpanKind.CLIENT)
-    if span.is_recording():
-        attributes: dict[str, AttributeValue] = {
-            "gen_ai.operation.name": "chat",
-            "gen_ai.provider.name": provider_kind,
-            "gen_ai.request.model": model,
-            "rayfleet.provider": provider,
-            "rayfleet.attempt": attempt,
-        }
-        if fallback:
-            attributes["rayfleet.fallback"] = True
-        span.set_attributes(attributes)
-    return span
+    attributes: dict[str, AttributeValue] = {
+        "gen_ai.operation.name": "chat",
+        "gen_ai.provider.name": provider_kind,
+        "gen_ai.request.model": model,
+        "rayfleet.provider": provider,
+        "rayfleet.attempt": attempt,
+    }
+    if fallback:
+        attributes["rayfleet.fallback"] = True
+    return tracer().start_span(f"chat {model}", parent, SpanKind.CLIENT, attributes=attributes)
 
 
 def chat_result(span: Span, result: ModelResult) -> None:
