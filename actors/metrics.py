@@ -18,10 +18,11 @@ happen.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import threading
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from typing import TYPE_CHECKING
 
 from ray.util.metrics import Gauge
@@ -88,7 +89,17 @@ class HeldGauge(Gauge):
 
 _held: list[HeldGauge] = []
 _held_lock = threading.Lock()
+_refreshing = threading.Lock()
+"""Held by the refresher while it reports gauges again (and by `gauges_held_still`)."""
 _refresher: threading.Thread | None = None
+
+
+@contextlib.contextmanager
+def gauges_held_still() -> Iterator[None]:
+    """No gauge is reported again in this block: for tests that record every point a metric
+    is given, and would otherwise see the refresher's at random moments."""
+    with _refreshing:
+        yield
 
 
 def _start_refresher() -> None:
@@ -105,11 +116,16 @@ def _refresh_forever() -> None:
         time.sleep(GAUGE_REFRESH_S)
         with _held_lock:
             gauges = list(_held)
-        for gauge in gauges:
-            try:
-                gauge.report_again()
-            except Exception as exc:  # a metric must never stop the others
-                logger.warning("reporting a gauge again failed: %r", exc)
+        with _refreshing:
+            _report_again(gauges)
+
+
+def _report_again(gauges: list[HeldGauge]) -> None:
+    for gauge in gauges:
+        try:
+            gauge.report_again()
+        except Exception as exc:  # a metric must never stop the others
+            logger.warning("reporting a gauge again failed: %r", exc)
 
 
 class RayfleetMetrics:

@@ -16,7 +16,13 @@ from actors.breaker import Breakers
 from actors.caches import CacheSettings
 from actors.credentials import TenantContext
 from actors.limiter import TenantLimiter, TenantLimits
-from actors.metrics import HeldGauge, RayfleetMetrics, RunObserver, rayfleet_metrics
+from actors.metrics import (
+    HeldGauge,
+    RayfleetMetrics,
+    RunObserver,
+    gauges_held_still,
+    rayfleet_metrics,
+)
 from actors.outcomes import RayOutcomeMetrics
 from actors.router import ModelRouter
 from actors.run_host import RunHost, new_run_id
@@ -66,7 +72,8 @@ def recorded() -> Iterator[dict[str, RecordedPoints]]:
     metrics = rayfleet_metrics()
     saved = {name: metric._metric for name, metric in vars(metrics).items()}
     try:
-        yield recording(metrics)
+        with gauges_held_still():  # every point recorded is the code's, none the refresher's
+            yield recording(metrics)
     finally:
         for name, metric in vars(metrics).items():
             metric._metric = saved[name]
@@ -298,11 +305,12 @@ def test_a_held_gauge_reports_each_label_sets_last_value_again() -> None:
     # intervals: a breaker that stays closed must still show 0, not vanish.
     gauge = HeldGauge("rayfleet_test_held", "A held gauge of this test.", tag_keys=("provider",))
     points = RecordedPoints()
-    gauge._metric = points  # type: ignore[assignment]
-    gauge.set(2.0, tags={"provider": "a"})
-    gauge.set(0.0, tags={"provider": "b"})
-    gauge.set(1.0, tags={"provider": "a"})
-    gauge.set(None, tags={"provider": "b"})  # Ray's no-op: the last value stands
-    points.points.clear()
-    gauge.report_again()
-    assert sorted((v, t["provider"]) for v, t in points.points) == [(0.0, "b"), (1.0, "a")]
+    with gauges_held_still():
+        gauge._metric = points  # type: ignore[assignment]
+        gauge.set(2.0, tags={"provider": "a"})
+        gauge.set(0.0, tags={"provider": "b"})
+        gauge.set(1.0, tags={"provider": "a"})
+        gauge.set(None, tags={"provider": "b"})  # Ray's no-op: the last value stands
+        points.points.clear()
+        gauge.report_again()
+        assert sorted((v, t["provider"]) for v, t in points.points) == [(0.0, "b"), (1.0, "a")]

@@ -58,18 +58,20 @@ class RecordedPoints:
 def test_ray_metrics_sink_takes_every_kind_of_group() -> None:
     from ray.util.metrics import Metric
 
+    from actors.metrics import gauges_held_still
     from actors.outcomes import RayOutcomeMetrics
 
     sink = RayOutcomeMetrics()
     metrics: dict[str, RecordedPoints] = {}
-    for name, metric in vars(sink).items():
-        assert isinstance(metric, Metric)
-        metrics[name] = RecordedPoints()
-        metric._metric = metrics[name]
-    sink.run_recorded(run("a", cost_usd=0.0))
-    sink.run_recorded(run("b", status="failed", cost_usd=0.2, code="tool_failed"))
-    sink.group_totals(("support", "v1", "acme"), 2, 1, 0.2)
-    sink.group_totals(("support", "v1", "globex"), 1, 0, 0.2)
+    with gauges_held_still():  # every point recorded is the sink's, none the refresher's
+        for name, metric in vars(sink).items():
+            assert isinstance(metric, Metric)
+            metrics[name] = RecordedPoints()
+            metric._metric = metrics[name]
+        sink.run_recorded(run("a", cost_usd=0.0))
+        sink.run_recorded(run("b", status="failed", cost_usd=0.2, code="tool_failed"))
+        sink.group_totals(("support", "v1", "acme"), 2, 1, 0.2)
+        sink.group_totals(("support", "v1", "globex"), 1, 0, 0.2)
 
     acme = {"agent": "support", "version": "v1", "tenant": "acme"}
     globex = {**acme, "tenant": "globex"}
