@@ -8,6 +8,9 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from actors.batches import DEFAULT_CONCURRENCY, MAX_CONCURRENCY, MAX_ITEMS, BatchInput
+from actors.state.run_index import MAX_PAGE, RunStatus
+
+THREAD_ID_PATTERN = r"^[A-Za-z0-9._:-]{1,128}$"
 
 
 class OutcomeRequest(BaseModel):
@@ -36,7 +39,7 @@ class RunRequest(BaseModel):
 
     input: str = Field(min_length=1, max_length=100_000, description="The user's request.")
     thread_id: str | None = Field(
-        None, pattern=r"^[A-Za-z0-9._:-]{1,128}$", description="Continue this conversation."
+        None, pattern=THREAD_ID_PATTERN, description="Continue this conversation."
     )
     version: str | None = Field(None, description="Pin an agent version (default: current).")
 
@@ -76,3 +79,44 @@ class BatchRequest(BaseModel):
         if isinstance(value, list):
             return [{"input": item} if isinstance(item, str) else item for item in value]
         return value
+
+
+class ThreadRunsQuery(BaseModel):
+    """Query of `GET /v1/threads/{thread_id}/runs` (and the handle's `thread_runs`)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    thread_id: str = Field(pattern=THREAD_ID_PATTERN, description="The conversation.")
+    limit: int = Field(50, ge=1, le=MAX_PAGE, description=f"Runs a page, 1 to {MAX_PAGE}.")
+    cursor: str | None = Field(
+        None, max_length=200, description="A page's `next_cursor`: the page after it."
+    )
+    tenant: str | None = Field(
+        None, max_length=200, description="Admin key: only this tenant's runs (default: all)."
+    )
+
+
+class RunListQuery(BaseModel):
+    """Query of `GET /v1/runs` (and the handle's `list_runs`); every filter is optional."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    agent: str | None = Field(None, max_length=200, description="Only this agent's runs.")
+    version: str | None = Field(None, max_length=200, description="Only this version's runs.")
+    status: RunStatus | None = Field(None, description="Only runs in this status.")
+    thread_id: str | None = Field(
+        None, pattern=THREAD_ID_PATTERN, description="Only this conversation's runs."
+    )
+    since: float | None = Field(
+        None, ge=0, le=1e12, allow_inf_nan=False, description="Created at or after (unix s)."
+    )
+    until: float | None = Field(
+        None, ge=0, le=1e12, allow_inf_nan=False, description="Created before (unix s)."
+    )
+    limit: int = Field(50, ge=1, le=MAX_PAGE, description=f"Runs a page, 1 to {MAX_PAGE}.")
+    cursor: str | None = Field(
+        None, max_length=200, description="A page's `next_cursor`: the page after it."
+    )
+    tenant: str | None = Field(
+        None, max_length=200, description="Admin key: only this tenant's runs (default: all)."
+    )
