@@ -233,3 +233,40 @@ async def test_a_store_from_before_the_listing_is_backfilled(tmp_path: Path) -> 
         assert [(i.run_id, i.status) for i in odd.runs] == [("r-odd", "running")]
     finally:
         await state.close()
+
+
+async def test_runs_from_before_the_listing_are_backfilled_on_both_backends(
+    clocked: State,
+) -> None:
+    """Rows without the listing's values (as an older rayfleet left them) are filled in
+    from their stored request and events when the schema is brought forward."""
+    state = clocked
+    try:
+        running = await _create(state, 1, thread_id="t-old")
+        done = await _create(state, 2)
+        end = {"steps": 4, "usage": Usage(input_tokens=3), "cost_usd": 0.125}
+        await state.runs.append_events(
+            {done: [RunCompleted(run_id=done, seq=2, output="ok", **end)]}
+        )
+        db = state.database("runs")
+        await db.execute(
+            "UPDATE runs SET tenant = NULL, agent = NULL, version = NULL, assignment = NULL,"
+            " thread_id = NULL, trace_id = NULL, created_at = NULL, status = NULL,"
+            " steps = NULL, tokens = NULL, cost_usd = NULL"
+        )
+        await db.execute("UPDATE schema_versions SET version = 3 WHERE concern = 'runs'")
+    finally:
+        await state.close()
+    later = State(state.url)  # a newer rayfleet opens the store
+    try:
+        page = await later.runs.list_runs(RunFilter(tenant="acme"), 10)
+        # created_at is now the first event's time (0.0 here: its ts was not set).
+        by_id = {item.run_id: item for item in page.runs}
+        assert set(by_id) == {running, done}
+        assert (by_id[running].status, by_id[running].thread_id) == ("running", "t-old")
+        assert by_id[running].trace_id == TRACE and by_id[running].agent == "support"
+        finished = by_id[done]
+        assert (finished.status, finished.steps, finished.tokens) == ("completed", 4, 3)
+        assert finished.cost_usd == 0.125 and finished.ended_at is not None
+    finally:
+        await later.close()
