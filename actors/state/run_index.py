@@ -185,9 +185,9 @@ async def add_listing(tx: Transaction) -> None:
         if name not in present:
             await tx.execute(f"ALTER TABLE runs ADD COLUMN {name} {kind}")
     for statement in (
-        "CREATE INDEX IF NOT EXISTS runs_by_tenant ON runs (tenant, created_at, run_id)",
-        "CREATE INDEX IF NOT EXISTS runs_by_created ON runs (created_at, run_id)",
-        "CREATE INDEX IF NOT EXISTS runs_by_thread ON runs (thread_id, created_at, run_id)",
+        "CREATE INDEX IF NOT EXISTS runs_listed_by_tenant ON runs (tenant, created_at, run_id)",
+        "CREATE INDEX IF NOT EXISTS runs_listed_by_time ON runs (created_at, run_id)",
+        "CREATE INDEX IF NOT EXISTS runs_listed_by_thread ON runs (thread_id, created_at, run_id)",
     ):
         await tx.execute(statement)
     rows = await tx.fetchall(
