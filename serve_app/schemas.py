@@ -3,6 +3,7 @@ document (serve_app.openapi), from the same models."""
 
 from __future__ import annotations
 
+import re
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
@@ -81,6 +82,14 @@ class BatchRequest(BaseModel):
         return value
 
 
+def _plain_number(value: Any, pattern: str, what: str) -> Any:
+    # Query values arrive as text, and pydantic reads "1_000" as 1000: only plain ASCII
+    # numbers here, as the other query parameters (`after`, `since` of the admin costs).
+    if isinstance(value, str) and re.fullmatch(pattern, value) is None:
+        raise ValueError(f"must be {what}, not {value[:40]!r}")
+    return value
+
+
 class ThreadRunsQuery(BaseModel):
     """Query of `GET /v1/threads/{thread_id}/runs` (and the handle's `thread_runs`)."""
 
@@ -94,6 +103,11 @@ class ThreadRunsQuery(BaseModel):
     tenant: str | None = Field(
         None, max_length=200, description="Admin key: only this tenant's runs (default: all)."
     )
+
+    @field_validator("limit", mode="before")
+    @classmethod
+    def _plain_limit(cls, value: Any) -> Any:
+        return _plain_number(value, r"[0-9]{1,4}", "a whole number")
 
 
 class RunListQuery(BaseModel):
@@ -120,3 +134,15 @@ class RunListQuery(BaseModel):
     tenant: str | None = Field(
         None, max_length=200, description="Admin key: only this tenant's runs (default: all)."
     )
+
+    @field_validator("limit", mode="before")
+    @classmethod
+    def _plain_limit(cls, value: Any) -> Any:
+        return _plain_number(value, r"[0-9]{1,4}", "a whole number")
+
+    @field_validator("since", "until", mode="before")
+    @classmethod
+    def _plain_seconds(cls, value: Any) -> Any:
+        return _plain_number(
+            value, r"[0-9]{1,20}(\.[0-9]{1,20})?([eE][-+]?[0-9]{1,3})?", "unix seconds"
+        )

@@ -166,6 +166,8 @@ def test_a_threads_runs_come_oldest_first(service: Service, sim: Sim) -> None:
         ("/v1/runs", {"status": "done"}, "status"),
         ("/v1/runs", {"since": "-1"}, "since"),
         ("/v1/runs", {"since": "nan"}, "since"),
+        ("/v1/runs", {"since": "1_000"}, "since"),
+        ("/v1/runs", {"limit": "\u0661"}, "limit"),
         ("/v1/runs", {"until": "yesterday"}, "until"),
         ("/v1/runs", {"thread_id": "no spaces"}, "thread_id"),
         ("/v1/runs", {"statuz": "failed"}, "statuz"),
