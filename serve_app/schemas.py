@@ -1,5 +1,5 @@
-"""The bodies the HTTP API accepts: validated by the gateway, documented by the OpenAPI
-document (serve_app.openapi), from the same models."""
+"""The bodies and queries the HTTP API accepts: validated by the gateway, documented by the
+OpenAPI document (serve_app.openapi), from the same models."""
 
 from __future__ import annotations
 
@@ -9,7 +9,8 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from actors.batches import DEFAULT_CONCURRENCY, MAX_CONCURRENCY, MAX_ITEMS, BatchInput
-from actors.state.run_index import MAX_PAGE, RunStatus
+from actors.state.run_index import MAX_PAGE
+from agents.summary import RunStatus
 
 THREAD_ID_PATTERN = r"^[A-Za-z0-9._:-]{1,128}$"
 

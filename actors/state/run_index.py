@@ -18,15 +18,16 @@ from __future__ import annotations
 import base64
 import binascii
 import json
-from typing import Any, Literal
+from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
 from actors.state.db import Args, Row, Transaction
 from agents.events import Event, RunCancelled, RunCompleted, RunFailed, event_adapter
+from agents.summary import RunStatus
 
-RunStatus = Literal["running", "completed", "failed", "cancelled"]
 MAX_PAGE = 200
+"""Most runs a page."""
 
 _COLUMNS = {
     "tenant": "TEXT",
@@ -99,11 +100,13 @@ class BadCursor(ValueError):
 
 
 def encode_cursor(created_at: float, run_id: str) -> str:
+    """The cursor of the page after the run (created_at, run_id): opaque to callers."""
     raw = json.dumps([created_at, run_id], separators=(",", ":")).encode()
     return base64.urlsafe_b64encode(raw).decode().rstrip("=")
 
 
 def decode_cursor(cursor: str) -> tuple[float, str]:
+    """The (created_at, run_id) a cursor names; `BadCursor` if it is not one of ours."""
     try:
         raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4))
         created_at, run_id = json.loads(raw)
@@ -151,6 +154,7 @@ def page_query(
 
 
 def to_page(rows: list[Row], limit: int) -> RunPage:
+    """The page of `page_query`'s rows: a next cursor only if it found one row more."""
     items = [_item(row) for row in rows[:limit]]
     last = items[-1] if len(rows) > limit and items else None
     return RunPage(

@@ -5,7 +5,8 @@ The event log is the checkpoint: a run's state after any step is the fold of its
 host. Run hosts write events in group commits: one transaction per host per flush carries
 every run's new events. Three stores over one database:
 
-    RunStore         runs (spec, request, tenant context, host) and events
+    RunStore         runs (spec, request, tenant context, host) and events; run lists
+                     (the runs table is also their index: state/run_index.py)
     SettingsStore    small shared values by key: kill switches, rollbacks, batch journals
     IdempotencyKeys  one creation per (tenant, endpoint, key)
 """
