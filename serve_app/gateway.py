@@ -44,6 +44,7 @@ from actors.runs_client import Runs
 from actors.runtime import ensure_runtime
 from actors.services import LIMITER_ACTOR, check_agents_package, service
 from actors.state import process_state
+from actors.state.run_index import RunPage
 from actors.switches import KILL_PREFIX, KillSwitches
 from agents.errors import (
     Killed,
@@ -70,7 +71,15 @@ from serve_app.handle_api import HandleSurface
 from serve_app.http_errors import as_rayfleet_error, error_response, problem
 from serve_app.idempotency import Idempotency
 from serve_app.openapi import openapi_endpoint
-from serve_app.schemas import BatchRequest, KillRequest, OutcomeRequest, RunRequest
+from serve_app.run_list import list_page, thread_page
+from serve_app.schemas import (
+    BatchRequest,
+    KillRequest,
+    OutcomeRequest,
+    RunListQuery,
+    RunRequest,
+    ThreadRunsQuery,
+)
 from serve_app.tenancy import Authenticator, TenancyConfig, TenantConfig
 from serve_app.traffic import Choice, TrafficConfig
 
@@ -100,6 +109,8 @@ class Gateway(HandleSurface):
             "start_batch",
             "get_batch",
             "cancel_batch",
+            "list_runs",
+            "thread_runs",
         }
     )
 
@@ -411,6 +422,57 @@ class Gateway(HandleSurface):
         await runs.cancel(run_id)
         return await runs.summary(run_id)
 
+    async def list_runs(
+        self,
+        agent: str | None = None,
+        version: str | None = None,
+        status: str | None = None,
+        thread_id: str | None = None,
+        since: float | None = None,
+        until: float | None = None,
+        limit: int = 50,
+        cursor: str | None = None,
+        tenant: str | None = None,
+        api_key: str | None = None,
+    ) -> RunPage:
+        """The caller's runs, newest first, a page at a time (`cursor`: the last page's
+        `next_cursor`); the admin key sees every tenant's (`tenant` picks one)."""
+        caller = self._scope(api_key)
+        asked = {
+            "agent": agent,
+            "version": version,
+            "status": status,
+            "thread_id": thread_id,
+            "since": since,
+            "until": until,
+            "limit": limit,
+            "cursor": cursor,
+            "tenant": tenant,
+        }
+        query = _validate(RunListQuery, {k: v for k, v in asked.items() if v is not None})
+        return await list_page(self._state.runs, query, caller)
+
+    async def thread_runs(
+        self,
+        thread_id: str,
+        limit: int = 50,
+        cursor: str | None = None,
+        tenant: str | None = None,
+        api_key: str | None = None,
+    ) -> RunPage:
+        """A conversation's runs in the order they were started, a page at a time."""
+        caller = self._scope(api_key)
+        asked = {"thread_id": thread_id, "limit": limit, "cursor": cursor, "tenant": tenant}
+        query = _validate(ThreadRunsQuery, {k: v for k, v in asked.items() if v is not None})
+        return await thread_page(self._state.runs, query, caller)
+
+    def _scope(self, api_key: str | None) -> str | None:
+        """Whose runs the caller may list: its tenant's, or None (every tenant's) for the
+        admin key."""
+        if api_key and self._auth.is_admin(f"Bearer {api_key}"):
+            return None
+        return self._tenant(api_key).id
+
     # -- batches: many inputs to one agent version, driven by the batch actor ----------------
 
     async def start_batch(
@@ -485,6 +547,8 @@ class Gateway(HandleSurface):
             Route("/v1/agents/{agent}/batches", self._http_create_batch, methods=["POST"]),
             Route("/v1/batches/{batch_id}", self._http_get_batch, methods=["GET"]),
             Route("/v1/batches/{batch_id}/cancel", self._http_cancel_batch, methods=["POST"]),
+            Route("/v1/runs", self._http_list_runs, methods=["GET"]),
+            Route("/v1/threads/{thread_id}/runs", self._http_thread_runs, methods=["GET"]),
             Route("/v1/runs/{run_id}", self._http_get_run, methods=["GET"]),
             Route("/v1/runs/{run_id}", self._http_delete_run, methods=["DELETE"]),
             Route("/v1/runs/{run_id}/events", self._http_events, methods=["GET"]),
@@ -625,6 +689,23 @@ class Gateway(HandleSurface):
     async def _http_get_run(self, request: Request) -> Response:
         summary = await self._owned(self._caller(request), request.path_params["run_id"])
         return JSONResponse(summary.model_dump(mode="json"))
+
+    async def _http_list_runs(self, request: Request) -> Response:
+        caller = self._scope_of(request)
+        query = _validate(RunListQuery, dict(request.query_params))
+        page = await list_page(self._state.runs, query, caller)
+        return JSONResponse(page.model_dump(mode="json"))
+
+    async def _http_thread_runs(self, request: Request) -> Response:
+        caller = self._scope_of(request)
+        asked = {**request.query_params, "thread_id": request.path_params["thread_id"]}
+        page = await thread_page(self._state.runs, _validate(ThreadRunsQuery, asked), caller)
+        return JSONResponse(page.model_dump(mode="json"))
+
+    def _scope_of(self, request: Request) -> str | None:
+        """As `_scope`, from the request's Authorization header."""
+        header = request.headers.get("authorization")
+        return None if self._auth.is_admin(header) else self._caller(request).id
 
     async def _http_delete_run(self, request: Request) -> Response:
         """Delete an ended run: the caller's own, or any with the admin key."""

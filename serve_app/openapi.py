@@ -18,10 +18,18 @@ from starlette.responses import JSONResponse
 
 from actors.batches import BATCH_ID_PATTERN, MAX_CONCURRENCY, MAX_ITEMS, BatchView
 from actors.outcomes import CostReport, ShadowComparison, VersionStats
+from actors.state.run_index import RunPage
 from actors.switches import KillSwitches
 from agents.events import event_adapter
 from agents.summary import RunSummary
-from serve_app.schemas import BatchRequest, KillRequest, OutcomeRequest, RunRequest
+from serve_app.schemas import (
+    BatchRequest,
+    KillRequest,
+    OutcomeRequest,
+    RunListQuery,
+    RunRequest,
+    ThreadRunsQuery,
+)
 from serve_app.traffic import ShadowRule
 
 REF = "#/components/schemas/{model}"
@@ -211,7 +219,8 @@ def _schemas() -> dict[str, Any]:
     for request in (RunRequest, OutcomeRequest, KillRequest, BatchRequest):
         add(request.__name__, request.model_json_schema(ref_template=REF, mode="validation"))
     documented = (RunSummary, Problem, RunAccepted, AgentList, Health, BatchAccepted, BatchView)
-    for model in (*documented, OutcomeRecorded, KillState, RollbackDone, ShadowReport, CostReport):
+    more = (OutcomeRecorded, KillState, RollbackDone, ShadowReport, CostReport, RunPage)
+    for model in (*documented, *more):
         add(model.__name__, model.model_json_schema(ref_template=REF, mode="serialization"))
     event = event_adapter.json_schema(ref_template=REF, mode="serialization")
     event["description"] = "One event of a run: the JSON in an SSE frame's `data:`."
@@ -339,6 +348,40 @@ _AFTER = {
     "description": "Resume after this seq; 0 (the default) streams from the start.",
     "schema": {"type": "integer", "minimum": 0, "maximum": MAX_SEQ, "default": 0},
 }
+
+
+def _query(model: type[BaseModel]) -> list[dict[str, Any]]:
+    """A query model's fields as parameters: the rules the gateway validates them with."""
+    schema = model.model_json_schema(mode="validation")
+    found = []
+    for name, field in schema["properties"].items():
+        field.pop("title", None)
+        description = field.pop("description", "")
+        default = field.pop("default", None)
+        # An optional filter is absent, never null: document the value it takes.
+        field = next((f for f in field.get("anyOf", [field]) if f.get("type") != "null"), field)
+        if default is not None:
+            field = {**field, "default": default}
+        required = name in schema.get("required", ())
+        found.append(
+            {"name": name, "in": "query", "required": required, "description": description}
+            | {"schema": field}
+        )
+    return found
+
+
+_THREAD_QUERY = [
+    {**p, "in": "path"} if p["name"] == "thread_id" else p for p in _query(ThreadRunsQuery)
+]
+_LISTED = (
+    "Each item is a run's summary from the state store (runs no longer held by any host "
+    "included): status, agent, version, assignment, tenant, thread, created/ended times, "
+    "steps, tokens, cost, error code and trace id (spend is known once the run has ended). "
+    "A tenant's key lists its own runs only; the admin key lists every tenant's, or one "
+    "with `tenant`. Pages are keyset pages: pass `next_cursor` back as `cursor`; runs "
+    "started meanwhile never repeat an item or push one off a page."
+)
+_BAD_QUERY = _problem("A filter, `limit` or `cursor` is invalid (`field` names it).")
 
 
 def _paths() -> dict[str, Any]:
@@ -491,6 +534,35 @@ def _paths() -> dict[str, Any]:
                     "200": {"description": "The batch.", "content": _json("BatchView")},
                     "401": _UNAUTHORIZED,
                     "404": _UNKNOWN_BATCH,
+                    "503": _OVERLOADED,
+                },
+            }
+        },
+        "/v1/runs": {
+            "get": {
+                "operationId": "listRuns",
+                "summary": "The caller's runs, newest first, filtered, a page at a time.",
+                "description": _LISTED,
+                "parameters": _query(RunListQuery),
+                "responses": {
+                    "200": {"description": "A page of runs.", "content": _json("RunPage")},
+                    "401": _UNAUTHORIZED,
+                    "422": _BAD_QUERY,
+                    "503": _OVERLOADED,
+                },
+            }
+        },
+        "/v1/threads/{thread_id}/runs": {
+            "get": {
+                "operationId": "listThreadRuns",
+                "summary": "A conversation's runs, oldest first, a page at a time.",
+                "description": _LISTED,
+                "parameters": _THREAD_QUERY,
+                "responses": {
+                    "200": {"description": "A page of runs.", "content": _json("RunPage")},
+                    "401": _UNAUTHORIZED,
+                    "404": _problem("No such route (a thread id with `/` in it)."),
+                    "422": _BAD_QUERY,
                     "503": _OVERLOADED,
                 },
             }

@@ -1,13 +1,18 @@
-"""The bodies the HTTP API accepts: validated by the gateway, documented by the OpenAPI
-document (serve_app.openapi), from the same models."""
+"""The bodies and queries the HTTP API accepts: validated by the gateway, documented by the
+OpenAPI document (serve_app.openapi), from the same models."""
 
 from __future__ import annotations
 
+import re
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from actors.batches import DEFAULT_CONCURRENCY, MAX_CONCURRENCY, MAX_ITEMS, BatchInput
+from actors.state.run_index import MAX_PAGE
+from agents.summary import RunStatus
+
+THREAD_ID_PATTERN = r"^[A-Za-z0-9._:-]{1,128}$"
 
 
 class OutcomeRequest(BaseModel):
@@ -36,7 +41,7 @@ class RunRequest(BaseModel):
 
     input: str = Field(min_length=1, max_length=100_000, description="The user's request.")
     thread_id: str | None = Field(
-        None, pattern=r"^[A-Za-z0-9._:-]{1,128}$", description="Continue this conversation."
+        None, pattern=THREAD_ID_PATTERN, description="Continue this conversation."
     )
     version: str | None = Field(None, description="Pin an agent version (default: current).")
 
@@ -76,3 +81,69 @@ class BatchRequest(BaseModel):
         if isinstance(value, list):
             return [{"input": item} if isinstance(item, str) else item for item in value]
         return value
+
+
+def _plain_number(value: Any, pattern: str, what: str) -> Any:
+    # Query values arrive as text, and pydantic reads "1_000" as 1000: only plain ASCII
+    # numbers here, as the other query parameters (`after`, `since` of the admin costs).
+    if isinstance(value, str) and re.fullmatch(pattern, value) is None:
+        raise ValueError(f"must be {what}, not {value[:40]!r}")
+    return value
+
+
+class ThreadRunsQuery(BaseModel):
+    """Query of `GET /v1/threads/{thread_id}/runs` (and the handle's `thread_runs`)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    thread_id: str = Field(pattern=THREAD_ID_PATTERN, description="The conversation.")
+    limit: int = Field(50, ge=1, le=MAX_PAGE, description=f"Runs a page, 1 to {MAX_PAGE}.")
+    cursor: str | None = Field(
+        None, max_length=200, description="A page's `next_cursor`: the page after it."
+    )
+    tenant: str | None = Field(
+        None, max_length=200, description="Admin key: only this tenant's runs (default: all)."
+    )
+
+    @field_validator("limit", mode="before")
+    @classmethod
+    def _plain_limit(cls, value: Any) -> Any:
+        return _plain_number(value, r"[0-9]{1,4}", "a whole number")
+
+
+class RunListQuery(BaseModel):
+    """Query of `GET /v1/runs` (and the handle's `list_runs`); every filter is optional."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    agent: str | None = Field(None, max_length=200, description="Only this agent's runs.")
+    version: str | None = Field(None, max_length=200, description="Only this version's runs.")
+    status: RunStatus | None = Field(None, description="Only runs in this status.")
+    thread_id: str | None = Field(
+        None, pattern=THREAD_ID_PATTERN, description="Only this conversation's runs."
+    )
+    since: float | None = Field(
+        None, ge=0, le=1e12, allow_inf_nan=False, description="Created at or after (unix s)."
+    )
+    until: float | None = Field(
+        None, ge=0, le=1e12, allow_inf_nan=False, description="Created before (unix s)."
+    )
+    limit: int = Field(50, ge=1, le=MAX_PAGE, description=f"Runs a page, 1 to {MAX_PAGE}.")
+    cursor: str | None = Field(
+        None, max_length=200, description="A page's `next_cursor`: the page after it."
+    )
+    tenant: str | None = Field(
+        None, max_length=200, description="Admin key: only this tenant's runs (default: all)."
+    )
+
+    @field_validator("limit", mode="before")
+    @classmethod
+    def _plain_limit(cls, value: Any) -> Any:
+        return _plain_number(value, r"[0-9]{1,4}", "a whole number")
+
+    @field_validator("since", "until", mode="before")
+    @classmethod
+    def _plain_seconds(cls, value: Any) -> Any:
+        return _plain_number(
+            value, r"[0-9]{1,20}(\.[0-9]{1,20})?([eE][-+]?[0-9]{1,3})?", "unix seconds"
+        )

@@ -5,7 +5,8 @@ The event log is the checkpoint: a run's state after any step is the fold of its
 host. Run hosts write events in group commits: one transaction per host per flush carries
 every run's new events. Three stores over one database:
 
-    RunStore         runs (spec, request, tenant context, host) and events
+    RunStore         runs (spec, request, tenant context, host) and events; run lists
+                     (the runs table is also their index: state/run_index.py)
     SettingsStore    small shared values by key: kill switches, rollbacks, batch journals
     IdempotencyKeys  one creation per (tenant, endpoint, key)
 """
@@ -20,6 +21,15 @@ from pydantic import BaseModel, ConfigDict
 
 from actors.credentials import TenantContext
 from actors.state.db import Database, Schema, Transaction
+from actors.state.run_index import (
+    MAX_PAGE,
+    RunFilter,
+    RunPage,
+    add_listing,
+    ending,
+    page_query,
+    to_page,
+)
 from agents.encoded import EncodedEvent
 from agents.events import Event, event_adapter, is_terminal
 from agents.loop import RunInput
@@ -83,7 +93,7 @@ async def _indexes(tx: Transaction) -> None:
         await tx.execute(statement)
 
 
-_SCHEMA = Schema("runs", (_create, _add_columns, _indexes))
+_SCHEMA = Schema("runs", (_create, _add_columns, _indexes, add_listing))
 
 
 class RunRecord(BaseModel):
@@ -114,7 +124,9 @@ class RunStore:
         await self._db.ensure(_SCHEMA)
         await self._db.execute(
             # DO NOTHING: a create asked again (a retried call) is a no-op.
-            "INSERT INTO runs (run_id, spec, request, context, host_id) VALUES (?, ?, ?, ?, ?) "
+            "INSERT INTO runs (run_id, spec, request, context, host_id, tenant, agent, version, "
+            "assignment, thread_id, trace_id, created_at, status) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 'running') "
             "ON CONFLICT (run_id) DO NOTHING",
             (
                 request.run_id,
@@ -122,6 +134,13 @@ class RunStore:
                 request.model_dump_json(),
                 context.model_dump_json(),
                 host_id,
+                context.tenant,
+                spec.name,
+                spec.version,
+                request.assignment,
+                request.thread_id,
+                None if request.trace is None else request.trace.trace_id,
+                self._clock(),
             ),
         )
 
@@ -133,18 +152,46 @@ class RunStore:
         rows = [(run_id, e.event.seq, e.json) for run_id, es in encoded.items() for e in es]
         now = self._clock()
         ended = [
-            (now, run_id) for run_id, es in encoded.items() if es and is_terminal(es[-1].event)
+            (now, *ending(es[-1].event), es[-1].event.trace_id, run_id)
+            for run_id, es in encoded.items()
+            if es and is_terminal(es[-1].event)
         ]
         await self._db.batch(
             [
                 # DO NOTHING: a flush retried after a lost reply writes the same rows again.
                 ("INSERT INTO events VALUES (?, ?, ?) ON CONFLICT DO NOTHING", rows),
                 (
-                    "UPDATE runs SET ended = 1, ended_at = COALESCE(ended_at, ?) WHERE run_id = ?",
+                    # The listing's columns too: how the run ended, in the same transaction.
+                    "UPDATE runs SET ended = 1, ended_at = COALESCE(ended_at, ?), status = ?, "
+                    "steps = ?, tokens = ?, cost_usd = ?, error_code = ?, "
+                    "trace_id = COALESCE(trace_id, ?) WHERE run_id = ?",
                     ended,
                 ),
             ]
         )
+
+    async def list_runs(
+        self, where: RunFilter, limit: int = 50, cursor: str | None = None
+    ) -> RunPage:
+        """Runs matching `where`, newest first, `limit` (1-200) a page; `cursor` is a page's
+        `next_cursor` (a bad one raises `BadCursor`)."""
+        return await self._page(where, limit, cursor, newest_first=True)
+
+    async def thread_runs(
+        self, thread_id: str, tenant: str | None, limit: int = 50, cursor: str | None = None
+    ) -> RunPage:
+        """A thread's runs in the order they were created (`tenant` None: any tenant's)."""
+        where = RunFilter(thread_id=thread_id, tenant=tenant)
+        return await self._page(where, limit, cursor, newest_first=False)
+
+    async def _page(
+        self, where: RunFilter, limit: int, cursor: str | None, newest_first: bool
+    ) -> RunPage:
+        if not 1 <= limit <= MAX_PAGE:
+            raise ValueError(f"limit must be 1 to {MAX_PAGE}, not {limit}")
+        await self._db.ensure(_SCHEMA)
+        sql, args = page_query(where, limit, cursor, newest_first)
+        return to_page(await self._db.fetchall(sql, args), limit)
 
     async def move_run(self, run_id: str, host_id: str) -> None:
         await self._db.ensure(_SCHEMA)

@@ -3,7 +3,8 @@
     echo '[{"method": "_start", ...}]' | RAY_ADDRESS=host:port python -m tests.serve.handle_calls
 
 Each call: `method`, optional `kwargs`, `stream` (iterate the response), `deployment` (a
-deployment of the `rayfleet` app; default: the app's ingress). Each outcome: `ok`, and for
+deployment of the `rayfleet` app; default: the app's ingress), `dump` (the result is a
+pydantic model: answer it whole as `json`). Each outcome: `ok`, and for
 an error its rayfleet `code` and `message`.
 """
 
@@ -34,7 +35,10 @@ async def call(spec: dict[str, Any]) -> dict[str, Any]:
         if stream:
             items = [item async for item in response]
             return {"ok": True, "items": len(items)}
-        return {"ok": True, "result": repr(await response)[:200]}
+        result = await response
+        if spec.get("dump"):  # the result as JSON, whole
+            return {"ok": True, "json": result.model_dump(mode="json")}
+        return {"ok": True, "result": repr(result)[:200]}
     except RayfleetError as exc:
         return {"ok": False, "code": exc.code, "message": exc.message}
 

@@ -22,6 +22,9 @@ OBSERVED_KEY = "rf-test-observed-8c47d0"
 """tests/serve/test_metrics.py's own tenant: the metrics tagged with it are its runs'."""
 OBSERVED_RPM_KEY = "rf-test-observed-rpm-27e915"
 """tests/serve/test_metrics.py's tenant with one run per minute: its refusals are counted."""
+LISTS_A_KEY = "rf-test-lists-a-5e21c9"
+LISTS_B_KEY = "rf-test-lists-b-a7340d"
+"""tests/serve/test_run_list.py's tenants: their lists hold that test's runs only."""
 LIMITED_RPM = 30
 THRIFTY_BUDGET_USD = 0.03
 UNSET_ENV = "RAYFLEET_TEST_UNSET_KEY"
@@ -53,6 +56,8 @@ TENANCY = TenancyConfig(
             api_key_sha256=(digest(OBSERVED_RPM_KEY),),
             limits=TenantLimits(requests_per_min=1),
         ),
+        TenantConfig(id="lists_a", api_key_sha256=(digest(LISTS_A_KEY),)),
+        TenantConfig(id="lists_b", api_key_sha256=(digest(LISTS_B_KEY),)),
         TenantConfig(
             id="byok",
             api_key_sha256=(digest(BYOK_KEY),),

@@ -49,6 +49,8 @@ PARAMETERS = {
     "GET /healthz": (),
     "GET /v1/agents": (),
     "POST /v1/agents/{agent}/runs": ("agent",),
+    "GET /v1/runs": (),
+    "GET /v1/threads/{thread_id}/runs": ("thread_id",),
     "GET /v1/runs/{run_id}": ("run_id",),
     "GET /v1/runs/{run_id}/events": ("run_id",),
     "POST /v1/runs/{run_id}/cancel": ("run_id",),
@@ -120,7 +122,7 @@ def _strategy(label: str, variant: str, live_run: str) -> Any:
     operation = SCHEMA.find_operation_by_label(label)
     assert operation is not None, label
     if variant == "live":
-        pinned = {"agent": AGENT, "run_id": live_run}
+        pinned = {"agent": AGENT, "run_id": live_run, "thread_id": "fuzz-thread"}
         path_parameters = {name: pinned[name] for name in PARAMETERS[label]}
         return operation.as_strategy(GenerationMode.POSITIVE, path_parameters=path_parameters)
     mode = GenerationMode.NEGATIVE if variant == "negative" else GenerationMode.POSITIVE
