@@ -223,6 +223,17 @@ def test_an_admin_kill_switch_set_in_the_fleet_page_refuses_runs_until_cleared(
         assert cleared.status_code == 200, cleared.text
 
 
+def test_the_key_lives_only_in_the_tabs_session_storage(page: Page) -> None:
+    use_key(page, ACME_KEY)
+    assert page.evaluate("sessionStorage.getItem('rayfleet.apiKey')") == ACME_KEY
+    assert page.evaluate("localStorage.length") == 0
+    assert page.context.cookies() == []
+    assert page.input_value("#key") == ""  # not left in the page either
+    page.click("#key-forget")
+    expect(page.locator("#key-state")).to_have_text("no key")
+    assert page.evaluate("sessionStorage.length") == 0
+
+
 def test_the_fleet_page_needs_the_admin_key(page: Page) -> None:
     use_key(page, ACME_KEY)
     page.goto("/console#/fleet")
