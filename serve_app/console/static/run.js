@@ -45,7 +45,7 @@ export async function runPage(root, runId) {
     output.replaceChildren(el("h3", kind === "run.completed" ? "Output" : "Ended"), el("pre", text));
   };
   const stop = new AbortController();
-  streamEvents(runId, (event) => {
+  const streamed = streamEvents(runId, (event) => {
     if (event.kind === "budget.progress") {
       budget.textContent = `step ${event.step}/${event.max_steps} · tokens ${event.tokens}/${event.max_tokens} · $${event.cost_usd.toFixed(4)}/$${event.max_cost_usd}`;
     } else if (event.kind === "run.completed") {
@@ -57,6 +57,12 @@ export async function runPage(root, runId) {
     }
     if (!TERMINAL.has(event.kind)) view.add(event);
   }, stop.signal);
+  streamed.then((result) => {
+    if (!result.ended && !stop.signal.aborted) {
+      const why = result.status ? `the event stream answered ${result.status}` : "the event stream was lost";
+      message.replaceChildren(el("p", `${why}: reload to follow the run again`, { class: "error", id: "stream-lost" }));
+    }
+  });
   return () => stop.abort();
 }
 
