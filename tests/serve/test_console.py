@@ -238,3 +238,14 @@ def test_the_fleet_page_needs_the_admin_key(page: Page) -> None:
     use_key(page, ACME_KEY)
     page.goto("/console#/fleet")
     expect(page.locator("#fleet-denied")).to_contain_text("401")
+
+
+def test_a_sub_agents_events_nest_under_its_call(page: Page, sim: Sim) -> None:
+    use_key(page, ACME_KEY)
+    start_from_page(page, "concierge", "Where is order 1002?")
+    nested = page.locator(".subagent").first
+    expect(nested.locator("summary")).to_contain_text("sub-agent concierge-orders")
+    expect(nested).to_contain_text("Input: ")
+    expect(nested.locator(".tool-call").first).to_be_visible()
+    expect(page.locator("#run-status")).to_have_text("completed")
+    screenshot(page, "run-subagents")
