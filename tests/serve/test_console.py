@@ -32,8 +32,11 @@ KILLED_AGENT = "concierge"
 expect.set_options(timeout=30_000)  # a loaded 2-core machine: a condition, not a pace
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def browser() -> Iterator[Browser]:
+    """Chromium for this module's tests. Not session-wide: while Playwright's sync API is
+    open, its event loop counts as running in this thread, so every async test after it
+    would fail ("Cannot run the event loop while another loop is running")."""
     if not Path(CHROMIUM).exists():
         pytest.fail(f"{CHROMIUM} is missing: run scripts/ensure-chromium")
     with sync_playwright() as playwright:
