@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 UV := $(VENV)/bin/uv
 INSTALLED := $(VENV)/.installed
 
-.PHONY: install postgres serve test check lint types fmt lock bench clean
+.PHONY: install postgres chromium serve test check lint types fmt lock bench clean
 
 install: $(INSTALLED)
 
@@ -28,7 +28,11 @@ serve: install
 postgres:
 	scripts/ensure-postgres
 
-test: install postgres
+# The console's browser tests drive Debian's Chromium (never a browser Playwright downloads).
+chromium:
+	scripts/ensure-chromium
+
+test: install postgres chromium
 	$(PY) -m pytest
 
 lint: install

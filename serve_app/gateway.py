@@ -64,6 +64,7 @@ from agents.tracing import configure_tracing, inbound_span
 from serve_app.batch_driver import BatchDriver
 from serve_app.bodies import read_json
 from serve_app.config import AppConfig
+from serve_app.console import console_asset, console_page
 from serve_app.deletion import delete_run
 from serve_app.delivery import KILL_ADMIN, ROLLBACK, Delivery
 from serve_app.detached import detached
@@ -542,6 +543,8 @@ class Gateway(HandleSurface):
         routes = [
             Route("/healthz", self._healthz, methods=["GET"]),
             Route("/openapi.json", openapi_endpoint, methods=["GET"]),
+            Route("/console", console_page, methods=["GET"]),
+            Route("/console/static/{name}", console_asset, methods=["GET"]),
             Route("/v1/agents", self._http_list_agents, methods=["GET"]),
             Route("/v1/agents/{agent}/runs", self._http_create_run, methods=["POST"]),
             Route("/v1/agents/{agent}/batches", self._http_create_batch, methods=["POST"]),
@@ -557,6 +560,7 @@ class Gateway(HandleSurface):
             Route("/v1/admin/tenants", self._http_admin_tenants, methods=["GET"]),
             Route("/v1/admin/costs", self._http_admin_costs, methods=["GET"]),
             Route("/v1/admin/kill", self._http_admin_kill, methods=["POST"]),
+            Route("/v1/admin/kill", self._http_admin_kill_state, methods=["GET"]),
             Route("/v1/admin/agents/{agent}/rollback", self._http_rollback, methods=["POST"]),
             Route("/v1/admin/agents/{agent}/shadows", self._http_shadows, methods=["GET"]),
         ]
@@ -634,6 +638,13 @@ class Gateway(HandleSurface):
         await self._state.settings.put_setting(KILL_ADMIN, updated.model_dump_json())
         self._delivery.refresh(await self._delivery_settings())
         return JSONResponse({"kill": updated.model_dump(mode="json")})
+
+    async def _http_admin_kill_state(self, request: Request) -> Response:
+        """The admin's kill switches now (those in the deploy config apart)."""
+        self._admin(request)
+        await self._client()
+        self._delivery.refresh(await self._delivery_settings())
+        return JSONResponse({"kill": self._delivery.admin_kill().model_dump(mode="json")})
 
     async def _http_rollback(self, request: Request) -> Response:
         """Send the agent's canary weight to 0 now (until its traffic config changes)."""

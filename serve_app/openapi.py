@@ -22,6 +22,7 @@ from actors.state.run_index import RunPage
 from actors.switches import KillSwitches
 from agents.events import event_adapter
 from agents.summary import RunSummary
+from serve_app.console import ASSETS as CONSOLE_ASSETS
 from serve_app.schemas import (
     BatchRequest,
     KillRequest,
@@ -408,6 +409,48 @@ def _paths() -> dict[str, Any]:
                 },
             }
         },
+        "/console": {
+            "get": {
+                "operationId": "console",
+                "summary": "The console: a web page to watch runs, start them and run the fleet.",
+                "description": (
+                    "Static HTML under a strict Content-Security-Policy; it asks for an API key, "
+                    "keeps it in the tab's session storage and calls this API with it."
+                ),
+                "security": public,
+                "responses": {
+                    "200": {
+                        "description": "The page.",
+                        "content": {"text/html": {"schema": {"type": "string"}}},
+                    }
+                },
+            }
+        },
+        "/console/static/{name}": {
+            "get": {
+                "operationId": "consoleAsset",
+                "summary": "One of the console's scripts or its style sheet.",
+                "security": public,
+                "parameters": [
+                    {
+                        "name": "name",
+                        "in": "path",
+                        "required": True,
+                        "schema": {"type": "string", "enum": list(CONSOLE_ASSETS)},
+                    }
+                ],
+                "responses": {
+                    "200": {
+                        "description": "The file.",
+                        "content": {
+                            "text/javascript": {"schema": {"type": "string"}},
+                            "text/css": {"schema": {"type": "string"}},
+                        },
+                    },
+                    "404": _problem("Not a file of the console."),
+                },
+            }
+        },
         "/v1/agents": {
             "get": {
                 "operationId": "listAgents",
@@ -646,6 +689,16 @@ def _paths() -> dict[str, Any]:
             }
         },
         "/v1/admin/kill": {
+            "get": {
+                "operationId": "getKillSwitches",
+                "summary": "The kill switches set by admins (admin).",
+                "description": "Those in the deploy config (`traffic.kill`) are not included.",
+                "security": [{"bearer": []}],
+                "responses": {
+                    "200": {"description": "The admin switches.", "content": _json("KillState")},
+                    "401": _problem("Not the admin key."),
+                },
+            },
             "post": {
                 "operationId": "setKillSwitch",
                 "summary": "Switch something off with a reason, or back on with null (admin).",
@@ -667,7 +720,7 @@ def _paths() -> dict[str, Any]:
                     "413": _problem("Body over the size limit."),
                     "422": _problem("Body is not JSON, or a field is invalid (`field` names it)."),
                 },
-            }
+            },
         },
         "/v1/admin/agents/{agent}/rollback": {
             "post": {

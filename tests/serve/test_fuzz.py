@@ -47,6 +47,8 @@ AGENT = "support"
 SCHEMA = schemathesis.openapi.from_dict(openapi_document())
 PARAMETERS = {
     "GET /healthz": (),
+    "GET /console": (),
+    "GET /console/static/{name}": (),  # an enum of its files: positive cases only
     "GET /v1/agents": (),
     "POST /v1/agents/{agent}/runs": ("agent",),
     "GET /v1/runs": (),
@@ -56,6 +58,7 @@ PARAMETERS = {
     "POST /v1/runs/{run_id}/cancel": ("run_id",),
     "POST /v1/runs/{run_id}/outcome": ("run_id",),
     "GET /v1/admin/tenants": (),
+    "GET /v1/admin/kill": (),
     "POST /v1/admin/kill": (),
     "POST /v1/admin/agents/{agent}/rollback": ("agent",),
     "GET /v1/admin/agents/{agent}/shadows": ("agent",),
