@@ -11,9 +11,11 @@
     │   └── RequestTooLarge       a body over the size limit
     ├── Conflict                  the resource's state forbids it now (409): deleting a
     │                             running run, a request whose Idempotency-Key is in use
+    │   └── NotPending            deciding a call that does not wait (any more)
     ├── RunError                  a run could not finish normally
     │   ├── BudgetExceeded        steps, tokens, dollars or wall clock
     │   ├── RunTimeout
+    │   ├── ApprovalTimedOut     a call waited past its deadline (on_timeout: fail)
     │   ├── ToolFailed
     │   │   └── ToolUnavailable   transient (a tool raises it): the tool pool retries
     │   └── ModelOutputUnusable
@@ -129,6 +131,13 @@ class Conflict(RayfleetError):
         self.retry_after_s = retry_after_s
 
 
+class NotPending(Conflict):
+    """A decision on a tool call that is not waiting for one: decided already, never asked,
+    or its run has ended."""
+
+    code = "approval_not_pending"
+
+
 class RunError(RayfleetError):
     """A run could not finish normally."""
 
@@ -149,6 +158,10 @@ class BudgetExceeded(RunError):
 class RunTimeout(RunError):
     code = "run_timeout"
     retryable = True
+
+
+class ApprovalTimedOut(RunError):
+    code = "approval_timeout"
 
 
 class ToolFailed(RunError):

@@ -109,6 +109,37 @@ class ToolResulted(_Event):
     """The tokens behind `cost_usd`; part of the run's usage."""
 
 
+class ApprovalRequested(_Event):
+    """A tool call waits for a person (agents.approvals): the run pauses here, holding no
+    slot, task or budget, until a decision (or the deadline) resumes it."""
+
+    kind: Literal["approval.requested"] = "approval.requested"
+    step: int
+    call_id: str
+    tool: str
+    arguments: dict[str, JsonValue]
+    deciders: tuple[str, ...]
+    """Who may decide: `tenant` (the run's tenant's key) and/or `admin`."""
+    deadline: float
+    """Unix time after which the tool's `on_timeout` outcome applies."""
+
+
+class ApprovalDecided(_Event):
+    """The decision on a call that waited: the run resumes from here."""
+
+    kind: Literal["approval.decided"] = "approval.decided"
+    step: int
+    call_id: str
+    tool: str
+    decision: Literal["approve", "edit", "reject", "timeout"]
+    arguments: dict[str, JsonValue] | None = None
+    """An `edit`'s arguments: the tool runs with these instead of the model's."""
+    message: str | None = None
+    """A `reject`'s message: the model gets it as the tool's answer."""
+    by: str
+    """Who decided: `tenant:<id>`, `admin`, or `deadline`."""
+
+
 class ContextPruned(_Event):
     """A model call carries less than the whole conversation (C7); the run log keeps all
     of it. Emitted when the pruning decision changes, before the call it applies to."""
@@ -214,6 +245,8 @@ Event = Annotated[
     | ModelCompleted
     | ToolCalled
     | ToolResulted
+    | ApprovalRequested
+    | ApprovalDecided
     | ContextPruned
     | BudgetProgress
     | SubagentEvent

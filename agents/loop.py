@@ -18,11 +18,13 @@ from dataclasses import dataclass
 from opentelemetry import trace
 from pydantic import BaseModel, ConfigDict
 
+from agents.approvals import AwaitingApproval, paused_s
 from agents.budget import RunBudget
 from agents.calls import idempotency_key, with_stable_ids
-from agents.errors import BudgetExceeded, Killed, RayfleetError, RunTimeout
+from agents.errors import ApprovalTimedOut, BudgetExceeded, Killed, RayfleetError, RunTimeout
 from agents.eventlog import EventLog
 from agents.events import (
+    ApprovalRequested,
     BudgetExceededEvent,
     BudgetProgress,
     ContextPruned,
@@ -151,8 +153,10 @@ async def execute_run(
             assignment=request.assignment,
             primary_run_id=request.primary_run_id,
         )
-    created_ts = log.events()[0].ts
-    budget = RunBudget(spec.budgets, clock=clock, elapsed_s=max(0.0, wall_clock() - created_ts))
+    created_ts, now = log.events()[0].ts, wall_clock()
+    # Time spent waiting for a person is not the run's: its clock stood still meanwhile.
+    elapsed_s = max(0.0, now - created_ts - paused_s(log.events(), now))
+    budget = RunBudget(spec.budgets, clock=clock, elapsed_s=elapsed_s)
     spans = RunSpans(spec, request, created_ts, resumed)
     run = _Run(spec, request, ports, log, budget, RunState(messages=[]), coalescing, clock, spans)
     try:
@@ -169,6 +173,8 @@ async def _execute(run: _Run, resumed: bool) -> None:
         async with deadline:
             await _prepare(run, resumed)
             output = await _loop(run)
+    except AwaitingApproval:
+        return  # paused: no terminal event; a decision resumes the run from its log
     except asyncio.CancelledError:
         log.emit(RunCancelled, reason="cancelled", **_spent(budget))
         return
@@ -498,9 +504,13 @@ async def _model_turn(
 async def _tool_turn(run: _Run, call: ToolCall) -> Message:
     spec, log, state = run.spec, run.log, run.state
     step, position = state.step, len(state.calls) - len(state.pending)
+    decided = await _approval(run, call)
     started = run.clock()
     with tool_span(call, spec.trace_content) as span:
-        outcome = await _run_tool(run, call, position)
+        if isinstance(decided, ToolOutcome):  # not approved: the tool never runs
+            outcome = decided
+        else:
+            outcome = await _run_tool(run, decided, position)
         tool_done(span, outcome, spec.trace_content)
     event = log.emit(
         ToolResulted,
@@ -517,6 +527,47 @@ async def _tool_turn(run: _Run, call: ToolCall) -> Message:
     )
     run.budget.record(outcome.usage, outcome.cost_usd)
     return tool_message(event)
+
+
+async def _approval(run: _Run, call: ToolCall) -> ToolCall | ToolOutcome:
+    """The call to run (the model's, or a person's edit of it), or the answer of a call a
+    person did not approve. A call that needs a decision and has none pauses the run."""
+    tool, state, request = run.spec.tool(call.name), run.state, run.request
+    rule = tool.approval if tool is not None else None
+    if rule is None or not rule.asks(call.arguments, request.tenant):
+        return call
+    if request.assignment == "shadow":
+        # A shadow never asks: its side effects are the primary's, replayed by the tool
+        # port, and anything else that needs a person is not run at all.
+        if tool is not None and tool.side_effects:
+            return call
+        return ToolOutcome(ok=False, output="", error="needs approval: not run in a shadow")
+    decision = state.decided.get(call.id)
+    if decision is None:
+        asked = state.asked.get(call.id)
+        if asked is None:  # once: a resumed run that still waits does not ask again
+            asked = run.log.emit(
+                ApprovalRequested,
+                step=state.step,
+                call_id=call.id,
+                tool=call.name,
+                arguments=call.arguments,
+                deciders=rule.deciders,
+                deadline=time.time() + rule.timeout_s,
+            )
+            state.asked[call.id] = asked
+        await _durable(run)  # the pause outlives this process before the run lets go
+        raise AwaitingApproval(asked)
+    if decision.decision == "approve":
+        return call
+    if decision.decision == "edit" and decision.arguments is not None:
+        return call.model_copy(update={"arguments": decision.arguments})
+    if decision.decision == "timeout" and rule.on_timeout == "fail":
+        raise ApprovalTimedOut(f"tool call {call.id} ({call.name}) was not decided in time")
+    why = decision.message or (
+        "no decision before the deadline" if decision.decision == "timeout" else "rejected"
+    )
+    return ToolOutcome(ok=False, output="", error=f"not approved by a person: {why}")
 
 
 async def _run_tool(run: _Run, call: ToolCall, position: int) -> ToolOutcome:

@@ -17,6 +17,7 @@ from pydantic import (
     model_validator,
 )
 
+from agents.approvals import ApprovalRule
 from agents.errors import AgentSpecError
 from agents.messages import ToolSchema
 
@@ -103,6 +104,12 @@ class ToolSpec(_Config):
         "Unset: only the pool's own limit.",
     )
 
+    approval: ApprovalRule | None = Field(
+        None,
+        description="Calls wait for a person's decision before the tool runs (all of them, or "
+        "those the rule's `when` and `tenants` pick): see agents/approvals.py.",
+    )
+
     @model_validator(mode="after")
     def _function_or_agent(self) -> Self:
         if (self.function is None) == (self.agent is None):
@@ -117,6 +124,19 @@ class ToolSpec(_Config):
             raise ValueError(
                 f"tool {self.name!r} is a sub-agent: cache its calls with the sub-agent's own "
                 "response_cache_ttl_s and tool caches, not cache_ttl_s"
+            )
+        return self
+
+    @model_validator(mode="after")
+    def _approval_on_functions(self) -> Self:
+        if self.agent is None:
+            return self
+        if self.approval is not None or any(t.approval for t in self.agent.tools):
+            # A pause inside a sub-agent would have to resume two nested loops from one
+            # decision; not built yet, so refused at load rather than half-working.
+            raise ValueError(
+                f"tool {self.name!r} is a sub-agent: approvals are for function tools of the "
+                "agent the run starts with (not on a sub-agent, nor on its tools)"
             )
         return self
 

@@ -6,6 +6,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict
 
+from agents.approvals import waiting
 from agents.events import (
     ContextPruned,
     Event,
@@ -20,7 +21,8 @@ from agents.events import (
 )
 from agents.messages import Usage
 
-RunStatus = Literal["running", "completed", "failed", "cancelled"]
+RunStatus = Literal["running", "awaiting_approval", "completed", "failed", "cancelled"]
+"""`awaiting_approval`: paused until a person decides on a tool call (agents.approvals)."""
 
 
 class RunSummary(BaseModel):
@@ -92,4 +94,5 @@ def summarize(events: list[Event]) -> RunSummary:
         )
     if isinstance(last, RunCancelled):
         return RunSummary(**base, status="cancelled", ended_at=last.ts)
-    return RunSummary(**base, status="running")
+    waits = waiting(events)
+    return RunSummary(**base, status="running" if waits is None else "awaiting_approval")

@@ -743,7 +743,7 @@ def _context(tenant: TenantConfig) -> TenantContext:
 
 def _check_after(summary: RunSummary, after: int) -> None:
     """A resume point is a seq of the run, or past its end while it still runs."""
-    if after < 0 or (after > summary.last_seq and summary.status != "running"):
+    if after < 0 or (after > summary.last_seq and summary.ended_at is not None):
         raise RequestInvalid(
             f"after={after} is not a seq of the run (last: {summary.last_seq})", "after"
         )
