@@ -4,6 +4,7 @@
     ├── ConfigError               a spec or deploy config is invalid
     │   └── AgentSpecError        names the file and the field path
     ├── Unauthorized              no API key, or not a known one (401)
+    ├── Forbidden                 a known key that may not do this (403)
     ├── NotFound
     │   ├── UnknownAgent
     │   └── UnknownRun            also what another tenant's run looks like
@@ -74,6 +75,13 @@ class Unauthorized(RayfleetError):
     """The caller did not present a known API key."""
 
     code = "unauthorized"
+
+
+class Forbidden(RayfleetError):
+    """The caller's key is known but may not do this (decide an approval it is not a
+    decider of)."""
+
+    code = "forbidden"
 
 
 class NotFound(RayfleetError):

@@ -8,6 +8,7 @@ from pydantic import BaseModel, ConfigDict
 
 from agents.approvals import waiting
 from agents.events import (
+    ApprovalRequested,
     ContextPruned,
     Event,
     ModelCompleted,
@@ -44,6 +45,8 @@ class RunSummary(BaseModel):
     created_at: float = 0.0
     ended_at: float | None = None
     last_seq: int = 0
+    approval: ApprovalRequested | None = None
+    """While `awaiting_approval`: the tool call that waits (decide it with its call_id)."""
 
 
 def summarize(events: list[Event]) -> RunSummary:
@@ -95,4 +98,6 @@ def summarize(events: list[Event]) -> RunSummary:
     if isinstance(last, RunCancelled):
         return RunSummary(**base, status="cancelled", ended_at=last.ts)
     waits = waiting(events)
-    return RunSummary(**base, status="running" if waits is None else "awaiting_approval")
+    if waits is None:
+        return RunSummary(**base, status="running")
+    return RunSummary(**base, status="awaiting_approval", approval=waits)

@@ -54,6 +54,7 @@ from agents.spec import AgentSpec
 from agents.summary import RunSummary
 from agents.tracing import configure_tracing, inbound_span
 from serve_app.admin_routes import AdminRoutes
+from serve_app.approval_routes import ApprovalRoutes
 from serve_app.batch_driver import BatchDriver
 from serve_app.bodies import read_json
 from serve_app.config import AppConfig
@@ -88,7 +89,7 @@ logger = logging.getLogger("rayfleet")
     health_check_period_s=2,
 )
 @serve.ingress()
-class Gateway(HandleSurface, AdminRoutes):
+class Gateway(HandleSurface, AdminRoutes, ApprovalRoutes):
     """HTTP API and handle API in one ingress deployment."""
 
     handle_methods = frozenset(
@@ -104,6 +105,7 @@ class Gateway(HandleSurface, AdminRoutes):
             "cancel_batch",
             "list_runs",
             "thread_runs",
+            "decide_approval",
         }
     )
 
@@ -543,6 +545,7 @@ class Gateway(HandleSurface, AdminRoutes):
             Route("/v1/runs/{run_id}/events", self._http_events, methods=["GET"]),
             Route("/v1/runs/{run_id}/cancel", self._http_cancel, methods=["POST"]),
             Route("/v1/runs/{run_id}/outcome", self._http_outcome, methods=["POST"]),
+            *self.approval_routes(),
             *self.admin_routes(),
         ]
         return Starlette(

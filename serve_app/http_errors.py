@@ -19,6 +19,7 @@ from starlette.responses import JSONResponse, Response
 
 from agents.errors import (
     Conflict,
+    Forbidden,
     Killed,
     NotFound,
     Overloaded,
@@ -37,6 +38,7 @@ _STATUS: dict[type[RayfleetError], int] = {
     RayfleetError: 500,
     NotFound: 404,
     Unauthorized: 401,
+    Forbidden: 403,
     RequestInvalid: 422,
     RequestTooLarge: 413,
     Conflict: 409,

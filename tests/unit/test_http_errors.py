@@ -46,6 +46,7 @@ EXPECTED_STATUS = {
     "ToolUnavailable": 500,
     "Killed": 503,
     "Unauthorized": 401,
+    "Forbidden": 403,
     "ModelOutputUnusable": 500,
     "ProviderError": 502,
     "ProviderUnavailable": 502,
