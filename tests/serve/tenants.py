@@ -25,6 +25,8 @@ OBSERVED_RPM_KEY = "rf-test-observed-rpm-27e915"
 LISTS_A_KEY = "rf-test-lists-a-5e21c9"
 LISTS_B_KEY = "rf-test-lists-b-a7340d"
 """tests/serve/test_run_list.py's tenants: their lists hold that test's runs only."""
+CONSOLE_KEY = "rf-test-console-d2a61f"
+"""tests/serve/test_console.py's tenant for the runs list: its list holds that module's runs."""
 LIMITED_RPM = 30
 THRIFTY_BUDGET_USD = 0.03
 UNSET_ENV = "RAYFLEET_TEST_UNSET_KEY"
@@ -58,6 +60,7 @@ TENANCY = TenancyConfig(
         ),
         TenantConfig(id="lists_a", api_key_sha256=(digest(LISTS_A_KEY),)),
         TenantConfig(id="lists_b", api_key_sha256=(digest(LISTS_B_KEY),)),
+        TenantConfig(id="console", api_key_sha256=(digest(CONSOLE_KEY),)),
         TenantConfig(
             id="byok",
             api_key_sha256=(digest(BYOK_KEY),),

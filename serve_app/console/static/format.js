@@ -11,3 +11,10 @@ export function money(usd, digits = 5) { return usd === null || usd === undefine
 
 /** A share (0..1) as a percentage; "–" for null. */
 export function percent(share) { return share === null || share === undefined ? "–" : `${(share * 100).toFixed(1)}%`; }
+
+/** ["a", "a", "b"] -> "a ×2, b". */
+export function tally(names) {
+  const counts = new Map();
+  for (const name of names) counts.set(name, (counts.get(name) || 0) + 1);
+  return [...counts].map(([name, n]) => (n > 1 ? `${name} ×${n}` : name)).join(", ");
+}

@@ -32,6 +32,7 @@ export async function runsPage(root, params) {
   const show = (data, page) => {
     body.replaceChildren(runTable(data.runs || [], "runs-table", (page - 1) * limit + 1));
     body.dataset.page = String(page);
+    body.dataset.query = query;  // which filters the rows shown answer
     pager.replaceChildren();
     if (page > 1) pager.append(button("Newest (live)", "runs-first", () => first()));
     if (data.next_cursor) pager.append(button("Next page", "runs-next", () => later(data.next_cursor, page + 1)));

@@ -19,7 +19,7 @@ export function runTable(runs, id, first = 1) {
 }
 
 function row(run, n) {
-  const tr = el("tr", null, { "data-run": run.run_id, "data-status": run.status });
+  const tr = el("tr", null, { "data-run": run.run_id, "data-status": run.status, "data-agent": run.agent, "data-tenant": run.tenant });
   const thread = run.thread_id
     ? el("a", run.thread_id, { href: `#/threads/${encodeURIComponent(run.thread_id)}`, class: "thread-link" })
     : "";

@@ -1,9 +1,10 @@
-// A run's waterfall: one bar per step, model call (discarded attempts too) and tool call,
+// A run's waterfall: one bar per step, model call (discarded attempts and the time lost to
+// failed attempts before a fallback answered too) and tool call,
 // placed on the run's clock from the events' timestamps, with its duration and cost.
 // Bars are positioned through the CSSOM (element.style), which the page's CSP allows;
 // no style attribute is ever written.
 import { el, TERMINAL } from "./api.js";
-import { money, seconds } from "./format.js";
+import { money, seconds, tally } from "./format.js";
 
 export class Waterfall {
   constructor(root) {
@@ -30,6 +31,10 @@ export class Waterfall {
         break;
       case "model.completed": {
         const from = Math.max(step.cursor, event.ts - (event.latency_ms || 0) / 1000);
+        if (event.tried && event.tried.length && from > step.cursor) {
+          // latency_ms is the answering call's: the time before it went to failed attempts.
+          step.items.push(bar("attempts", `failed: ${tally(event.tried)}`, step.cursor, from, 0, "failed"));
+        }
         step.items.push(bar("model", `${event.provider}/${event.model}`, from, event.ts, event.cost_usd, event.cached ? "cached" : ""));
         step.cursor = event.ts;
         step.cost += event.cost_usd || 0;
