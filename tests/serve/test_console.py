@@ -9,9 +9,11 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import httpx2
 import pytest
 from playwright.sync_api import Browser, Page, expect, sync_playwright
 
+from serve_app.traffic import TrafficConfig
 from tests.fixtures_sim import Sim
 from tests.helpers import wait_for
 from tests.serve.conftest import Service
@@ -31,6 +33,9 @@ CHROMIUM_ARGS = [
 ARTIFACTS = Path(__file__).resolve().parents[2] / "test-artifacts" / "console"
 HANG = {"type": "text", "text": "x", "delay_ms": 120_000}
 KILLED_AGENT = "concierge"
+CANARY_APP = "rayfleet-console-canary"
+CANARY_PREFIX = "/console-canary"
+"""A second app with support@v2 as a canary of v1: its own console, under a route prefix."""
 
 expect.set_options(timeout=30_000)  # a loaded 2-core machine: a condition, not a pace
 
@@ -50,6 +55,27 @@ def browser() -> Iterator[Browser]:
             yield launched
         finally:
             launched.close()
+
+
+@pytest.fixture(scope="module")
+def canary_app(service: Service) -> Iterator[str]:
+    """support v1 (stable) and v2 (canary, 20%) served at CANARY_PREFIX; its base URL."""
+    from ray import serve
+
+    from serve_app.app import build_app
+
+    split = {"weights": {"v1": 80, "v2": 20}, "stable": "v1", "canary": "v2"}
+    config = service.config.model_copy(
+        update={
+            "agents": ("example:support.yaml", "example:versions/support-v2.yaml"),
+            "traffic": TrafficConfig.model_validate({"agents": {"support": split}}),
+        }
+    )
+    serve.run(build_app(config), name=CANARY_APP, route_prefix=CANARY_PREFIX)
+    try:
+        yield f"{service.base_url}{CANARY_PREFIX}"
+    finally:
+        serve.delete(CANARY_APP)
 
 
 @pytest.fixture
@@ -481,3 +507,38 @@ def test_the_fleet_page_shows_tenants_usage_and_provider_health(
         "data-state", re.compile("^(closed|open|half_open)$")
     )
     screenshot(page, "fleet-tenants-providers")
+
+
+def test_the_versions_page_shows_a_canary_against_the_stable_version(
+    page: Page, service: Service, canary_app: str
+) -> None:
+    with httpx2.Client(base_url=canary_app, timeout=30, headers=auth(ACME_KEY)) as http:
+        for version in ("v1", "v2"):  # one run on each, so each has figures
+            created = http.post(
+                "/v1/agents/support/runs", json={"input": "hello", "version": version}
+            )
+            assert created.status_code == 202, created.text
+            run_id = created.json()["run_id"]
+            wait_for(
+                lambda: http.get(f"/v1/runs/{run_id}").json()["status"] != "running",  # noqa: B023
+                timeout_s=90,
+                interval_s=0.1,
+            )
+    use_key(page, ACME_KEY)
+    page.goto(f"{CANARY_PREFIX}/console#/versions")  # its own console calls its own API
+    support = page.locator("section.agent[data-agent='support']")
+    expect(support.locator(".split")).to_contain_text("split: v1 80% · v2 20%")
+    expect(support.locator(".split")).to_contain_text("canary v2")
+    expect(support.locator("tr[data-version='v2'] td").nth(1)).to_have_text("canary")
+    canary = page.locator("#canary-support")
+    expect(canary.locator("h4")).to_have_text("Canary v2 against stable v1")
+    for figure in ("error rate", "cost per successful run", "p95 run time"):
+        expect(canary.locator(f"tr[data-figure='{figure}']")).to_be_visible()
+    runs = canary.locator("tr[data-figure='runs'] td")
+    expect(runs.nth(1)).not_to_have_text("0")
+    expect(runs.nth(2)).not_to_have_text("0")
+    expect(canary.locator("tr[data-figure='cost per successful run'] td").nth(3)).to_have_text(
+        re.compile(r"^\d+\.\d\d\u00d7$")  # the canary's figure over the stable's
+    )
+    expect(page.locator(".rollback")).to_have_count(0)  # a tenant key: no admin controls
+    screenshot(page, "versions-canary")

@@ -95,10 +95,10 @@ function canaryBox(agent) {
     ["error rate", errorRate(stable), errorRate(canary), percent],
     ["cost per successful run", stable.cost_per_success_usd, canary.cost_per_success_usd, (v) => money(v) || "–"],
     ["p95 run time", stable.p95_run_s, canary.p95_run_s, (v) => (v === null ? "–" : seconds(v))],
-    ["runs", stable.runs, canary.runs, String],
+    ["runs", stable.runs, canary.runs, String, false],
   ];
-  for (const [name, a, b, show] of figures) {
-    const ratio = a && b !== null && b !== undefined ? `${(b / a).toFixed(2)}×` : "–";
+  for (const [name, a, b, show, compared = true] of figures) {
+    const ratio = compared && a && b !== null && b !== undefined ? `${(b / a).toFixed(2)}×` : "–";
     const row = el("tr", null, { "data-figure": name });
     for (const cell of [name, show(a), show(b), ratio]) row.append(el("td", cell));
     table.append(row);
