@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 import httpx2
 
+from actors.breaker import BreakerState
 from actors.caches import CachedModel, CachedTools, CacheStore
 from actors.credentials import TenantContext
 from actors.metrics import RunObserver, rayfleet_metrics
@@ -287,6 +288,10 @@ class RunHost:
                 settings=self._settings.router,
             )
         return self._router
+
+    def breaker_states(self) -> dict[str, BreakerState]:
+        """This process's provider breakers (none before its first model call)."""
+        return {} if self._router is None else self._router.breakers.states()
 
     def load(self) -> int:
         """Runs still in flight here."""

@@ -14,6 +14,7 @@ import ray
 from ray.actor import ActorHandle
 from ray.exceptions import ActorDiedError, RayActorError
 
+from actors.breaker import BreakerState
 from actors.credentials import TenantContext
 from actors.host_view import HostView
 from actors.run_host import host_of, new_run_id
@@ -30,6 +31,8 @@ from agents.tracing import RunTrace
 
 logger = logging.getLogger("rayfleet")
 
+BREAKERS_TIMEOUT_S = 5.0
+"""How long a status page waits for one host's breaker states."""
 START_TRIES = 4
 """Hosts one start is offered to (the view's pick, then the pool's) before Overloaded."""
 
@@ -229,3 +232,24 @@ class Runs:
         """Make the run's host drop a deleted run from memory (False: it is running)."""
         forgotten: bool = await self._call(run_id, "forget")
         return forgotten
+
+    async def breaker_states(self) -> dict[str, dict[str, BreakerState]]:
+        """Each live host's provider breakers (host id -> breaker -> state). A host that
+        does not answer within BREAKERS_TIMEOUT_S is left out: a status page must not hang."""
+        host_ids = list(await self._pool.loads.remote())
+
+        async def states(host_id: str) -> dict[str, BreakerState] | None:
+            host = self._handle(host_id)
+            if host is None:
+                return None
+            try:
+                found: dict[str, BreakerState] = await asyncio.wait_for(
+                    host.breaker_states.remote(), BREAKERS_TIMEOUT_S
+                )
+            except (RayActorError, TimeoutError):
+                self._hosts.pop(host_id, None)
+                return None
+            return found
+
+        answers = await asyncio.gather(*(states(h) for h in host_ids))
+        return {h: a for h, a in zip(host_ids, answers, strict=True) if a is not None}

@@ -11,20 +11,15 @@ import asyncio
 import contextlib
 import itertools
 import logging
-import math
-import re
 import time
 import uuid
 from collections.abc import AsyncGenerator, AsyncIterator, Coroutine
-from typing import Any, TypeVar
+from typing import Any
 
-from pydantic import BaseModel, ValidationError
 from ray import serve
-from ray.exceptions import RayError
 from ray.serve.handle import DeploymentHandle
 from sse_starlette import EventSourceResponse
 from starlette.applications import Starlette
-from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
@@ -45,13 +40,10 @@ from actors.runtime import ensure_runtime
 from actors.services import LIMITER_ACTOR, check_agents_package, service
 from actors.state import process_state
 from actors.state.run_index import RunPage
-from actors.switches import KILL_PREFIX, KillSwitches
 from agents.errors import (
     Killed,
-    RayfleetError,
     RequestInvalid,
     TenantLimited,
-    Unauthorized,
     UnknownAgent,
     UnknownBatch,
     UnknownRun,
@@ -61,21 +53,22 @@ from agents.logs import bind_run, configure_logging, first_traceback
 from agents.spec import AgentSpec
 from agents.summary import RunSummary
 from agents.tracing import configure_tracing, inbound_span
+from serve_app.admin_routes import AdminRoutes
 from serve_app.batch_driver import BatchDriver
 from serve_app.bodies import read_json
 from serve_app.config import AppConfig
 from serve_app.console import console_asset, console_page
 from serve_app.deletion import delete_run
-from serve_app.delivery import KILL_ADMIN, ROLLBACK, Delivery
+from serve_app.delivery import Delivery
 from serve_app.detached import detached
 from serve_app.handle_api import HandleSurface
-from serve_app.http_errors import as_rayfleet_error, error_response, problem
+from serve_app.http_errors import EXCEPTION_HANDLERS
+from serve_app.http_params import resume_point, validated, wants_sse
 from serve_app.idempotency import Idempotency
 from serve_app.openapi import openapi_endpoint
-from serve_app.run_list import list_page, thread_page
+from serve_app.run_list import list_page, live_pages, thread_page
 from serve_app.schemas import (
     BatchRequest,
-    KillRequest,
     OutcomeRequest,
     RunListQuery,
     RunRequest,
@@ -85,7 +78,6 @@ from serve_app.tenancy import Authenticator, TenancyConfig, TenantConfig
 from serve_app.traffic import Choice, TrafficConfig
 
 logger = logging.getLogger("rayfleet")
-_M = TypeVar("_M", bound=BaseModel)
 
 
 @serve.deployment(
@@ -96,7 +88,7 @@ _M = TypeVar("_M", bound=BaseModel)
     health_check_period_s=2,
 )
 @serve.ingress()
-class Gateway(HandleSurface):
+class Gateway(HandleSurface, AdminRoutes):
     """HTTP API and handle API in one ingress deployment."""
 
     handle_methods = frozenset(
@@ -182,12 +174,6 @@ class Gateway(HandleSurface):
             except Exception as exc:
                 logger.warning("traffic refresh failed: %r", exc, exc_info=first_traceback(exc))
             await asyncio.sleep(1.0)
-
-    async def _delivery_settings(self) -> dict[str, str]:
-        """The stored settings the traffic state is derived from (not batches' state)."""
-        kill = await self._state.settings.settings(KILL_PREFIX)
-        rollbacks = await self._state.settings.settings(ROLLBACK)
-        return {**kill, **rollbacks}
 
     async def _judge_canaries(self) -> None:
         outcomes = self._state.outcomes
@@ -278,7 +264,7 @@ class Gateway(HandleSurface):
         version: str | None,
         traceparent: str | None = None,
     ) -> str:
-        request = _validate(
+        request = validated(
             RunRequest, {"input": input, "thread_id": thread_id, "version": version}
         )
         self._choose(tenant, agent, request.version)  # 404 for what the tenant may not run
@@ -450,7 +436,7 @@ class Gateway(HandleSurface):
             "cursor": cursor,
             "tenant": tenant,
         }
-        query = _validate(RunListQuery, {k: v for k, v in asked.items() if v is not None})
+        query = validated(RunListQuery, {k: v for k, v in asked.items() if v is not None})
         return await list_page(self._state.runs, query, caller)
 
     async def thread_runs(
@@ -464,7 +450,7 @@ class Gateway(HandleSurface):
         """A conversation's runs in the order they were started, a page at a time."""
         caller = self._scope(api_key)
         asked = {"thread_id": thread_id, "limit": limit, "cursor": cursor, "tenant": tenant}
-        query = _validate(ThreadRunsQuery, {k: v for k, v in asked.items() if v is not None})
+        query = validated(ThreadRunsQuery, {k: v for k, v in asked.items() if v is not None})
         return await thread_page(self._state.runs, query, caller)
 
     def _scope(self, api_key: str | None) -> str | None:
@@ -487,7 +473,7 @@ class Gateway(HandleSurface):
         """Start a batch of runs (items: strings or {"input", "thread_id"?}); returns its
         state at once (`batch_id`). It goes on whatever happens to the caller."""
         body = {"inputs": inputs, "concurrency": concurrency, "version": version}
-        return await self._start_batch(self._tenant(api_key), agent, _validate(BatchRequest, body))
+        return await self._start_batch(self._tenant(api_key), agent, validated(BatchRequest, body))
 
     async def get_batch(self, batch_id: str, api_key: str | None = None) -> BatchView:
         """A batch's progress and per-item results (the caller's batches only)."""
@@ -557,22 +543,11 @@ class Gateway(HandleSurface):
             Route("/v1/runs/{run_id}/events", self._http_events, methods=["GET"]),
             Route("/v1/runs/{run_id}/cancel", self._http_cancel, methods=["POST"]),
             Route("/v1/runs/{run_id}/outcome", self._http_outcome, methods=["POST"]),
-            Route("/v1/admin/tenants", self._http_admin_tenants, methods=["GET"]),
-            Route("/v1/admin/costs", self._http_admin_costs, methods=["GET"]),
-            Route("/v1/admin/kill", self._http_admin_kill, methods=["POST"]),
-            Route("/v1/admin/kill", self._http_admin_kill_state, methods=["GET"]),
-            Route("/v1/admin/agents/{agent}/rollback", self._http_rollback, methods=["POST"]),
-            Route("/v1/admin/agents/{agent}/shadows", self._http_shadows, methods=["GET"]),
+            *self.admin_routes(),
         ]
         return Starlette(
             routes=routes,
-            exception_handlers={
-                RayfleetError: _rayfleet_error,  # type: ignore[dict-item]
-                HTTPException: _http_error,  # type: ignore[dict-item]
-                # Anything else, Ray's errors included: problem+json, never a bare 500.
-                RayError: _unexpected_error,
-                Exception: _unexpected_error,
-            },
+            exception_handlers=dict(EXCEPTION_HANDLERS),
         )
 
     async def _healthz(self, request: Request) -> Response:
@@ -610,66 +585,15 @@ class Gateway(HandleSurface):
         """The caller's verdict on a run: success or not, and an optional score."""
         tenant = self._caller(request)
         run_id = request.path_params["run_id"]
-        verdict = _validate(OutcomeRequest, await read_json(request, 65_536))
+        verdict = validated(OutcomeRequest, await read_json(request, 65_536))
         await self._owned(tenant, run_id)
         await self._state.outcomes.set_outcome(run_id, verdict.success, verdict.score)
         return JSONResponse({"run_id": run_id, **verdict.model_dump(mode="json")})
 
-    def _admin(self, request: Request) -> None:
-        if not self._auth.is_admin(request.headers.get("authorization")):
-            raise Unauthorized("an admin key is required")
-
-    async def _http_admin_kill(self, request: Request) -> Response:
-        """Set or clear one kill switch; it is stored, so it survives gateway restarts."""
-        self._admin(request)
-        switch = _validate(KillRequest, await read_json(request, 65_536))
-        await self._client()
-        # Start from the stored switches, not this replica's copy (up to a second old), so a
-        # switch set through another replica is not overwritten.
-        self._delivery.refresh(await self._delivery_settings())
-        current = self._delivery.admin_kill().model_dump()
-        if switch.scope == "global":
-            current["global_reason"] = switch.reason
-        elif switch.reason is None:
-            current[switch.scope].pop(switch.name, None)
-        else:
-            current[switch.scope][switch.name] = switch.reason
-        updated = KillSwitches.model_validate(current)
-        await self._state.settings.put_setting(KILL_ADMIN, updated.model_dump_json())
-        self._delivery.refresh(await self._delivery_settings())
-        return JSONResponse({"kill": updated.model_dump(mode="json")})
-
-    async def _http_admin_kill_state(self, request: Request) -> Response:
-        """The admin's kill switches now (those in the deploy config apart)."""
-        self._admin(request)
-        await self._client()
-        self._delivery.refresh(await self._delivery_settings())
-        return JSONResponse({"kill": self._delivery.admin_kill().model_dump(mode="json")})
-
-    async def _http_rollback(self, request: Request) -> Response:
-        """Send the agent's canary weight to 0 now (until its traffic config changes)."""
-        self._admin(request)
-        agent = request.path_params["agent"]
-        await self._client()
-        try:
-            key, record = self._delivery.rollback_record(agent, "rolled back by an admin")
-        except ValueError as exc:
-            raise RequestInvalid(str(exc), "agent") from None
-        await self._state.settings.put_setting(key, record)
-        self._delivery.refresh(await self._delivery_settings())
-        return JSONResponse({"agent": agent, "traffic": self._delivery.describe(agent)})
-
-    async def _http_shadows(self, request: Request) -> Response:
-        """How each shadow version compares with the primary it mirrored."""
-        self._admin(request)
-        await self._client()
-        pairs = await self._state.outcomes.shadow_pairs(request.path_params["agent"])
-        return JSONResponse({"pairs": [p.model_dump(mode="json") for p in pairs]})
-
     async def _http_create_run(self, request: Request) -> Response:
         tenant = self._caller(request)
         body = await read_json(request, self._config.max_body_bytes)
-        run = _validate(RunRequest, body)
+        run = validated(RunRequest, body)
         agent = request.path_params["agent"]
         await self._client()
         traceparent = request.headers.get("traceparent")
@@ -691,7 +615,7 @@ class Gateway(HandleSurface):
             "status_url": f"/v1/runs/{run_id}",
             "events_url": f"/v1/runs/{run_id}/events",
         }
-        if _wants_sse(request):
+        if wants_sse(request):
             headers = {"X-Run-Id": run_id, **created.headers()}
             return self._sse(run_id, 0, headers=headers)  # started (or replayed) by us: ours
         headers = {"Location": links["status_url"], **created.headers()}
@@ -702,15 +626,26 @@ class Gateway(HandleSurface):
         return JSONResponse(summary.model_dump(mode="json"))
 
     async def _http_list_runs(self, request: Request) -> Response:
+        """A page of runs; with `Accept: text/event-stream`, the first page live."""
         caller = self._scope_of(request)
-        query = _validate(RunListQuery, dict(request.query_params))
-        page = await list_page(self._state.runs, query, caller)
-        return JSONResponse(page.model_dump(mode="json"))
+        query = validated(RunListQuery, dict(request.query_params))
+        if not wants_sse(request):
+            page = await list_page(self._state.runs, query, caller)
+            return JSONResponse(page.model_dump(mode="json"))
+        if query.cursor is not None:
+            raise RequestInvalid(
+                "cursor: a live list is the first page; page through the JSON list", "cursor"
+            )
+        return EventSourceResponse(
+            live_pages(self._state.runs, query, caller),
+            ping=int(self._config.sse_ping_s),
+            send_timeout=30,
+        )
 
     async def _http_thread_runs(self, request: Request) -> Response:
         caller = self._scope_of(request)
         asked = {**request.query_params, "thread_id": request.path_params["thread_id"]}
-        page = await thread_page(self._state.runs, _validate(ThreadRunsQuery, asked), caller)
+        page = await thread_page(self._state.runs, validated(ThreadRunsQuery, asked), caller)
         return JSONResponse(page.model_dump(mode="json"))
 
     def _scope_of(self, request: Request) -> str | None:
@@ -730,7 +665,7 @@ class Gateway(HandleSurface):
     async def _http_events(self, request: Request) -> Response:
         tenant = self._caller(request)
         run_id = request.path_params["run_id"]
-        after = _resume_point(request)
+        after = resume_point(request)
         summary = await self._owned(tenant, run_id)  # 404 before a stream starts, not inside
         _check_after(summary, after)
         return self._sse(run_id, after)
@@ -746,7 +681,7 @@ class Gateway(HandleSurface):
     async def _http_create_batch(self, request: Request) -> Response:
         tenant = self._caller(request)
         body = await read_json(request, self._config.max_body_bytes)
-        batch = _validate(BatchRequest, body)
+        batch = validated(BatchRequest, body)
         agent = request.path_params["agent"]
         await self._client()
 
@@ -772,35 +707,6 @@ class Gateway(HandleSurface):
         tenant = self._caller(request)
         view = await self._owned_batch(tenant, request.path_params["batch_id"], "cancel")
         return JSONResponse(view.model_dump(mode="json"))
-
-    async def _http_admin_costs(self, request: Request) -> Response:
-        """Cost per successful run of every tenant, per agent version, agent and overall."""
-        self._admin(request)
-        since = _since(request)
-        await self._client()
-        report = await self._state.outcomes.cost_report(since)
-        return JSONResponse(report.model_dump(mode="json"))
-
-    async def _http_admin_tenants(self, request: Request) -> Response:
-        """Every tenant with its limits and today's usage (admin key only)."""
-        if not self._auth.is_admin(request.headers.get("authorization")):
-            raise Unauthorized("an admin key is required")
-        await self._client()
-        assert self._limiter is not None
-        tenants: list[dict[str, Any]] = []
-        for tenant in self._auth.config.tenants:
-            usage = await self._limiter.usage.remote(tenant.id)
-            tenants.append(
-                {
-                    "id": tenant.id,
-                    "agents": tenant.agents,
-                    "limits": tenant.limits.model_dump(mode="json"),
-                    "usage": usage,
-                    "keys": len(tenant.api_key_sha256),
-                    "own_credentials": sorted(tenant.credentials),
-                }
-            )
-        return JSONResponse({"tenants": tenants})
 
     def _sse(self, run_id: str, after: int, headers: dict[str, str] | None = None) -> Response:
         # Only called once the caller is known to own the run. Each batch's frames were
@@ -841,55 +747,3 @@ def _check_after(summary: RunSummary, after: int) -> None:
         raise RequestInvalid(
             f"after={after} is not a seq of the run (last: {summary.last_seq})", "after"
         )
-
-
-def _since(request: Request) -> float | None:
-    """The `since` query parameter: unix seconds, or None when absent."""
-    raw = request.query_params.get("since")
-    if raw is None:
-        return None
-    try:
-        value = float(raw) if raw.isascii() and "_" not in raw else math.nan
-    except ValueError:
-        value = math.nan
-    if not (math.isfinite(value) and value >= 0):
-        raise RequestInvalid(f"since must be unix seconds (>= 0), not {raw[:40]!r}", "since")
-    return value
-
-
-def _wants_sse(request: Request) -> bool:
-    return "text/event-stream" in request.headers.get("accept", "")
-
-
-def _resume_point(request: Request) -> int:
-    raw = request.headers.get("last-event-id") or request.query_params.get("after") or "0"
-    field = "Last-Event-ID" if "last-event-id" in request.headers else "after"
-    if re.fullmatch(r"[0-9]{1,12}", raw) is None:  # ASCII digits only: "²".isdigit() is True
-        raise RequestInvalid(f"{field} must be a non-negative integer seq, not {raw[:40]!r}", field)
-    return int(raw)
-
-
-def _validate(model: type[_M], data: Any) -> _M:
-    try:
-        return model.model_validate(data)
-    except ValidationError as exc:
-        first = exc.errors(include_url=False)[0]
-        field = ".".join(str(part) for part in first["loc"]) or "body"
-        raise RequestInvalid(f"{field}: {first['msg']}", field) from None
-
-
-async def _rayfleet_error(request: Request, exc: RayfleetError) -> Response:
-    return error_response(exc)
-
-
-async def _unexpected_error(request: Request, exc: Exception) -> Response:
-    error = as_rayfleet_error(exc)
-    if type(error) is RayfleetError:  # a bug, not an outage: its traceback, once
-        logger.error("%s %s failed", request.method, request.url.path, exc_info=exc)
-    else:
-        logger.warning("%s %s failed: %s", request.method, request.url.path, type(exc).__name__)
-    return error_response(error)
-
-
-async def _http_error(request: Request, exc: HTTPException) -> Response:
-    return problem(exc.status_code, "HTTPError", str(exc.detail), f"http_{exc.status_code}")

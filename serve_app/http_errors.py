@@ -2,16 +2,20 @@
 
 from __future__ import annotations
 
+import logging
 import math
+from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
-from ray.exceptions import ActorUnschedulableError, RayActorError
+from ray.exceptions import ActorUnschedulableError, RayActorError, RayError
 from ray.serve.exceptions import (
     BackPressureError,
     DeploymentUnavailableError,
     ReplicaUnavailableError,
 )
-from starlette.responses import JSONResponse
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
 
 from agents.errors import (
     Conflict,
@@ -26,6 +30,8 @@ from agents.errors import (
     TenantLimited,
     Unauthorized,
 )
+
+logger = logging.getLogger("rayfleet")
 
 _STATUS: dict[type[RayfleetError], int] = {
     RayfleetError: 500,
@@ -112,3 +118,30 @@ def as_rayfleet_error(exc: BaseException) -> RayfleetError:
     if isinstance(exc, BackPressureError):
         return Overloaded("the service is at capacity; try again", 1.0)
     return RayfleetError(f"internal error ({type(exc).__name__})")
+
+
+async def _rayfleet_error(request: Request, exc: RayfleetError) -> Response:
+    return error_response(exc)
+
+
+async def _unexpected_error(request: Request, exc: Exception) -> Response:
+    error = as_rayfleet_error(exc)
+    if type(error) is RayfleetError:  # a bug, not an outage: its traceback, once
+        logger.error("%s %s failed", request.method, request.url.path, exc_info=exc)
+    else:
+        logger.warning("%s %s failed: %s", request.method, request.url.path, type(exc).__name__)
+    return error_response(error)
+
+
+async def _http_error(request: Request, exc: HTTPException) -> Response:
+    return problem(exc.status_code, "HTTPError", str(exc.detail), f"http_{exc.status_code}")
+
+
+EXCEPTION_HANDLERS: Mapping[Any, Callable[[Request, Any], Awaitable[Response]]] = {
+    RayfleetError: _rayfleet_error,
+    HTTPException: _http_error,
+    # Anything else, Ray's errors included: problem+json, never a bare 500.
+    RayError: _unexpected_error,
+    Exception: _unexpected_error,
+}
+"""The gateway app's handlers: every error a route raises becomes problem+json."""

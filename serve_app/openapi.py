@@ -12,17 +12,31 @@ from functools import cache
 from importlib.metadata import PackageNotFoundError, version
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel
 from starlette.requests import Request
 from starlette.responses import JSONResponse
 
 from actors.batches import BATCH_ID_PATTERN, MAX_CONCURRENCY, MAX_ITEMS, BatchView
-from actors.outcomes import CostReport, ShadowComparison, VersionStats
+from actors.outcomes import CostReport
 from actors.state.run_index import RunPage
-from actors.switches import KillSwitches
 from agents.events import event_adapter
 from agents.summary import RunSummary
+from serve_app.api_models import (
+    AGENT_PATTERN,
+    MAX_SEQ,
+    RUN_ID_PATTERN,
+    AgentList,
+    BatchAccepted,
+    Health,
+    KillState,
+    OutcomeRecorded,
+    Problem,
+    RollbackDone,
+    RunAccepted,
+    ShadowReport,
+)
 from serve_app.console import ASSETS as CONSOLE_ASSETS
+from serve_app.health import ProviderHealth
 from serve_app.schemas import (
     BatchRequest,
     KillRequest,
@@ -31,163 +45,10 @@ from serve_app.schemas import (
     RunRequest,
     ThreadRunsQuery,
 )
-from serve_app.traffic import ShadowRule
 
 REF = "#/components/schemas/{model}"
 PROBLEM_JSON = "application/problem+json"
 EVENT_STREAM = "text/event-stream"
-
-RUN_ID_PATTERN = r"^run-[a-z0-9]{1,16}-[0-9a-f]{20}$"
-"""What `actors.run_host.new_run_id` makes; anything else is an unknown run (404)."""
-AGENT_PATTERN = r"^[a-z][a-z0-9_-]{0,62}$"
-"""`AgentSpec.name`."""
-MAX_SEQ = 999_999_999_999
-"""The gateway reads at most 12 digits of a resume point."""
-
-
-# -- documentation-only models: the shapes the gateway writes as plain dicts ----------------
-
-
-class Problem(BaseModel):
-    """An error (RFC 9457), from `serve_app/http_errors.py`."""
-
-    model_config = ConfigDict(extra="allow")
-
-    type: str = Field("about:blank", description="Always about:blank: `code` says which error.")
-    title: str = Field(description="The error class, e.g. UnknownRun.")
-    status: int = Field(ge=400, le=599, description="The HTTP status again.")
-    detail: str = Field(description="What was wrong and what would be right.")
-    code: str = Field(description="Stable machine-readable code, e.g. unknown_run.")
-    field: str | None = Field(None, description="The offending field or header, if one.")
-
-
-class RunAccepted(BaseModel):
-    """`POST /v1/agents/{agent}/runs` without `Accept: text/event-stream`."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    run_id: str = Field(pattern=RUN_ID_PATTERN)
-    status_url: str = Field(description="GET it for the run's summary.")
-    events_url: str = Field(description="GET it for the run's events as SSE.")
-
-
-class BatchAccepted(BaseModel):
-    """`POST /v1/agents/{agent}/batches`."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    batch_id: str = Field(pattern=BATCH_ID_PATTERN)
-    status_url: str = Field(description="GET it for the batch's progress and results.")
-
-
-class TenantStats(BaseModel):
-    """The caller's own outcomes (never another tenant's)."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    tenant: str = Field(description="The caller's tenant.")
-    stats: VersionStats
-
-
-class AgentVersion(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-    version: str
-    tiers: list[str]
-    tools: list[str]
-    stats: VersionStats | None = Field(
-        None, description="Outcomes of the version's finished runs (shadow runs excluded)."
-    )
-    tenant: TenantStats | None = Field(
-        None, description="The same, of the caller's runs only: its cost per successful run."
-    )
-
-
-class RolledBack(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-    reason: str = Field(description="Why: the canary gate's breaches, or an admin rollback.")
-    at: float = Field(description="When, unix seconds.")
-
-
-class AgentTrafficState(BaseModel):
-    """The live split of an agent's new runs between its versions."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    weights: dict[str, float] = Field(description="Version -> relative weight, as applied now.")
-    stable: str = Field(description="The version a canary is judged against.")
-    canary: str | None = Field(description="The version under the canary gate, if any.")
-    shadows: list[ShadowRule] = Field(description="Mirrored-traffic rules.")
-    rolled_back: RolledBack | None = Field(
-        description="Set while a rollback holds the canary's weight at 0."
-    )
-    killed: dict[str, str] = Field(description="Version -> why it is switched off.")
-
-
-class AgentInfo(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-    name: str = Field(pattern=AGENT_PATTERN)
-    description: str
-    current_version: str
-    versions: list[AgentVersion]
-    traffic: AgentTrafficState | None = None
-    tenant: TenantStats | None = Field(
-        None, description="The caller's outcomes across the agent's versions."
-    )
-
-
-class OutcomeRecorded(BaseModel):
-    """`POST /v1/runs/{run_id}/outcome`: the verdict as stored."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    run_id: str = Field(pattern=RUN_ID_PATTERN)
-    success: bool
-    score: float | None = None
-
-
-class KillState(BaseModel):
-    """`POST /v1/admin/kill`: the admin's switches after the change (the config's apart)."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    kill: KillSwitches
-
-
-class RollbackDone(BaseModel):
-    """`POST /v1/admin/agents/{agent}/rollback`: the agent's traffic after the rollback."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    agent: str = Field(pattern=AGENT_PATTERN)
-    traffic: AgentTrafficState
-
-
-class ShadowReport(BaseModel):
-    """`GET /v1/admin/agents/{agent}/shadows`: each (primary, shadow) version pair."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    pairs: list[ShadowComparison]
-
-
-class AgentList(BaseModel):
-    """`GET /v1/agents`."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    agents: list[AgentInfo]
-
-
-class Health(BaseModel):
-    """`GET /healthz`."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    status: str
-
 
 _SSE_FRAMING = (
     "Server-Sent Events, one frame per event: `id:` is the event's `seq` (1, 2, 3 ... per "
@@ -221,7 +82,7 @@ def _schemas() -> dict[str, Any]:
         add(request.__name__, request.model_json_schema(ref_template=REF, mode="validation"))
     documented = (RunSummary, Problem, RunAccepted, AgentList, Health, BatchAccepted, BatchView)
     more = (OutcomeRecorded, KillState, RollbackDone, ShadowReport, CostReport, RunPage)
-    for model in (*documented, *more):
+    for model in (*documented, *more, ProviderHealth):
         add(model.__name__, model.model_json_schema(ref_template=REF, mode="serialization"))
     event = event_adapter.json_schema(ref_template=REF, mode="serialization")
     event["description"] = "One event of a run: the JSON in an SSE frame's `data:`."
@@ -349,6 +210,23 @@ _AFTER = {
     "description": "Resume after this seq; 0 (the default) streams from the start.",
     "schema": {"type": "integer", "minimum": 0, "maximum": MAX_SEQ, "default": 0},
 }
+
+
+def _live_list() -> dict[str, Any]:
+    frame = {
+        "type": "object",
+        "description": "One frame: the first page under the filters, each time it changed.",
+        "required": ["event", "data"],
+        "properties": {
+            "event": {"type": "string", "enum": ["runs"]},
+            "data": {
+                "type": "string",
+                "contentMediaType": "application/json",
+                "contentSchema": {"$ref": REF.format(model="RunPage")},
+            },
+        },
+    }
+    return {EVENT_STREAM: {"schema": frame}}
 
 
 def _query(model: type[BaseModel]) -> list[dict[str, Any]]:
@@ -588,7 +466,14 @@ def _paths() -> dict[str, Any]:
                 "description": _LISTED,
                 "parameters": _query(RunListQuery),
                 "responses": {
-                    "200": {"description": "A page of runs.", "content": _json("RunPage")},
+                    "200": {
+                        "description": (
+                            "A page of runs. With `Accept: text/event-stream`, the first page "
+                            "live: `event: runs` frames whose `data:` is the page (RunPage), "
+                            "sent at once and again whenever it changes (no `cursor`)."
+                        ),
+                        "content": {**_json("RunPage"), **_live_list()},
+                    },
                     "401": _UNAUTHORIZED,
                     "422": _BAD_QUERY,
                     "503": _OVERLOADED,
@@ -788,6 +673,23 @@ def _paths() -> dict[str, Any]:
                         "content": {"application/json": {"schema": {"type": "object"}}},
                     },
                     "401": _UNAUTHORIZED,
+                },
+            }
+        },
+        "/v1/admin/providers": {
+            "get": {
+                "operationId": "providerHealth",
+                "summary": "Each provider's circuit breaker over the run hosts (admin key only).",
+                "description": (
+                    "Breakers live in each run host's process: a provider can be open on one "
+                    "host and closed on another. `state` is the worst over the hosts, `hosts` "
+                    "counts them per state. A tenant's own provider key has a breaker of its "
+                    "own, named `provider#digest` (a digest of the key, never the key)."
+                ),
+                "security": [{"bearer": []}],
+                "responses": {
+                    "200": {"description": "The breakers.", "content": _json("ProviderHealth")},
+                    "401": _problem("Not the admin key."),
                 },
             }
         },

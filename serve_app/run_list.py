@@ -7,6 +7,9 @@ from the state store, so runs no longer held by any host are listed too.
 
 from __future__ import annotations
 
+import asyncio
+from collections.abc import AsyncIterator
+
 from actors.state.run_index import BadCursor, RunFilter, RunPage
 from actors.state.runs import RunStore
 from agents.errors import RequestInvalid
@@ -49,3 +52,22 @@ async def thread_page(store: RunStore, query: ThreadRunsQuery, caller: str | Non
         return await store.thread_runs(query.thread_id, tenant, query.limit, query.cursor)
     except BadCursor as exc:
         raise RequestInvalid(f"cursor: {exc}", "cursor") from None
+
+
+LIVE_POLL_S = 1.0
+"""How often a live list reads its first page again."""
+
+
+async def live_pages(
+    store: RunStore, query: RunListQuery, caller: str | None, poll_s: float = LIVE_POLL_S
+) -> AsyncIterator[dict[str, str]]:
+    """SSE events (`event: runs`) of the first page under `query`: now, then each time it
+    changes (a new run, a status or figure that changed). Ends when the client goes."""
+    first = query.model_copy(update={"cursor": None})
+    sent = ""
+    while True:
+        page = (await list_page(store, first, caller)).model_dump_json()
+        if page != sent:
+            sent = page
+            yield {"event": "runs", "data": page}
+        await asyncio.sleep(poll_s)

@@ -26,6 +26,11 @@ os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"
 CANARY_ENV = "RAYFLEET_TEST_CANARY_KEY"
 CANARY = "sk-canary-696b10d2be179319be66d960"
 os.environ[CANARY_ENV] = CANARY
+# The `health` tenant's own key for sim-openai (tests/serve/test_providers.py): a breaker of
+# its own, which that test opens without making any other tenant skip the provider.
+HEALTH_PROVIDER_ENV = "RAYFLEET_TEST_HEALTH_PROVIDER_KEY"
+HEALTH_PROVIDER_KEY = "sk-health-5b0e7c14a9d2"
+os.environ[HEALTH_PROVIDER_ENV] = HEALTH_PROVIDER_KEY
 
 # State the tests do not place themselves goes to a private directory of this session, never
 # to the developer's own data directory. Set before anything reads it; Ray workers and

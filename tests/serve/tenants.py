@@ -7,7 +7,7 @@ from actors.credentials import CredentialRef
 from actors.limiter import TenantLimits
 from serve_app.tenancy import TenancyConfig, TenantConfig, digest
 from tests.conftest import CANARY as CANARY  # the `byok` tenant's provider key
-from tests.conftest import CANARY_ENV
+from tests.conftest import CANARY_ENV, HEALTH_PROVIDER_ENV
 
 ACME_KEY = "rf-test-acme-7d1c5e"
 GLOBEX_KEY = "rf-test-globex-0b94aa"
@@ -27,6 +27,8 @@ LISTS_B_KEY = "rf-test-lists-b-a7340d"
 """tests/serve/test_run_list.py's tenants: their lists hold that test's runs only."""
 CONSOLE_KEY = "rf-test-console-d2a61f"
 """tests/serve/test_console.py's tenant for the runs list: its list holds that module's runs."""
+HEALTH_KEY = "rf-test-health-19c6e3"
+"""tests/serve/test_providers.py's tenant: its own sim-openai key has a breaker of its own."""
 LIMITED_RPM = 30
 THRIFTY_BUDGET_USD = 0.03
 UNSET_ENV = "RAYFLEET_TEST_UNSET_KEY"
@@ -61,6 +63,11 @@ TENANCY = TenancyConfig(
         TenantConfig(id="lists_a", api_key_sha256=(digest(LISTS_A_KEY),)),
         TenantConfig(id="lists_b", api_key_sha256=(digest(LISTS_B_KEY),)),
         TenantConfig(id="console", api_key_sha256=(digest(CONSOLE_KEY),)),
+        TenantConfig(
+            id="health",
+            api_key_sha256=(digest(HEALTH_KEY),),
+            credentials={"sim-openai": CredentialRef(env=HEALTH_PROVIDER_ENV)},
+        ),
         TenantConfig(
             id="byok",
             api_key_sha256=(digest(BYOK_KEY),),

@@ -63,6 +63,7 @@ PARAMETERS = {
     "POST /v1/admin/agents/{agent}/rollback": ("agent",),
     "GET /v1/admin/agents/{agent}/shadows": ("agent",),
     "GET /v1/admin/costs": (),
+    "GET /v1/admin/providers": (),
 }
 """Every operation but GET /openapi.json (nothing to fuzz) and the batch routes, with its path
 parameters."""

@@ -6,8 +6,10 @@ only this module uses (lists_a, lists_b), so it passes in any order and alone.""
 
 from __future__ import annotations
 
+import json
 import time
 import uuid
+from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -213,3 +215,75 @@ def test_the_handle_api_lists_runs(service: Service, sim: Sim) -> None:
     for outcome in outcomes[4:]:
         assert outcome["ok"] is False and outcome["code"] == "request_invalid", outcome
     assert "cursor" in outcomes[4]["message"] and "limit" in outcomes[5]["message"]
+
+
+HANG = {"type": "text", "text": "x", "delay_ms": 120_000}
+"""A model reply that holds its run in `running` until the test cancels it."""
+
+
+class LiveList:
+    """`GET /v1/runs` as an event stream: each `runs` frame's page, read as it comes."""
+
+    def __init__(self, service: Service, key: str, **query: Any) -> None:
+        headers = {**auth(key), "accept": "text/event-stream"}
+        self._stream = service.http.stream("GET", "/v1/runs", params=query, headers=headers)
+        self._response = self._stream.__enter__()
+        assert self._response.status_code == 200, self._response.read()
+        self._lines = self._response.iter_lines()
+
+    def next_page(self) -> dict[str, Any]:
+        """The next frame's page (the client's read timeout bounds the wait)."""
+        event = None
+        for line in self._lines:
+            if line.startswith("event:"):
+                event = line.removeprefix("event:").strip()
+            elif line.startswith("data:") and event == "runs":
+                found: dict[str, Any] = json.loads(line.removeprefix("data:"))
+                return found
+        raise AssertionError("the live list ended")
+
+    def until(self, condition: Callable[[dict[str, Any]], bool]) -> dict[str, Any]:
+        for _ in range(50):  # a frame per change: a few runs' changes at most
+            found = self.next_page()
+            if condition(found):
+                return found
+        raise AssertionError("the live list never showed it")
+
+    def close(self) -> None:
+        self._stream.__exit__(None, None, None)
+
+
+def status_of(found: dict[str, Any], run_id: str) -> str | None:
+    return next((item["status"] for item in found["runs"] if item["run_id"] == run_id), None)
+
+
+def test_a_live_list_shows_new_runs_and_their_status_changes(service: Service, sim: Sim) -> None:
+    thread = f"live-{uuid.uuid4().hex[:12]}"
+    live = LiveList(service, LISTS_A_KEY, thread_id=thread)
+    try:
+        assert live.next_page() == {"runs": [], "next_cursor": None}  # at once, as it is
+        sim.script(HANG)
+        held = start(service, LISTS_A_KEY, thread_id=thread)
+        live.until(lambda found: status_of(found, held) == "running")
+        wait_for(lambda: sim.pending() == 0, timeout_s=30)  # it waits on the model now
+        r = service.http.post(f"/v1/runs/{held}/cancel", headers=auth(LISTS_A_KEY))
+        assert r.status_code == 200, r.text
+        live.until(lambda found: status_of(found, held) == "cancelled")
+        quick = start(service, LISTS_A_KEY, thread_id=thread)
+        shown = live.until(lambda found: status_of(found, quick) == "completed")
+        assert ids(shown) == [quick, held]  # newest first, as the JSON list
+    finally:
+        live.close()
+
+    others = LiveList(service, LISTS_B_KEY, thread_id=thread)
+    try:
+        assert others.next_page()["runs"] == []  # another tenant's runs never show
+    finally:
+        others.close()
+
+
+def test_a_live_list_is_the_first_page_only(service: Service) -> None:
+    headers = {**auth(LISTS_A_KEY), "accept": "text/event-stream"}
+    r = service.http.get("/v1/runs", params={"cursor": "abc"}, headers=headers)
+    assert r.status_code == 422, r.text
+    assert r.json()["field"] == "cursor"
