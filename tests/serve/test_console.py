@@ -315,7 +315,8 @@ def test_a_sub_agents_events_nest_under_its_call(page: Page, sim: Sim) -> None:
     start_from_page(page, "concierge", "Where is order 1002?")
     nested = page.locator(".subagent").first
     expect(nested.locator("summary")).to_contain_text("sub-agent concierge-orders")
-    expect(nested).to_contain_text("Input: ")
+    expect(nested.locator(".subagent-input")).to_contain_text("Input: ")
+    expect(nested.locator("summary .badge")).to_have_text("completed")  # its own status
     expect(nested.locator(".tool-call").first).to_be_visible()
     expect(page.locator("#run-status")).to_have_text("completed")
     screenshot(page, "run-subagents")
@@ -355,6 +356,18 @@ def test_the_runs_list_filters_by_status_and_by_agent(
     expect(page.locator("#filter-agent")).to_have_value("concierge")
     expect(page.locator(f"#runs-table tr[data-run='{concierge}']")).to_be_visible()
 
+    # Time: nothing was created after 2099; everything before it.
+    page.locator("#filter-agent").select_option("")
+    page.fill("#filter-since", "2099-01-01T00:00")
+    page.click("#filter-apply")
+    expect(page).to_have_url(re.compile(r"#/runs\?since=\d+$"))
+    expect(page.locator("#runs-table-empty")).to_be_visible()
+    page.fill("#filter-since", "")
+    page.fill("#filter-until", "2099-01-01T00:00")
+    page.click("#filter-apply")
+    expect(page).to_have_url(re.compile(r"#/runs\?until=\d+$"))
+    expect(page.locator(f"#runs-table tr[data-run='{concierge}']")).to_be_visible()
+
 
 def test_the_runs_list_pages_past_one_page(page: Page, service: Service) -> None:
     started = [start_run(service, CONSOLE_KEY, "support", f"hello {i}") for i in range(5)]
@@ -389,6 +402,7 @@ def test_a_run_started_over_http_appears_in_the_open_list_and_its_status_changes
 ) -> None:
     use_key(page, CONSOLE_KEY)
     open_runs(page)
+    expect(page.locator("#runs-mode")).to_have_attribute("data-mode", "live")  # SSE, not polls
     page.evaluate("window.notReloaded = true")
     sim.script(HANG)
     run_id = start_run(service, CONSOLE_KEY, "support", "Where is order 1002?")
