@@ -471,7 +471,7 @@ def test_the_run_page_shows_a_waterfall_fallbacks_and_budget(page: Page, sim: Si
     expect(waterfall.locator(".wf-bar[data-kind='model']")).to_have_count(2)
     expect(waterfall.locator(".wf-bar[data-kind='tool']")).to_have_count(1)
     expect(waterfall.locator(".wf-row[data-kind='attempts'] .wf-label")).to_contain_text(
-        "failed: sim-openai/sim-strong"
+        "retries: sim-openai/sim-strong"
     )
     tool = waterfall.locator(".wf-row[data-kind='tool']")
     expect(tool.locator(".wf-label")).to_have_text("lookup_order")
@@ -556,3 +556,20 @@ def test_the_versions_page_shows_a_canary_against_the_stable_version(
     )
     expect(page.locator(".rollback")).to_have_count(0)  # a tenant key: no admin controls
     screenshot(page, "versions-canary")
+
+
+def test_a_discarded_attempt_shows_and_its_text_is_thrown_away(page: Page, sim: Sim) -> None:
+    # Step 2's first stream breaks after some text: that text is discarded, a retry answers.
+    sim.script(
+        {"type": "tool_call", "name": "lookup_order", "arguments": {"order_id": 1002}},
+        {"type": "stream_error", "after_chunks": 3},
+        {"type": "text", "text": "Recovered answer."},
+    )
+    use_key(page, ACME_KEY)
+    start_from_page(page, "support", "Where is order 1002?")
+    expect(page.locator("#run-status")).to_have_text("completed")
+    step2 = page.locator('.step[data-step="2"]')
+    expect(step2.locator(".note-discarded")).to_contain_text("discarded attempt")
+    expect(step2.locator(".tokens")).to_have_text("Recovered answer.")
+    expect(page.locator("#waterfall .wf-bar[data-note='discarded']")).to_have_count(1)
+    screenshot(page, "run-discarded")

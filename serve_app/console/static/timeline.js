@@ -52,7 +52,7 @@ export class Timeline {
     const flags = [event.cached ? "cached" : "", event.usage_estimated ? "usage estimated" : ""].filter(Boolean);
     this.note(event.step, `${event.provider}/${event.model} (${event.tier}) · ${usage.input_tokens ?? 0} in, ${usage.output_tokens ?? 0} out · ${money(event.cost_usd)} · ${Math.round(event.latency_ms)} ms${flags.length ? ` · ${flags.join(", ")}` : ""}`, "model");
     if (event.tried && event.tried.length) {
-      this.note(event.step, `fallback: ${tally(event.tried)} failed, then ${event.provider}/${event.model} answered`, "fallback");
+      this.note(event.step, `failed attempts: ${tally(event.tried)}; ${event.provider}/${event.model} answered`, "fallback");
     }
   }
 

@@ -32,8 +32,9 @@ export class Waterfall {
       case "model.completed": {
         const from = Math.max(step.cursor, event.ts - (event.latency_ms || 0) / 1000);
         if (event.tried && event.tried.length && from > step.cursor) {
-          // latency_ms is the answering call's: the time before it went to failed attempts.
-          step.items.push(bar("attempts", `failed: ${tally(event.tried)}`, step.cursor, from, 0, "failed"));
+          // latency_ms is the answering call's: the time before it went to failed attempts
+          // (not already shown as discarded) and the waits between them.
+          step.items.push(bar("attempts", `retries: ${tally(event.tried)}`, step.cursor, from, 0, "failed"));
         }
         step.items.push(bar("model", `${event.provider}/${event.model}`, from, event.ts, event.cost_usd, event.cached ? "cached" : ""));
         step.cursor = event.ts;
