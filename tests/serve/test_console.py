@@ -13,11 +13,20 @@ import httpx2
 import pytest
 from playwright.sync_api import Browser, Page, expect, sync_playwright
 
-from serve_app.traffic import TrafficConfig
+from serve_app.tenancy import digest
+from serve_app.traffic import TrafficConfig, TrafficRouter
 from tests.fixtures_sim import Sim
 from tests.helpers import wait_for
 from tests.serve.conftest import Service
-from tests.serve.tenants import ACME_KEY, ADMIN_KEY, CONSOLE_KEY, GLOBEX_KEY, THRIFTY_KEY, auth
+from tests.serve.tenants import (
+    ACME_KEY,
+    ADMIN_KEY,
+    CONSOLE_KEY,
+    GLOBEX_KEY,
+    TENANCY,
+    THRIFTY_KEY,
+    auth,
+)
 
 pytestmark = pytest.mark.serve
 
@@ -57,18 +66,33 @@ def browser() -> Iterator[Browser]:
             launched.close()
 
 
+CANARY_SPLIT = {
+    "weights": {"v1": 80, "v2": 20},
+    "stable": "v1",
+    "canary": "v2",
+    "shadows": [{"version": "v2", "sample": 1.0, "primary": "v1"}],
+}
+
+
 @pytest.fixture(scope="module")
 def canary_app(service: Service) -> Iterator[str]:
-    """support v1 (stable) and v2 (canary, 20%) served at CANARY_PREFIX; its base URL."""
+    """support v1 (stable) and v2 (canary, 20%; every v1 run mirrored to it) served at
+    CANARY_PREFIX; its base URL. In this app the `console` tenant's key is an admin key
+    too (an operator's key): the Versions page's admin controls need both."""
     from ray import serve
 
     from serve_app.app import build_app
 
-    split = {"weights": {"v1": 80, "v2": 20}, "stable": "v1", "canary": "v2"}
+    # A gate of its own: a rollback is stored against this exact config, not a later one's.
+    split = {**CANARY_SPLIT, "gate": {"window_s": 3600 + uuid.uuid4().int % 1000}}
+    tenancy = TENANCY.model_copy(
+        update={"admin_key_sha256": (*TENANCY.admin_key_sha256, digest(CONSOLE_KEY))}
+    )
     config = service.config.model_copy(
         update={
             "agents": ("example:support.yaml", "example:versions/support-v2.yaml"),
             "traffic": TrafficConfig.model_validate({"agents": {"support": split}}),
+            "tenancy": tenancy,
         }
     )
     serve.run(build_app(config), name=CANARY_APP, route_prefix=CANARY_PREFIX)
@@ -76,6 +100,19 @@ def canary_app(service: Service) -> Iterator[str]:
         yield f"{service.base_url}{CANARY_PREFIX}"
     finally:
         serve.delete(CANARY_APP)
+
+
+def _thread_on_v1() -> str:
+    """A thread the canary app routes to v1 (threads stick to a version), so it is mirrored."""
+    router = TrafficRouter(
+        TrafficConfig.model_validate({"agents": {"support": CANARY_SPLIT}}),
+        {"support": ["v1", "v2"]},
+    )
+    for _ in range(1000):
+        thread = f"console-canary-{uuid.uuid4().hex[:10]}"
+        if router.choose("support", "console", thread, "any").version == "v1":
+            return thread
+    raise AssertionError("no thread lands on v1")
 
 
 @pytest.fixture
@@ -523,26 +560,38 @@ def test_the_fleet_page_shows_tenants_usage_and_provider_health(
     screenshot(page, "fleet-tenants-providers")
 
 
-def test_the_versions_page_shows_a_canary_against_the_stable_version(
+def test_the_versions_page_shows_a_canary_shadows_and_rolls_it_back(
     page: Page, service: Service, canary_app: str
 ) -> None:
-    with httpx2.Client(base_url=canary_app, timeout=30, headers=auth(ACME_KEY)) as http:
+    with httpx2.Client(base_url=canary_app, timeout=30) as http:
+
+        def ended(run_id: str, key: str) -> bool:
+            found = http.get(f"/v1/runs/{run_id}", headers=auth(key)).json()
+            return bool(found["status"] != "running")
+
         for version in ("v1", "v2"):  # one run on each, so each has figures
-            created = http.post(
-                "/v1/agents/support/runs", json={"input": "hello", "version": version}
-            )
+            body = {"input": "hello", "version": version}
+            created = http.post("/v1/agents/support/runs", json=body, headers=auth(ACME_KEY))
             assert created.status_code == 202, created.text
             run_id = created.json()["run_id"]
-            wait_for(
-                lambda: http.get(f"/v1/runs/{run_id}").json()["status"] != "running",  # noqa: B023
-                timeout_s=90,
-                interval_s=0.1,
-            )
+            wait_for(lambda: ended(run_id, ACME_KEY), timeout_s=90, interval_s=0.1)  # noqa: B023
+        body = {"input": "hello", "thread_id": _thread_on_v1()}  # mirrored to v2
+        created = http.post("/v1/agents/support/runs", json=body, headers=auth(CONSOLE_KEY))
+        assert created.status_code == 202, created.text
+
+        def mirrored() -> bool:
+            report = http.get("/v1/admin/agents/support/shadows", headers=auth(ADMIN_KEY))
+            pairs = report.json()["pairs"]
+            return any(p["primary_version"] == "v1" and p["shadow_version"] == "v2" for p in pairs)
+
+        wait_for(mirrored, timeout_s=90, interval_s=0.2)  # both runs have ended
+
     use_key(page, ACME_KEY)
     page.goto(f"{CANARY_PREFIX}/console#/versions")  # its own console calls its own API
     support = page.locator("section.agent[data-agent='support']")
     expect(support.locator(".split")).to_contain_text("split: v1 80% · v2 20%")
     expect(support.locator(".split")).to_contain_text("canary v2")
+    expect(support.locator(".split")).to_contain_text("shadow: v2 mirrors 100% of v1 runs")
     expect(support.locator("tr[data-version='v2'] td").nth(1)).to_have_text("canary")
     canary = page.locator("#canary-support")
     expect(canary.locator("h4")).to_have_text("Canary v2 against stable v1")
@@ -554,8 +603,24 @@ def test_the_versions_page_shows_a_canary_against_the_stable_version(
     expect(canary.locator("tr[data-figure='cost per successful run'] td").nth(3)).to_have_text(
         re.compile(r"^\d+\.\d\d\u00d7$")  # the canary's figure over the stable's
     )
-    expect(page.locator(".rollback")).to_have_count(0)  # a tenant key: no admin controls
+    expect(page.locator(".rollback, .shadows")).to_have_count(0)  # a tenant key: no admin
     screenshot(page, "versions-canary")
+
+    use_key(page, CONSOLE_KEY)  # this app's operator: a tenant key that is an admin key too
+    support = page.locator("section.agent[data-agent='support']")
+    pair = support.locator(".shadow-table tr[data-shadow='v2']")
+    expect(pair).to_contain_text("v1 → v2")
+    expect(pair.locator("td").nth(2)).to_have_text(re.compile(r"^\d+\.\d%$"))  # agreement
+    screenshot(page, "versions-admin")
+    support.locator(".rollback").click()
+    support = page.locator("section.agent[data-agent='support']")
+    expect(support.locator(".rolled-back")).to_contain_text("rolled back by an admin")
+    expect(support.locator(".split")).to_contain_text("v2 0%")
+    expect(support.locator(".rollback")).to_have_count(0)
+    page.reload()  # stored: the page says so again
+    expect(page.locator("section.agent[data-agent='support'] .rolled-back")).to_be_visible()
+    expect(page.locator(".shadow-table tr[data-shadow='v2']")).to_be_visible()
+    screenshot(page, "versions-rolled-back")
 
 
 def test_a_discarded_attempt_shows_and_its_text_is_thrown_away(page: Page, sim: Sim) -> None:

@@ -114,7 +114,7 @@ function adminControls(box, agent) {
     if (!found.ok) { shadows.append(el("p", problemText(found), { class: "error" })); return; }
     shadows.append(shadowTable(found.data.pairs));
   });
-  if (!agent.traffic.canary) return;
+  if (!agent.traffic.canary || agent.traffic.rolled_back) return;  // nothing (more) to roll back
   const message = el("span", "", { class: "meta rollback-message" });
   const rollback = el("button", `Roll back ${agent.traffic.canary}`, { type: "button", class: "rollback" });
   rollback.addEventListener("click", async () => {
