@@ -112,7 +112,7 @@ function adminControls(box, agent) {
   box.append(shadows);
   call("GET", `/v1/admin/agents/${encodeURIComponent(agent.name)}/shadows`).then((found) => {
     if (!found.ok) { shadows.append(el("p", problemText(found), { class: "error" })); return; }
-    shadows.append(shadowTable(found.data.pairs));
+    shadows.append(el("h4", "Shadow agreement"), shadowTable(found.data.pairs));
   });
   if (!agent.traffic.canary || agent.traffic.rolled_back) return;  // nothing (more) to roll back
   const message = el("span", "", { class: "meta rollback-message" });
