@@ -91,19 +91,20 @@ export class Timeline {
       const summary = el("summary", `sub-agent ${event.agent}`);
       const status = el("span", "running", { class: "badge", "data-status": "running" });
       summary.append(" ", status);
-      details.append(summary);
+      // Its input and budget line first, whenever their events come.
+      const input = el("p", "", { class: "subagent-input" });
+      const budget = el("p", "", { class: "meta subagent-budget" });
+      details.append(summary, input, budget);
       this.step(event.step).box.append(details);
       nested = new Timeline(details);
-      nested.summary = summary;
-      nested.status = status;
+      Object.assign(nested, { summary, status, input, budget });
       this.subagents.set(event.call_id, nested);
     }
     const inner = event.event;
     if (inner.kind === "run.created") {
       nested.summary.firstChild.textContent = `sub-agent ${inner.agent}@${inner.version}`;
-      nested.root.append(el("p", `Input: ${inner.input}`, { class: "subagent-input" }));
+      nested.input.textContent = `Input: ${inner.input}`;
     } else if (inner.kind === "budget.progress") {
-      nested.budget = nested.budget || nested.root.appendChild(el("p", "", { class: "meta subagent-budget" }));
       nested.budget.textContent = `budget: step ${inner.step}/${inner.max_steps} · tokens ${inner.tokens}/${inner.max_tokens} · ${money(inner.cost_usd)}/$${inner.max_cost_usd}`;
     } else if (TERMINAL.has(inner.kind)) {
       const ended = inner.kind.slice(4);
