@@ -35,12 +35,17 @@ export async function followRuns(query, { onPage, onMode, onError }, signal) {
     const type = response.headers.get("content-type") || "";
     if (!type.includes("text/event-stream")) {
       onMode("polling");
-      try { onPage(await response.json()); failures = 0; } catch { failures++; }
+      try {
+        const data = await response.json();
+        if (!signal.aborted) onPage(data);
+        failures = 0;
+      } catch { failures++; }
       await pause(POLL_MS, signal);
       continue;
     }
     onMode("live");
     await readFrames(response.body, (frame) => {
+      if (signal.aborted) return true;  // the reader moved on: no late page over theirs
       if (frame.event !== "runs") return false;
       failures = 0;
       onPage(JSON.parse(frame.data));

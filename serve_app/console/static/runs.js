@@ -28,6 +28,7 @@ export async function runsPage(root, params) {
   const query = formQuery(form);
   const limit = Number(params.get("limit")) || LIMIT;
   let live = null;  // the first page's stream while it is shown
+  let asked = 0;  // the page last asked for: an older answer arriving late is dropped
   const stopLive = () => { if (live) live.abort(); live = null; };
   const show = (data, page) => {
     body.replaceChildren(runTable(data.runs || [], "runs-table", (page - 1) * limit + 1));
@@ -44,6 +45,7 @@ export async function runsPage(root, params) {
   };
   const first = () => {
     stopLive();
+    asked++;
     live = new AbortController();
     followRuns(query, {
       onPage: (data) => show(data, 1),
@@ -53,9 +55,11 @@ export async function runsPage(root, params) {
   };
   const later = async (cursor, page) => {
     stopLive();
+    const mine = ++asked;
     mode.textContent = `paused on page ${page}`;
     mode.dataset.mode = "paused";
     const result = await call("GET", `/v1/runs?${query}&cursor=${encodeURIComponent(cursor)}`);
+    if (mine !== asked || live) return;
     if (result.ok) show(result.data, page);
     else refused(result);
   };
