@@ -348,7 +348,9 @@ def test_the_fleet_page_needs_the_admin_key(page: Page) -> None:
 
 
 def test_a_sub_agents_events_nest_under_its_call(page: Page, sim: Sim) -> None:
-    use_key(page, ACME_KEY)
+    # The console tenant's own key: concierge answers from a per-tenant response cache, and
+    # another tenant's later run of the same question must still pay for its model calls.
+    use_key(page, CONSOLE_KEY)
     start_from_page(page, "concierge", "Where is order 1002?")
     nested = page.locator(".subagent").first
     expect(nested.locator("summary")).to_contain_text("sub-agent concierge-orders")

@@ -9,8 +9,7 @@ export async function versionsPage(root) {
   root.append(el("h2", "Versions"));
   const [agents, admin] = await Promise.all([call("GET", "/v1/agents"), isAdmin()]);
   if (!agents.ok) {
-    const hint = admin ? " (GET /v1/agents takes a tenant's key, not the admin key)" : "";
-    root.append(el("p", `${problemText(agents)}${hint}`, { class: "error", id: "versions-error" }));
+    root.append(el("p", problemText(agents), { class: "error", id: "versions-error" }));
     return null;
   }
   for (const agent of agents.data.agents) root.append(agentBox(agent, admin));
