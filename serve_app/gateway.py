@@ -202,10 +202,11 @@ class Gateway(HandleSurface, AdminRoutes, ApprovalRoutes):
         """The agents the caller may run, with their versions."""
         return self._agents_for(self._tenant(api_key))
 
-    def _agents_for(self, tenant: TenantConfig) -> list[dict[str, Any]]:
+    def _agents_for(self, tenant: TenantConfig | None) -> list[dict[str, Any]]:
+        """The agents `tenant` may run (None: every agent, for the admin key)."""
         by_name: dict[str, list[AgentSpec]] = {}
         for spec in self._specs.values():
-            if tenant.may_run(spec.name):
+            if tenant is None or tenant.may_run(spec.name):
                 by_name.setdefault(spec.name, []).append(spec)
         return [
             {
@@ -562,16 +563,21 @@ class Gateway(HandleSurface, AdminRoutes, ApprovalRoutes):
         return tenant
 
     async def _http_list_agents(self, request: Request) -> Response:
-        tenant = self._caller(request)
+        """The agents the caller may run, with traffic and figures; the admin key sees every
+        agent (and no tenant's own figures)."""
+        admin = self._auth.is_admin(request.headers.get("authorization"))
+        tenant = None if admin else self._caller(request)
         agents = self._agents_for(tenant)
         await self._client()
         outcomes = self._state.outcomes
         # The caller's own figures, and only the caller's: cost per successful run of its runs.
-        mine = await outcomes.cost_report(None, tenant.id)
-        by_version = {(c.agent, c.version): c.stats for c in mine.versions}
-        by_agent = {c.agent: c.stats for c in mine.agents}
+        mine = None if tenant is None else await outcomes.cost_report(None, tenant.id)
+        by_version = {(c.agent, c.version): c.stats for c in mine.versions} if mine else {}
+        by_agent = {c.agent: c.stats for c in mine.agents} if mine else {}
 
-        def block(stats: VersionStats | None) -> dict[str, Any]:
+        def block(stats: VersionStats | None) -> dict[str, Any] | None:
+            if tenant is None:
+                return None
             found = stats or VersionStats.empty()
             return {"tenant": tenant.id, "stats": found.model_dump(mode="json")}
 

@@ -109,12 +109,11 @@ def _plain_number(value: Any, pattern: str, what: str) -> Any:
     return value
 
 
-class ThreadRunsQuery(BaseModel):
-    """Query of `GET /v1/threads/{thread_id}/runs` (and the handle's `thread_runs`)."""
+class _PageQuery(BaseModel):
+    """What every run list takes: the page size, where it starts, and (admin) one tenant."""
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
-    thread_id: str = Field(pattern=THREAD_ID_PATTERN, description="The conversation.")
     limit: int = Field(50, ge=1, le=MAX_PAGE, description=f"Runs a page, 1 to {MAX_PAGE}.")
     cursor: str | None = Field(
         None, max_length=200, description="A page's `next_cursor`: the page after it."
@@ -129,10 +128,14 @@ class ThreadRunsQuery(BaseModel):
         return _plain_number(value, r"[0-9]{1,4}", "a whole number")
 
 
-class RunListQuery(BaseModel):
-    """Query of `GET /v1/runs` (and the handle's `list_runs`); every filter is optional."""
+class ThreadRunsQuery(_PageQuery):
+    """Query of `GET /v1/threads/{thread_id}/runs` (and the handle's `thread_runs`)."""
 
-    model_config = ConfigDict(frozen=True, extra="forbid")
+    thread_id: str = Field(pattern=THREAD_ID_PATTERN, description="The conversation.")
+
+
+class RunListQuery(_PageQuery):
+    """Query of `GET /v1/runs` (and the handle's `list_runs`); every filter is optional."""
 
     agent: str | None = Field(None, max_length=200, description="Only this agent's runs.")
     version: str | None = Field(None, max_length=200, description="Only this version's runs.")
@@ -146,18 +149,6 @@ class RunListQuery(BaseModel):
     until: float | None = Field(
         None, ge=0, le=1e12, allow_inf_nan=False, description="Created before (unix s)."
     )
-    limit: int = Field(50, ge=1, le=MAX_PAGE, description=f"Runs a page, 1 to {MAX_PAGE}.")
-    cursor: str | None = Field(
-        None, max_length=200, description="A page's `next_cursor`: the page after it."
-    )
-    tenant: str | None = Field(
-        None, max_length=200, description="Admin key: only this tenant's runs (default: all)."
-    )
-
-    @field_validator("limit", mode="before")
-    @classmethod
-    def _plain_limit(cls, value: Any) -> Any:
-        return _plain_number(value, r"[0-9]{1,4}", "a whole number")
 
     @field_validator("since", "until", mode="before")
     @classmethod

@@ -17,7 +17,26 @@ from serve_app.http_errors import problem
 
 _STATIC = Path(__file__).parent / "static"
 _TYPES = {".js": "text/javascript; charset=utf-8", ".css": "text/css; charset=utf-8"}
-ASSETS = ("api.js", "console.css", "console.js", "fleet.js", "run.js", "runs.js")
+ASSETS = (
+    "api.js",
+    "approvals.js",
+    "budget.js",
+    "console.css",
+    "console.js",
+    "fleet.js",
+    "format.js",
+    "liveruns.js",
+    "providers.js",
+    "run.js",
+    "runs.js",
+    "runtable.js",
+    "sse.js",
+    "tenants.js",
+    "thread.js",
+    "timeline.js",
+    "versions.js",
+    "waterfall.js",
+)
 """The files under `/console/static/`: nothing else is served from there."""
 
 CSP = "; ".join(

@@ -25,6 +25,8 @@ OBSERVED_RPM_KEY = "rf-test-observed-rpm-27e915"
 LISTS_A_KEY = "rf-test-lists-a-5e21c9"
 LISTS_B_KEY = "rf-test-lists-b-a7340d"
 """tests/serve/test_run_list.py's tenants: their lists hold that test's runs only."""
+CONSOLE_KEY = "rf-test-console-d2a61f"
+"""tests/serve/test_console.py's tenant for the runs list: its list holds that module's runs."""
 HEALTH_KEY = "rf-test-health-19c6e3"
 """tests/serve/test_providers.py's tenant: its own sim-openai key has a breaker of its own."""
 LIMITED_RPM = 30
@@ -60,6 +62,7 @@ TENANCY = TenancyConfig(
         ),
         TenantConfig(id="lists_a", api_key_sha256=(digest(LISTS_A_KEY),)),
         TenantConfig(id="lists_b", api_key_sha256=(digest(LISTS_B_KEY),)),
+        TenantConfig(id="console", api_key_sha256=(digest(CONSOLE_KEY),)),
         TenantConfig(
             id="health",
             api_key_sha256=(digest(HEALTH_KEY),),

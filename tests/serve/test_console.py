@@ -4,15 +4,29 @@ session's Serve app. Each page's screenshot is saved under test-artifacts/consol
 from __future__ import annotations
 
 import re
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
+import httpx2
 import pytest
 from playwright.sync_api import Browser, Page, expect, sync_playwright
 
+from serve_app.tenancy import digest
+from serve_app.traffic import TrafficConfig, TrafficRouter
 from tests.fixtures_sim import Sim
+from tests.helpers import wait_for
 from tests.serve.conftest import Service
-from tests.serve.tenants import ACME_KEY, ADMIN_KEY, GLOBEX_KEY, auth
+from tests.serve.tenants import (
+    ACME_KEY,
+    ADMIN_KEY,
+    CONSOLE_KEY,
+    GLOBEX_KEY,
+    TENANCY,
+    THRIFTY_KEY,
+    auth,
+)
 
 pytestmark = pytest.mark.serve
 
@@ -28,6 +42,9 @@ CHROMIUM_ARGS = [
 ARTIFACTS = Path(__file__).resolve().parents[2] / "test-artifacts" / "console"
 HANG = {"type": "text", "text": "x", "delay_ms": 120_000}
 KILLED_AGENT = "concierge"
+CANARY_APP = "rayfleet-console-canary"
+CANARY_PREFIX = "/console-canary"
+"""A second app with support@v2 as a canary of v1: its own console, under a route prefix."""
 
 expect.set_options(timeout=30_000)  # a loaded 2-core machine: a condition, not a pace
 
@@ -47,6 +64,55 @@ def browser() -> Iterator[Browser]:
             yield launched
         finally:
             launched.close()
+
+
+CANARY_SPLIT = {
+    "weights": {"v1": 80, "v2": 20},
+    "stable": "v1",
+    "canary": "v2",
+    "shadows": [{"version": "v2", "sample": 1.0, "primary": "v1"}],
+}
+
+
+@pytest.fixture(scope="module")
+def canary_app(service: Service) -> Iterator[str]:
+    """support v1 (stable) and v2 (canary, 20%; every v1 run mirrored to it) served at
+    CANARY_PREFIX; its base URL. In this app the `console` tenant's key is an admin key
+    too (an operator's key): the Versions page's admin controls need both."""
+    from ray import serve
+
+    from serve_app.app import build_app
+
+    # A gate of its own: a rollback is stored against this exact config, not a later one's.
+    split = {**CANARY_SPLIT, "gate": {"window_s": 3600 + uuid.uuid4().int % 1000}}
+    tenancy = TENANCY.model_copy(
+        update={"admin_key_sha256": (*TENANCY.admin_key_sha256, digest(CONSOLE_KEY))}
+    )
+    config = service.config.model_copy(
+        update={
+            "agents": ("example:support.yaml", "example:versions/support-v2.yaml"),
+            "traffic": TrafficConfig.model_validate({"agents": {"support": split}}),
+            "tenancy": tenancy,
+        }
+    )
+    serve.run(build_app(config), name=CANARY_APP, route_prefix=CANARY_PREFIX)
+    try:
+        yield f"{service.base_url}{CANARY_PREFIX}"
+    finally:
+        serve.delete(CANARY_APP)
+
+
+def _thread_on_v1() -> str:
+    """A thread the canary app routes to v1 (threads stick to a version), so it is mirrored."""
+    router = TrafficRouter(
+        TrafficConfig.model_validate({"agents": {"support": CANARY_SPLIT}}),
+        {"support": ["v1", "v2"]},
+    )
+    for _ in range(1000):
+        thread = f"console-canary-{uuid.uuid4().hex[:10]}"
+        if router.choose("support", "console", thread, "any").version == "v1":
+            return thread
+    raise AssertionError("no thread lands on v1")
 
 
 @pytest.fixture
@@ -85,6 +151,51 @@ def start_from_page(page: Page, agent: str, text: str) -> None:
     page.locator("#start-agent").select_option(agent)
     page.fill("#start-input", text)
     page.click("#start-submit")
+
+
+def start_run(
+    service: Service, key: str, agent: str = "support", text: str = "hello", **body: Any
+) -> str:
+    created = service.http.post(
+        f"/v1/agents/{agent}/runs", json={"input": text, **body}, headers=auth(key)
+    )
+    assert created.status_code == 202, created.text
+    run_id: str = created.json()["run_id"]
+    return run_id
+
+
+def finished(service: Service, key: str, run_id: str) -> dict[str, Any]:
+    """The run's summary once it has ended: no run of a test outlives it (and takes a later
+    test's scripted reply)."""
+
+    def ended() -> dict[str, Any] | None:
+        found: dict[str, Any] = service.http.get(f"/v1/runs/{run_id}", headers=auth(key)).json()
+        return found if found["status"] != "running" else None
+
+    return wait_for(ended, timeout_s=90, interval_s=0.1)
+
+
+def cancel(service: Service, key: str, run_id: str) -> None:
+    cancelled = service.http.post(f"/v1/runs/{run_id}/cancel", headers=auth(key))
+    assert cancelled.status_code in (200, 202), cancelled.text
+    assert finished(service, key, run_id)["status"] == "cancelled"
+
+
+def hanging(sim: Sim) -> None:
+    """Wait until a run has taken the scripted hang (its model call now waits)."""
+    wait_for(lambda: sim.pending() == 0, timeout_s=60, interval_s=0.1)
+
+
+def open_runs(page: Page, query: str = "") -> None:
+    """The runs list with `query` ("status=failed"), once it shows the rows for it."""
+    page.goto(f"/console#/runs?{query}" if query else "/console#/runs")
+    shown(page, query)
+
+
+def shown(page: Page, query: str) -> None:
+    """Wait until the list shows the rows answering `query`, not a previous view's."""
+    expect(page.locator("#runs-body")).to_have_attribute("data-query", query)
+    expect(page.locator("#runs-table, #runs-table-empty")).to_be_visible()
 
 
 def test_the_page_and_its_files_are_served_with_a_strict_csp(service: Service) -> None:
@@ -181,13 +292,6 @@ def test_another_tenants_run_and_an_unknown_id_are_not_found(page: Page, service
     expect(page.locator("#run-meta")).to_contain_text("tenant acme")
 
 
-def test_the_runs_page_lists_runs_or_says_the_list_is_not_available(page: Page) -> None:
-    use_key(page, ACME_KEY)
-    page.goto("/console#/runs")
-    expect(page.locator("#runs-unavailable, #runs-table, #runs-body .notice")).to_be_visible()
-    screenshot(page, "runs")
-
-
 def test_an_admin_kill_switch_set_in_the_fleet_page_refuses_runs_until_cleared(
     page: Page, service: Service
 ) -> None:
@@ -244,11 +348,295 @@ def test_the_fleet_page_needs_the_admin_key(page: Page) -> None:
 
 
 def test_a_sub_agents_events_nest_under_its_call(page: Page, sim: Sim) -> None:
-    use_key(page, ACME_KEY)
+    # The console tenant's own key: concierge answers from a per-tenant response cache, and
+    # another tenant's later run of the same question must still pay for its model calls.
+    use_key(page, CONSOLE_KEY)
     start_from_page(page, "concierge", "Where is order 1002?")
     nested = page.locator(".subagent").first
     expect(nested.locator("summary")).to_contain_text("sub-agent concierge-orders")
-    expect(nested).to_contain_text("Input: ")
+    expect(nested.locator(".subagent-input")).to_contain_text("Input: ")
+    expect(nested.locator("summary .badge")).to_have_text("completed")  # its own status
     expect(nested.locator(".tool-call").first).to_be_visible()
     expect(page.locator("#run-status")).to_have_text("completed")
     screenshot(page, "run-subagents")
+
+
+def test_the_runs_list_filters_by_status_and_by_agent(
+    page: Page, service: Service, sim: Sim
+) -> None:
+    sim.script(HANG)
+    cancelled = start_run(service, CONSOLE_KEY, "support", "Where is order 1002?")
+    hanging(sim)
+    cancel(service, CONSOLE_KEY, cancelled)
+    concierge = start_run(service, CONSOLE_KEY, "concierge", "Where is order 1003?")
+    assert finished(service, CONSOLE_KEY, concierge)["status"] == "completed"
+    use_key(page, CONSOLE_KEY)
+    open_runs(page)
+    rows = page.locator("#runs-table tbody tr")
+
+    page.locator("#filter-status").select_option("cancelled")
+    page.click("#filter-apply")
+    expect(page).to_have_url(re.compile(r"#/runs\?status=cancelled$"))
+    shown(page, "status=cancelled")
+    expect(page.locator(f"#runs-table tr[data-run='{cancelled}']")).to_be_visible()
+    expect(page.locator(f"#runs-table tr[data-run='{concierge}']")).to_have_count(0)
+    expect(rows.and_(page.locator(":not([data-status='cancelled'])"))).to_have_count(0)
+    screenshot(page, "runs-by-status")
+
+    page.locator("#filter-status").select_option("")
+    page.locator("#filter-agent").select_option("concierge")
+    page.click("#filter-apply")
+    shown(page, "agent=concierge")
+    expect(page.locator(f"#runs-table tr[data-run='{concierge}']")).to_be_visible()
+    expect(page.locator(f"#runs-table tr[data-run='{cancelled}']")).to_have_count(0)
+    expect(rows.and_(page.locator(":not([data-agent='concierge'])"))).to_have_count(0)
+    page.reload()  # the filters live in the URL
+    shown(page, "agent=concierge")
+    expect(page.locator("#filter-agent")).to_have_value("concierge")
+    expect(page.locator(f"#runs-table tr[data-run='{concierge}']")).to_be_visible()
+
+    # Time: nothing was created after 2099; everything before it.
+    page.locator("#filter-agent").select_option("")
+    page.fill("#filter-since", "2099-01-01T00:00")
+    page.click("#filter-apply")
+    expect(page).to_have_url(re.compile(r"#/runs\?since=\d+$"))
+    expect(page.locator("#runs-table-empty")).to_be_visible()
+    page.fill("#filter-since", "")
+    page.fill("#filter-until", "2099-01-01T00:00")
+    page.click("#filter-apply")
+    expect(page).to_have_url(re.compile(r"#/runs\?until=\d+$"))
+    expect(page.locator(f"#runs-table tr[data-run='{concierge}']")).to_be_visible()
+
+
+def test_the_runs_list_pages_past_one_page(page: Page, service: Service) -> None:
+    started = [start_run(service, CONSOLE_KEY, "support", f"hello {i}") for i in range(5)]
+    for run_id in started:
+        finished(service, CONSOLE_KEY, run_id)
+    use_key(page, CONSOLE_KEY)
+    open_runs(page, "limit=2")
+    seen: list[str] = []
+    for page_number in range(1, 100):  # bounded: the tenant holds this module's runs only
+        expect(page.locator("#runs-body")).to_have_attribute("data-page", str(page_number))
+        rows = page.locator("#runs-table tbody tr")
+        expect(rows.first).to_be_visible()
+        ids = [rows.nth(i).get_attribute("data-run") for i in range(rows.count())]
+        assert 1 <= len(ids) <= 2, ids
+        seen += [i for i in ids if i]
+        if page_number == 2:
+            expect(page.locator("#runs-mode")).to_have_attribute("data-mode", "paused")
+            screenshot(page, "runs-page-2")
+        if set(started) <= set(seen) or page.locator("#runs-next").count() == 0:
+            break
+        page.click("#runs-next")
+    assert set(started) <= set(seen), "every run is on some page"
+    assert len(seen) == len(set(seen)), "no run on two pages"
+    assert page_number >= 3
+    page.click("#runs-first")
+    expect(page.locator("#runs-body")).to_have_attribute("data-page", "1")
+    expect(page.locator(f"#runs-table tr[data-run='{started[-1]}']")).to_be_visible()
+
+
+def test_a_run_started_over_http_appears_in_the_open_list_and_its_status_changes_live(
+    page: Page, service: Service, sim: Sim
+) -> None:
+    use_key(page, CONSOLE_KEY)
+    open_runs(page)
+    expect(page.locator("#runs-mode")).to_have_attribute("data-mode", "live")  # SSE, not polls
+    page.evaluate("window.notReloaded = true")
+    sim.script(HANG)
+    run_id = start_run(service, CONSOLE_KEY, "support", "Where is order 1002?")
+    row = page.locator(f"#runs-table tr[data-run='{run_id}']")
+    expect(row.locator(".badge")).to_have_text("running")
+    screenshot(page, "runs-live")
+    hanging(sim)
+    cancel(service, CONSOLE_KEY, run_id)
+    expect(row.locator(".badge")).to_have_text("cancelled")
+    assert page.evaluate("window.notReloaded") is True
+
+
+def test_another_tenants_key_does_not_list_its_runs(page: Page, service: Service) -> None:
+    run_id = start_run(service, CONSOLE_KEY)
+    finished(service, CONSOLE_KEY, run_id)
+    use_key(page, CONSOLE_KEY)
+    open_runs(page)
+    expect(page.locator(f"#runs-table tr[data-run='{run_id}']")).to_be_visible()
+    use_key(page, GLOBEX_KEY)
+    open_runs(page, "tenant=console")  # asking for another tenant finds nothing either
+    expect(page.locator("#runs-table-empty")).to_be_visible()
+    open_runs(page)
+    expect(page.locator(f"tr[data-run='{run_id}']")).to_have_count(0)
+    rows = page.locator("#runs-table tbody tr")
+    expect(rows.and_(page.locator(":not([data-tenant='globex'])"))).to_have_count(0)
+    screenshot(page, "runs-other-tenant")
+
+
+def test_the_thread_page_lists_a_threads_runs_in_order(page: Page, service: Service) -> None:
+    thread = f"console-{uuid.uuid4().hex[:10]}"
+    turns = ["first question", "second question", "third question"]
+    runs = []
+    for text in turns:  # one after the other: a conversation
+        runs.append(start_run(service, CONSOLE_KEY, "support", text, thread_id=thread))
+        finished(service, CONSOLE_KEY, runs[-1])
+    use_key(page, CONSOLE_KEY)
+    open_runs(page)
+    page.locator(f"#runs-table tr[data-run='{runs[1]}'] .thread-link").click()
+    expect(page).to_have_url(re.compile(rf"#/threads/{thread}$"))
+    items = page.locator("#thread-turns .turn")
+    expect(items).to_have_count(3)
+    for i, (run_id, text) in enumerate(zip(runs, turns, strict=True)):
+        expect(items.nth(i)).to_have_attribute("data-run", run_id)
+        expect(items.nth(i).locator(".turn-input")).to_have_text(f"asked: {text}")
+        expect(items.nth(i).locator(".turn-output")).to_contain_text("answered: ")
+    expect(page.locator("#thread-body tbody tr")).to_have_count(3)
+    screenshot(page, "thread")
+    items.nth(2).locator("a").click()
+    expect(page.locator("#run-input")).to_have_text(f"Input: {turns[2]}")
+
+
+def test_the_run_page_shows_a_waterfall_fallbacks_and_budget(page: Page, sim: Sim) -> None:
+    # sim-openai fails twice, sim-anthropic answers with a tool call; then the final answer.
+    sim.script(
+        {"type": "status", "status": 500},
+        {"type": "status", "status": 500},
+        {"type": "tool_call", "name": "lookup_order", "arguments": {"order_id": 1002}},
+        {"type": "text", "text": "Order 1002 is on its way."},
+    )
+    use_key(page, ACME_KEY)
+    start_from_page(page, "support", "Where is order 1002?")
+    expect(page.locator("#run-status")).to_have_text("completed")
+    expect(page.locator(".note-fallback").first).to_contain_text("sim-openai/sim-strong")
+    waterfall = page.locator("#waterfall")
+    expect(waterfall.locator(".wf-bar[data-kind='step']")).to_have_count(2)
+    expect(waterfall.locator(".wf-bar[data-kind='model']")).to_have_count(2)
+    expect(waterfall.locator(".wf-bar[data-kind='tool']")).to_have_count(1)
+    expect(waterfall.locator(".wf-row[data-kind='attempts'] .wf-label")).to_contain_text(
+        "retries: sim-openai/sim-strong"
+    )
+    tool = waterfall.locator(".wf-row[data-kind='tool']")
+    expect(tool.locator(".wf-label")).to_have_text("lookup_order")
+    expect(tool.locator(".wf-figure")).to_contain_text("$")
+    model = waterfall.locator(".wf-row[data-kind='model']").first
+    expect(model.locator(".wf-label")).to_contain_text("sim-anthropic/")
+    expect(model.locator(".wf-figure")).to_contain_text(re.compile(r"\d+ ms|\d+\.\d s"))
+    expect(waterfall.locator(".wf-axis")).not_to_contain_text("live")
+    expect(page.locator("#run-budget")).to_be_visible()
+    expect(page.locator("#run-budget")).to_contain_text(re.compile(r"2 / \d+ steps"))
+    expect(page.locator("#run-cost")).to_contain_text("2 steps")
+    expect(page.locator("#run-approvals")).to_be_hidden()  # approvals: issue 14
+    screenshot(page, "run-waterfall")
+
+
+def test_the_versions_page_shows_versions_and_the_split_without_admin_controls(
+    page: Page,
+) -> None:
+    use_key(page, ACME_KEY)
+    page.goto("/console#/versions")
+    support = page.locator("section.agent[data-agent='support']")
+    expect(support.locator(".split")).to_contain_text("split: v1 100%")
+    expect(support.locator(".split")).to_contain_text("stable v1")
+    row = support.locator("tr[data-version='v1']")
+    expect(row).to_contain_text("stable")
+    expect(row).to_contain_text("lookup_order")
+    expect(page.locator(".rollback, .shadows")).to_have_count(0)  # a tenant key: no admin
+    screenshot(page, "versions")
+
+
+def test_the_fleet_page_shows_tenants_usage_and_provider_health(
+    page: Page, service: Service
+) -> None:
+    run_id = start_run(service, THRIFTY_KEY)  # a provider called, a tenant with a budget
+    finished(service, THRIFTY_KEY, run_id)
+    use_key(page, ADMIN_KEY)
+    page.goto("/console#/fleet")
+    thrifty = page.locator("#tenant-table tr[data-tenant='thrifty']")
+    expect(thrifty.locator(".usage-budget progress")).to_be_visible()
+    expect(thrifty.locator(".usage-budget")).to_contain_text(re.compile(r"\$[0-9.]+ / \$0\.03"))
+    expect(thrifty).to_contain_text("$")
+    expect(page.locator("#tenant-table tr[data-tenant='acme'] .usage-budget")).to_contain_text(
+        "no limit"
+    )
+    expect(page.locator("#provider-table")).to_be_visible()
+    expect(page.locator("#provider-table tr[data-breaker]").first).to_have_attribute(
+        "data-state", re.compile("^(closed|open|half_open)$")
+    )
+    screenshot(page, "fleet-tenants-providers")
+
+
+def test_the_versions_page_shows_a_canary_shadows_and_rolls_it_back(
+    page: Page, service: Service, canary_app: str
+) -> None:
+    with httpx2.Client(base_url=canary_app, timeout=30) as http:
+
+        def ended(run_id: str, key: str) -> bool:
+            found = http.get(f"/v1/runs/{run_id}", headers=auth(key)).json()
+            return bool(found["status"] != "running")
+
+        for version in ("v1", "v2"):  # one run on each, so each has figures
+            body = {"input": "hello", "version": version}
+            created = http.post("/v1/agents/support/runs", json=body, headers=auth(ACME_KEY))
+            assert created.status_code == 202, created.text
+            run_id = created.json()["run_id"]
+            wait_for(lambda: ended(run_id, ACME_KEY), timeout_s=90, interval_s=0.1)  # noqa: B023
+        body = {"input": "hello", "thread_id": _thread_on_v1()}  # mirrored to v2
+        created = http.post("/v1/agents/support/runs", json=body, headers=auth(CONSOLE_KEY))
+        assert created.status_code == 202, created.text
+
+        def mirrored() -> bool:
+            report = http.get("/v1/admin/agents/support/shadows", headers=auth(ADMIN_KEY))
+            pairs = report.json()["pairs"]
+            return any(p["primary_version"] == "v1" and p["shadow_version"] == "v2" for p in pairs)
+
+        wait_for(mirrored, timeout_s=90, interval_s=0.2)  # both runs have ended
+
+    use_key(page, ACME_KEY)
+    page.goto(f"{CANARY_PREFIX}/console#/versions")  # its own console calls its own API
+    support = page.locator("section.agent[data-agent='support']")
+    expect(support.locator(".split")).to_contain_text("split: v1 80% · v2 20%")
+    expect(support.locator(".split")).to_contain_text("canary v2")
+    expect(support.locator(".split")).to_contain_text("shadow: v2 mirrors 100% of v1 runs")
+    expect(support.locator("tr[data-version='v2'] td").nth(1)).to_have_text("canary")
+    canary = page.locator("#canary-support")
+    expect(canary.locator("h4")).to_have_text("Canary v2 against stable v1")
+    for figure in ("error rate", "cost per successful run", "p95 run time"):
+        expect(canary.locator(f"tr[data-figure='{figure}']")).to_be_visible()
+    runs = canary.locator("tr[data-figure='runs'] td")
+    expect(runs.nth(1)).not_to_have_text("0")
+    expect(runs.nth(2)).not_to_have_text("0")
+    expect(canary.locator("tr[data-figure='cost per successful run'] td").nth(3)).to_have_text(
+        re.compile(r"^\d+\.\d\d\u00d7$")  # the canary's figure over the stable's
+    )
+    expect(page.locator(".rollback, .shadows")).to_have_count(0)  # a tenant key: no admin
+    screenshot(page, "versions-canary")
+
+    use_key(page, CONSOLE_KEY)  # this app's operator: a tenant key that is an admin key too
+    support = page.locator("section.agent[data-agent='support']")
+    pair = support.locator(".shadow-table tr[data-shadow='v2']")
+    expect(pair).to_contain_text("v1 → v2")
+    expect(pair.locator("td").nth(2)).to_have_text(re.compile(r"^\d+\.\d%$"))  # agreement
+    screenshot(page, "versions-admin")
+    support.locator(".rollback").click()
+    support = page.locator("section.agent[data-agent='support']")
+    expect(support.locator(".rolled-back")).to_contain_text("rolled back by an admin")
+    expect(support.locator(".split")).to_contain_text("v2 0%")
+    expect(support.locator(".rollback")).to_have_count(0)
+    page.reload()  # stored: the page says so again
+    expect(page.locator("section.agent[data-agent='support'] .rolled-back")).to_be_visible()
+    expect(page.locator(".shadow-table tr[data-shadow='v2']")).to_be_visible()
+    screenshot(page, "versions-rolled-back")
+
+
+def test_a_discarded_attempt_shows_and_its_text_is_thrown_away(page: Page, sim: Sim) -> None:
+    # Step 2's first stream breaks after some text: that text is discarded, a retry answers.
+    sim.script(
+        {"type": "tool_call", "name": "lookup_order", "arguments": {"order_id": 1002}},
+        {"type": "stream_error", "after_chunks": 3},
+        {"type": "text", "text": "Recovered answer."},
+    )
+    use_key(page, ACME_KEY)
+    start_from_page(page, "support", "Where is order 1002?")
+    expect(page.locator("#run-status")).to_have_text("completed")
+    step2 = page.locator('.step[data-step="2"]')
+    expect(step2.locator(".note-discarded")).to_contain_text("discarded attempt")
+    expect(step2.locator(".tokens")).to_have_text("Recovered answer.")
+    expect(page.locator("#waterfall .wf-bar[data-note='discarded']")).to_have_count(1)
+    screenshot(page, "run-discarded")

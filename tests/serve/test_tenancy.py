@@ -89,6 +89,14 @@ def test_a_bad_key_is_401_on_every_endpoint(service: Service) -> None:
 def test_a_tenant_sees_only_the_agents_it_may_run(service: Service) -> None:
     globex = service.http.get("/v1/agents", headers=auth(GLOBEX_KEY)).json()["agents"]
     assert [a["name"] for a in globex] == ["support"]
+    # The admin key sees every agent, and no tenant's own figures (it is no tenant).
+    everyone = service.http.get("/v1/agents", headers=auth(ADMIN_KEY)).json()["agents"]
+    acme = service.http.get("/v1/agents", headers=auth(ACME_KEY)).json()["agents"]
+    assert [a["name"] for a in everyone] == [a["name"] for a in acme]
+    assert len(everyone) > 1
+    assert {a["tenant"] for a in everyone} == {None}
+    assert {v["tenant"] is None for a in everyone for v in a["versions"]} == {True}
+    assert all("stats" in v for a in everyone for v in a["versions"])
 
 
 async def test_the_handle_api_is_scoped_to_the_caller(service: Service, acme_run: str) -> None:

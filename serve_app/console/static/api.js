@@ -1,6 +1,8 @@
 // The HTTP API as the console calls it: the key lives only in this tab's sessionStorage and
 // goes out as `Authorization: Bearer <key>` on same-origin requests, never anywhere else.
 
+import { pause, readFrames } from "./sse.js";
+
 const KEY = "rayfleet.apiKey";
 export const TERMINAL = new Set(["run.completed", "run.failed", "run.cancelled"]);
 
@@ -8,7 +10,16 @@ export function getKey() { return sessionStorage.getItem(KEY); }
 export function setKey(key) { sessionStorage.setItem(KEY, key); }
 export function forgetKey() { sessionStorage.removeItem(KEY); }
 
-function headers(extra = {}) {
+/**
+ * The URL of an API path ("/v1/...") for this page: the console is served at `<prefix>/console`,
+ * so an app mounted under a route prefix is called under that prefix too.
+ */
+export function api(path) {
+  return `${location.pathname.replace(/\/console\/?$/, "")}${path}`;
+}
+
+/** The request headers with the key, if one is set. */
+export function headers(extra = {}) {
   const key = getKey();
   return key ? { ...extra, Authorization: `Bearer ${key}` } : { ...extra };
 }
@@ -20,7 +31,7 @@ export async function call(method, path, body) {
     init.headers["Content-Type"] = "application/json";
     init.body = JSON.stringify(body);
   }
-  const response = await fetch(path, init);
+  const response = await fetch(api(path), init);
   let data = null;
   try { data = await response.json(); } catch { data = null; }
   return { status: response.status, ok: response.ok, data };
@@ -40,17 +51,18 @@ export function problemText(result) {
 export async function streamEvents(runId, onEvent, signal) {
   let after = 0;
   for (let attempt = 0; attempt < 20; attempt++) {
-    const url = `/v1/runs/${encodeURIComponent(runId)}/events?after=${after}`;
+    const url = api(`/v1/runs/${encodeURIComponent(runId)}/events?after=${after}`);
     let response;
     try {
       response = await fetch(url, { headers: headers({ Accept: "text/event-stream" }), signal });
     } catch (error) {
       if (signal && signal.aborted) return { ended: false };
-      await pause(500);
+      await pause(500, signal);
       continue;
     }
     if (!response.ok) return { ended: false, status: response.status };
-    const ended = await readFrames(response.body, (event) => {
+    const ended = await readFrames(response.body, (frame) => {
+      const event = JSON.parse(frame.data);
       if (event.seq <= after) return false;  // a replayed frame: shown once only
       after = event.seq;
       onEvent(event);
@@ -58,41 +70,10 @@ export async function streamEvents(runId, onEvent, signal) {
     });
     if (ended) return { ended: true };
     if (signal && signal.aborted) return { ended: false };
-    await pause(500);
+    await pause(500, signal);
   }
   return { ended: false };
 }
-
-async function readFrames(body, handle) {
-  const reader = body.pipeThrough(new TextDecoderStream()).getReader();
-  let buffer = "";
-  let data = [];
-  try {
-    for (;;) {
-      const { value, done } = await reader.read();
-      if (done) return false;
-      buffer += value;
-      let newline;
-      while ((newline = buffer.indexOf("\n")) >= 0) {
-        const line = buffer.slice(0, newline).replace(/\r$/, "");
-        buffer = buffer.slice(newline + 1);
-        if (line === "") {
-          const text = data.join("\n");
-          data = [];
-          if (text && handle(JSON.parse(text))) return true;
-        } else if (line.startsWith("data:")) {
-          data.push(line.slice(5).replace(/^ /, ""));
-        }  // id:, event: and ": ping" comments: the data carries seq and kind
-      }
-    }
-  } catch {
-    return false;  // a cut stream: the caller resumes
-  } finally {
-    reader.cancel().catch(() => {});  // close the connection, whatever ended the read
-  }
-}
-
-function pause(ms) { return new Promise((resolve) => setTimeout(resolve, ms)); }
 
 /** An element with text (never HTML) and attributes. */
 export function el(tag, text, attrs = {}) {

@@ -4,6 +4,8 @@ import { call, el, forgetKey, getKey, problemText, setKey } from "./api.js";
 import { fleetPage } from "./fleet.js";
 import { runPage } from "./run.js";
 import { runsPage } from "./runs.js";
+import { threadPage } from "./thread.js";
+import { versionsPage } from "./versions.js";
 
 const view = document.getElementById("view");
 let cleanup = null;
@@ -60,8 +62,10 @@ async function startPage(root) {
 const routes = [
   [/^#\/runs\/([^/]+)$/, (root, match) => runPage(root, decodeURIComponent(match[1]))],
   [/^#\/start$/, (root) => startPage(root)],
+  [/^#\/threads\/([^/]+)$/, (root, match) => threadPage(root, decodeURIComponent(match[1]))],
+  [/^#\/versions$/, (root) => versionsPage(root)],
   [/^#\/fleet$/, (root) => fleetPage(root)],
-  [/^(#\/runs)?$/, (root) => runsPage(root)],
+  [/^(?:#\/runs)?(?:\?(.*))?$/, (root, match) => runsPage(root, new URLSearchParams(match[1] || ""))],
 ];
 
 function route() {

@@ -1,6 +1,8 @@
-// Fleet (admin key): the kill switches, set and cleared with reasons, and every tenant's
-// usage against its limits.
+// Fleet (admin key): the kill switches, set and cleared with reasons; every tenant's usage
+// against its limits (tenants.js); provider health (providers.js).
 import { call, el, problemText } from "./api.js";
+import { showProviders } from "./providers.js";
+import { showTenants } from "./tenants.js";
 
 const SCOPES = ["agents", "versions", "tenants", "tools", "models", "global"];
 
@@ -16,7 +18,9 @@ export async function fleetPage(root) {
   form.append(el("label", "Scope", { for: "kill-scope" }), scope, el("label", "Name", { for: "kill-name" }), name,
     el("label", "Reason", { for: "kill-reason" }), reason, el("button", "Switch off", { type: "submit", id: "kill-set" }));
   const tenants = el("div", null, { id: "tenants" });
-  root.append(message, el("h3", "Kill switches"), switches, form, el("h3", "Tenants"), tenants);
+  const providers = el("div", null, { id: "providers" });
+  root.append(message, el("h3", "Kill switches"), switches, form, el("h3", "Tenants"), tenants,
+    el("h3", "Providers"), providers);
 
   const send = async (body) => {
     const result = await call("POST", "/v1/admin/kill", body);
@@ -39,8 +43,7 @@ export async function fleetPage(root) {
     return null;
   }
   showSwitches(switches, current.data.kill, send);
-  const found = await call("GET", "/v1/admin/tenants");
-  if (found.ok) tenants.replaceChildren(tenantTable(found.data.tenants));
+  await Promise.all([showTenants(tenants), showProviders(providers)]);
   return null;
 }
 
@@ -65,19 +68,4 @@ function showSwitches(root, kill, send) {
     table.append(row);
   }
   root.replaceChildren(table);
-}
-
-function tenantTable(tenants) {
-  const table = el("table", null, { id: "tenant-table" });
-  const head = el("tr");
-  for (const title of ["tenant", "agents", "limits", "usage"]) head.append(el("th", title));
-  table.append(head);
-  for (const tenant of tenants) {
-    const row = el("tr", null, { "data-tenant": tenant.id });
-    const limits = Object.entries(tenant.limits).filter(([, v]) => v !== null).map(([k, v]) => `${k}: ${v}`).join(", ");
-    const usage = Object.entries(tenant.usage || {}).map(([k, v]) => `${k}: ${typeof v === "number" ? Math.round(v * 1000) / 1000 : v}`).join(", ");
-    row.append(el("td", tenant.id), el("td", tenant.agents ? tenant.agents.join(", ") : "all"), el("td", limits || "none"), el("td", usage));
-    table.append(row);
-  }
-  return table;
 }
