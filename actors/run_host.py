@@ -103,12 +103,18 @@ class _GuardedTools:
         idempotency_key: str,
         timeout_s: float,
         tenant: str = "default",
+        user: str | None = None,
     ) -> ToolOutcome:
         reason = self._switches().tool_killed(tool.name)
         if reason is not None:
             return ToolOutcome(ok=False, output="", error=f"unavailable: {reason}")
         return await self._tools.call(
-            tool, call, idempotency_key=idempotency_key, timeout_s=timeout_s, tenant=tenant
+            tool,
+            call,
+            idempotency_key=idempotency_key,
+            timeout_s=timeout_s,
+            tenant=tenant,
+            user=user,
         )
 
 
@@ -166,10 +172,16 @@ class _ShadowTools:
         idempotency_key: str,
         timeout_s: float,
         tenant: str = "default",
+        user: str | None = None,
     ) -> ToolOutcome:
         if not tool.side_effects:
             return await self._tools.call(
-                tool, call, idempotency_key=idempotency_key, timeout_s=timeout_s, tenant=tenant
+                tool,
+                call,
+                idempotency_key=idempotency_key,
+                timeout_s=timeout_s,
+                tenant=tenant,
+                user=user,
             )
         recorded = (await self._primary_results()).get((tool.name, canonical_json(call.arguments)))
         if recorded is not None:

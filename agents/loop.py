@@ -20,7 +20,7 @@ from pydantic import BaseModel, ConfigDict
 
 from agents.budget import RunBudget
 from agents.calls import idempotency_key, with_stable_ids
-from agents.errors import BudgetExceeded, Killed, RayfleetError, RunTimeout
+from agents.errors import BudgetExceeded, Killed, RayfleetError, RunTimeout, ToolArgumentsInvalid
 from agents.eventlog import EventLog
 from agents.events import (
     BudgetExceededEvent,
@@ -40,6 +40,7 @@ from agents.events import (
     ToolResulted,
     parse_event,
 )
+from agents.guardrails import EndUser, cap_outcome, check_arguments, check_side_effects
 from agents.logs import LOGGER, first_traceback
 from agents.messages import Message, TextDelta, ToolCall, ToolSchema, Usage
 from agents.ports import Discard, MemoryPort, ModelPort, ModelResult, ToolOutcome, ToolPort
@@ -83,6 +84,9 @@ class RunInput(BaseModel):
     trace: RunTrace | None = None
     """Where the run sits in a trace; stored with the run so a resumed run continues it.
     None only for runs stored before traces existed."""
+    user: EndUser | None = None
+    """The end user the run acts for (the caller's word for it); its tools receive it beside
+    the tenant. Stored with the run, so a resumed run acts for the same user."""
 
 
 @dataclass
@@ -150,6 +154,7 @@ async def execute_run(
             tenant=request.tenant,
             assignment=request.assignment,
             primary_run_id=request.primary_run_id,
+            user=request.user,
         )
     created_ts = log.events()[0].ts
     budget = RunBudget(spec.budgets, clock=clock, elapsed_s=max(0.0, wall_clock() - created_ts))
@@ -310,6 +315,9 @@ async def _loop(run: _Run) -> str:
             state.messages.append(reply)
             state.calls, state.pending, state.phase = list(calls), list(calls), "tools"
         if state.phase == "tools":
+            # Before any call of the step runs, fresh or resumed: the step's calls are in
+            # the log by now, so the count is the same whenever it is taken.
+            check_side_effects(spec, log.events(), state.step)
             while state.pending:
                 state.messages.append(await run.spans.in_step(_tool_turn(run, state.pending[0])))
                 state.pending.pop(0)
@@ -500,7 +508,8 @@ async def _tool_turn(run: _Run, call: ToolCall) -> Message:
     step, position = state.step, len(state.calls) - len(state.pending)
     started = run.clock()
     with tool_span(call, spec.trace_content) as span:
-        outcome = await _run_tool(run, call, position)
+        # Capped before it enters the run: the log, the model and every reader get the cut.
+        outcome, size = cap_outcome(await _run_tool(run, call, position), spec)
         tool_done(span, outcome, spec.trace_content)
     event = log.emit(
         ToolResulted,
@@ -514,6 +523,9 @@ async def _tool_turn(run: _Run, call: ToolCall) -> Message:
         cached=outcome.cached,
         cost_usd=outcome.cost_usd,
         usage=outcome.usage,
+        error_code=outcome.error_code,
+        truncated=size is not None,
+        output_bytes=size,
     )
     run.budget.record(outcome.usage, outcome.cost_usd)
     return tool_message(event)
@@ -526,6 +538,10 @@ async def _run_tool(run: _Run, call: ToolCall, position: int) -> ToolOutcome:
         known = ", ".join(t.name for t in spec.tools) or "none"
         error = f"unknown tool {call.name!r} (known: {known})"
         return ToolOutcome(ok=False, output="", error=error)
+    try:
+        check_arguments(tool, call.arguments)
+    except ToolArgumentsInvalid as exc:  # the model's to fix: the tool never sees them
+        return ToolOutcome(ok=False, output="", error=exc.message, error_code=exc.code)
     if tool.agent is not None:
         return await _subagent(run, tool.agent, call)
     return await _call_tool(run, tool, call, position)
@@ -549,7 +565,12 @@ async def _call_tool(run: _Run, tool: ToolSpec, call: ToolCall, position: int) -
             return ToolOutcome(ok=False, output="", error="the run's time ran out: not called")
     key = idempotency_key(run.log.run_id, run.state.step, position, tool.name, call.arguments)
     return await run.ports.tools.call(
-        tool, call, idempotency_key=key, timeout_s=timeout_s, tenant=run.request.tenant
+        tool,
+        call,
+        idempotency_key=key,
+        timeout_s=timeout_s,
+        tenant=run.request.tenant,
+        user=run.request.user,
     )
 
 
@@ -614,6 +635,7 @@ async def _subagent(run: _Run, spec: AgentSpec, call: ToolCall) -> ToolOutcome:
         tenant=run.request.tenant,
         assignment=run.request.assignment,
         trace=_nested_trace(run.request.trace, key),
+        user=run.request.user,
     )
     log = EventLog(key, earlier, durable=True, on_append=nest, trace_id=run.log.trace_id)
     ports = run.ports

@@ -35,6 +35,7 @@ class CountingTools:
         idempotency_key: str,
         timeout_s: float,
         tenant: str = "default",
+        user: str | None = None,
     ) -> ToolOutcome:
         self.calls.append((tenant, tool.name))
         n = len(self.calls)

@@ -42,6 +42,8 @@ EXPECTED_STATUS = {
     "RunTimeout": 500,
     "ToolFailed": 500,
     "ToolUnavailable": 500,
+    "ToolArgumentsInvalid": 422,
+    "SideEffectsExceeded": 500,
     "Killed": 503,
     "Unauthorized": 401,
     "ModelOutputUnusable": 500,
