@@ -7,7 +7,9 @@
 - A run may ask for at most `budgets.max_side_effects` side-effecting calls
   (`check_side_effects`). They are counted from the run's durable log, where each call is
   announced once: a resumed run re-issues a recorded call under the same `tool.call`, and
-  the effect ledger answers it, so it never counts twice.
+  the effect ledger answers it, so it never counts twice. A sub-agent's effects are its
+  caller's too: they count against the caller's cap, and a sub-agent may ask for no more
+  than its caller has left (`side_effects_left`).
 - A tool's output is capped at `tool_output_max_bytes` before it enters the run
   (`cap_output`); the cut is marked in the text the model sees and on the `tool.result`.
 
@@ -29,7 +31,7 @@ from pydantic import AfterValidator, Field, JsonValue
 
 from agents.calls import canonical_json
 from agents.errors import SideEffectsExceeded, ToolArgumentsInvalid
-from agents.events import Event, ToolCalled
+from agents.events import Event, SubagentEvent, ToolCalled, parse_event
 
 if TYPE_CHECKING:  # agents.spec checks schemas with this module: no import cycle at run time
     from agents.ports import ToolOutcome
@@ -41,6 +43,7 @@ USER_MAX_CHARS = 128
 MAX_PROBLEMS = 5
 """Problems named in one invalid-arguments error; the rest are counted."""
 
+_NESTED_CALLS = frozenset({"tool.call", "subagent.event"})
 _SAFE_NAME = re.compile(r"^[A-Za-z0-9_.\-]{1,64}$")
 
 
@@ -205,14 +208,48 @@ def _acts(spec: AgentSpec, event: ToolCalled) -> bool:
     return True
 
 
+def side_effects_asked(
+    spec: AgentSpec, events: Iterable[Event], leave_out: tuple[int, str] | None = None
+) -> Counter[str]:
+    """Side-effecting calls the run's log asks for, by tool, its sub-agents' included (their
+    events nest in it: 'desk/tool'); `leave_out`: the (step, call id) of a sub-agent call
+    whose own calls are not counted."""
+    asked: Counter[str] = Counter()
+    tools: dict[tuple[int, str], str] = {}
+    nested: dict[tuple[int, str], list[Event]] = {}
+    for event in events:
+        if isinstance(event, ToolCalled):
+            tools[(event.step, event.call_id)] = event.tool
+            if _acts(spec, event):
+                asked[event.tool] += 1
+        elif (
+            isinstance(event, SubagentEvent)
+            and event.event.get("kind") in _NESTED_CALLS  # most nested events are deltas
+            and (event.step, event.call_id) != leave_out
+        ):
+            inner = parse_event(json.dumps(event.event))
+            nested.setdefault((event.step, event.call_id), []).append(inner)
+    for call, inner_events in nested.items():
+        tool = spec.tool(tools.get(call, ""))
+        if tool is not None and tool.agent is not None:
+            for name, n in side_effects_asked(tool.agent, inner_events).items():
+                asked[f"{tool.name}/{name}"] += n
+    return asked
+
+
+def side_effects_left(spec: AgentSpec, events: Sequence[Event], step: int, call_id: str) -> int:
+    """What a sub-agent called at (step, call_id) may still ask for: the caller's cap less
+    everything else the caller's run asked for (the sub-agent counts its own calls)."""
+    used = sum(side_effects_asked(spec, events, leave_out=(step, call_id)).values())
+    return max(0, spec.budgets.max_side_effects - used)
+
+
 def check_side_effects(spec: AgentSpec, events: Sequence[Event], step: int) -> None:
     """Raise SideEffectsExceeded if the run's log asks for more side-effecting calls than
     `budgets.max_side_effects`. Called before any call of `step` runs: the step's calls are
     logged by then, so a step that would cross the cap runs none of them."""
     cap = spec.budgets.max_side_effects
-    asked: Counter[str] = Counter(
-        e.tool for e in events if isinstance(e, ToolCalled) and _acts(spec, e)
-    )
+    asked = side_effects_asked(spec, events)
     total = sum(asked.values())
     if total <= cap:
         return

@@ -40,7 +40,13 @@ from agents.events import (
     ToolResulted,
     parse_event,
 )
-from agents.guardrails import EndUser, cap_outcome, check_arguments, check_side_effects
+from agents.guardrails import (
+    EndUser,
+    cap_outcome,
+    check_arguments,
+    check_side_effects,
+    side_effects_left,
+)
 from agents.logs import LOGGER, first_traceback
 from agents.messages import Message, TextDelta, ToolCall, ToolSchema, Usage
 from agents.ports import Discard, MemoryPort, ModelPort, ModelResult, ToolOutcome, ToolPort
@@ -612,7 +618,7 @@ async def _subagent(run: _Run, spec: AgentSpec, call: ToolCall) -> ToolOutcome:
 
     # Its limits are its own, within what the caller has left: the caller keeps enough
     # dollars for the call that will use the sub-agent's answer (on the wrap-up tier, the
-    # cheapest it could fall back to).
+    # cheapest it could fall back to); its side effects are the caller's too.
     parent, budget = run.spec, run.budget
     wrap_up = parent.tiers[parent.wrap_up_tier_name]
     keep_usd = _worst_cost(run, wrap_up, estimate_tokens(run.state.messages))
@@ -624,6 +630,10 @@ async def _subagent(run: _Run, spec: AgentSpec, call: ToolCall) -> ToolOutcome:
             "max_cost_usd": max(1e-9, min(spec.budgets.max_cost_usd, left_usd)),
             "max_tokens": max(1, min(spec.budgets.max_tokens, left_tokens)),
             "run_timeout_s": max(1e-3, min(spec.budgets.run_timeout_s, budget.remaining_s + ran_s)),
+            "max_side_effects": min(
+                spec.budgets.max_side_effects,
+                side_effects_left(parent, run.log.events(), run.state.step, call.id),
+            ),
         }
     )
     arguments = call.arguments

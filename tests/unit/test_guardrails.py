@@ -308,3 +308,34 @@ def test_a_cut_never_splits_a_character() -> None:
 
 def test_the_default_cap_is_64_kib() -> None:
     assert support().tool_output_max_bytes == 65_536
+
+
+async def test_a_sub_agents_side_effects_count_against_its_callers_cap() -> None:
+    # The concierge (cap 1) hands two refunds to its refunds desk (cap 10 of its own): the
+    # second finds nothing left of its caller's cap and refunds nothing.
+    concierge = next(s for s in example_specs() if s.name == "concierge")
+    concierge = concierge.model_copy(
+        update={"budgets": concierge.budgets.model_copy(update={"max_side_effects": 1})}
+    )
+    refunds = concierge.tool("refunds_desk")
+    assert refunds is not None and refunds.agent is not None
+    assert refunds.agent.budgets.max_side_effects == 10
+    model = ScriptedModel(
+        [
+            Reply("", (call("d1", "refunds_desk", task="refund order 1003"),)),
+            Reply("", (call("c1", "issue_refund", order_id=1003, reason="late"),)),
+            Reply("Refunded order 1003."),
+            Reply("", (call("d2", "refunds_desk", task="and order 1002"),)),
+            Reply("", (call("c1", "issue_refund", order_id=1002, reason="late"),)),
+            Reply("Order 1003 is refunded; 1002 could not be."),
+        ]
+    )
+    log = EventLog(REQUEST.run_id)
+    await execute_run(concierge, REQUEST, Ports(model, ToolPool()), log)
+    model.check()
+    assert len(support_tools.refunds()) == 1
+    events = log.events()
+    assert events[-1].kind == "run.completed"
+    first, second = results(events)
+    assert first.ok and not second.ok
+    assert "max_side_effects=0" in (second.error or "")
