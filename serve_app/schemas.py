@@ -48,7 +48,7 @@ class RunRequest(BaseModel):
     user: EndUser | None = Field(
         None,
         description="The end user the run acts for, in your own terms (1 to 128 printable "
-        "characters, e.g. a customer id): tools that take a `user` argument receive it "
+        "ASCII characters, e.g. a customer id): tools that take a `user` argument receive it "
         "beside the tenant, so they can check what is this user's. Not authenticated by "
         "rayfleet: it is your tenant's word for who asked.",
     )

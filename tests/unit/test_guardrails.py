@@ -197,7 +197,9 @@ async def test_a_run_without_a_user_gives_tools_none() -> None:
     assert json.loads(result.output) == {"tenant": "default", "user": None}
 
 
-@pytest.mark.parametrize("user", ["", " cust-7", "cust\n7", "a\x00b", "x" * 129])
+@pytest.mark.parametrize(
+    "user", ["", " cust-7", "cust-7 ", "cust\n7", "cust-7\n", "a\x00b", "josé", "x" * 129]
+)
 def test_a_user_must_be_short_printable_text(user: str) -> None:
     with pytest.raises(ValidationError):
         RunRequest(input="hi", user=user)
