@@ -45,6 +45,7 @@ from agents.events import (
     ToolResulted,
     is_terminal,
 )
+from agents.guardrails import check_arguments
 from agents.logs import first_traceback, in_run
 from agents.loop import Coalescing, Ports, RunInput, execute_run
 from agents.messages import Message, TextDelta, ToolCall, ToolSchema
@@ -107,12 +108,18 @@ class _GuardedTools:
         idempotency_key: str,
         timeout_s: float,
         tenant: str = "default",
+        user: str | None = None,
     ) -> ToolOutcome:
         reason = self._switches().tool_killed(tool.name)
         if reason is not None:
             return ToolOutcome(ok=False, output="", error=f"unavailable: {reason}")
         return await self._tools.call(
-            tool, call, idempotency_key=idempotency_key, timeout_s=timeout_s, tenant=tenant
+            tool,
+            call,
+            idempotency_key=idempotency_key,
+            timeout_s=timeout_s,
+            tenant=tenant,
+            user=user,
         )
 
 
@@ -170,10 +177,16 @@ class _ShadowTools:
         idempotency_key: str,
         timeout_s: float,
         tenant: str = "default",
+        user: str | None = None,
     ) -> ToolOutcome:
         if not tool.side_effects:
             return await self._tools.call(
-                tool, call, idempotency_key=idempotency_key, timeout_s=timeout_s, tenant=tenant
+                tool,
+                call,
+                idempotency_key=idempotency_key,
+                timeout_s=timeout_s,
+                tenant=tenant,
+                user=user,
             )
         recorded = (await self._primary_results()).get((tool.name, canonical_json(call.arguments)))
         if recorded is not None:
@@ -577,6 +590,9 @@ class RunHost:
             fields = decision_fields(
                 run.log.events(), call_id or asked.call_id, decision, by, arguments, message
             )
+            tool = run.spec.tool(asked.tool)
+            if arguments is not None and tool is not None:
+                check_arguments(tool, arguments)  # an edit the tool would refuse: 422 now
             run.log.emit(ApprovalDecided, **fields)
             async with asyncio.timeout(self._settings.store_timeout_s):
                 await run.log.wait_published(run.log.last_seq)  # durable, then acted on

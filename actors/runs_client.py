@@ -92,8 +92,10 @@ class Runs:
         namespace: str | None = None,
         assignment: str = "stable",
         trace: RunTrace | None = None,
+        user: str | None = None,
     ) -> str:
-        """Start a run; its id once `run.created` is durable. One call to a host in the
+        """Start a run (for the end user `user`, if the caller named one); its id once
+        `run.created` is durable. One call to a host in the
         common case: the host comes from the cached view, the pool is asked only when the
         view has no room or a host refused (see actors.host_view)."""
         context = context or TenantContext()
@@ -114,6 +116,7 @@ class Runs:
                 assignment=assignment,
                 primary_run_id=context.shadow_of,
                 trace=trace or RunTrace.start(),
+                user=user,
             )
             try:
                 return await self._start_on(host_id, spec, request, context)

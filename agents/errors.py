@@ -15,10 +15,13 @@
     │   └── NotPending            deciding a call that does not wait (any more)
     ├── RunError                  a run could not finish normally
     │   ├── BudgetExceeded        steps, tokens, dollars or wall clock
+    │   ├── SideEffectsExceeded   more side-effecting tool calls than max_side_effects
     │   ├── RunTimeout
     │   ├── ApprovalTimedOut     a call waited past its deadline (on_timeout: fail)
     │   ├── ToolFailed
-    │   │   └── ToolUnavailable   transient (a tool raises it): the tool pool retries
+    │   │   ├── ToolUnavailable   transient (a tool raises it): the tool pool retries
+    │   │   └── ToolArgumentsInvalid  arguments fail the tool's schema: the model is told,
+    │   │                         the tool does not run
     │   └── ModelOutputUnusable
     ├── ProviderError             a model provider call failed
     │   ├── ProviderUnavailable   retryable: 408/409/429/5xx, timeouts, connection errors
@@ -163,6 +166,18 @@ class BudgetExceeded(RunError):
         self.limit: BudgetLimit = limit
 
 
+class SideEffectsExceeded(RunError):
+    """The model asked for more side-effecting tool calls in one run than the agent's
+    `budgets.max_side_effects`: the run fails before the call that would cross it runs."""
+
+    code = "side_effects_exceeded"
+
+    def __init__(self, message: str, asked: int = 0, cap: int = 0) -> None:
+        super().__init__(message, asked, cap)
+        self.asked = asked
+        self.cap = cap
+
+
 class RunTimeout(RunError):
     code = "run_timeout"
     retryable = True
@@ -187,6 +202,17 @@ class ToolUnavailable(ToolFailed):
     code = "tool_unavailable"
 
     def __init__(self, message: str, tool: str = "", retryable: bool = True) -> None:
+        super().__init__(message, tool, retryable)
+
+
+class ToolArgumentsInvalid(ToolFailed):
+    """A call's arguments do not fit its tool's declared JSON schema; the message names the
+    fields and rules that fail, never the values. The loop hands it to the model as the
+    call's error, and the tool does not run."""
+
+    code = "tool_arguments_invalid"
+
+    def __init__(self, message: str, tool: str = "", retryable: bool = False) -> None:
         super().__init__(message, tool, retryable)
 
 

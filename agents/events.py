@@ -36,6 +36,8 @@ class RunCreated(_Event):
     assignment: str = "stable"
     """stable, canary, shadow or pinned (the caller chose the version)."""
     primary_run_id: str | None = None
+    user: str | None = None
+    """The end user the run acts for, as the caller named them (its tools receive it)."""
 
 
 class StepStarted(_Event):
@@ -107,6 +109,13 @@ class ToolResulted(_Event):
     """Model spend inside the call (a sub-agent); part of the run's cost."""
     usage: Usage = Usage()
     """The tokens behind `cost_usd`; part of the run's usage."""
+    error_code: str | None = None
+    """Set when rayfleet refused the call itself: 'tool_arguments_invalid' (the arguments
+    fail the tool's schema; the tool did not run)."""
+    truncated: bool = False
+    """The output (or error) was cut to the agent's tool_output_max_bytes, and marked."""
+    output_bytes: int | None = None
+    """When truncated: the output's (or error's) size in UTF-8 bytes before the cut."""
 
 
 class ApprovalRequested(_Event):

@@ -21,7 +21,14 @@ from pydantic import BaseModel, ConfigDict
 from agents.approvals import AwaitingApproval, paused_s
 from agents.budget import RunBudget
 from agents.calls import idempotency_key, with_stable_ids
-from agents.errors import ApprovalTimedOut, BudgetExceeded, Killed, RayfleetError, RunTimeout
+from agents.errors import (
+    ApprovalTimedOut,
+    BudgetExceeded,
+    Killed,
+    RayfleetError,
+    RunTimeout,
+    ToolArgumentsInvalid,
+)
 from agents.eventlog import EventLog
 from agents.events import (
     ApprovalRequested,
@@ -41,6 +48,13 @@ from agents.events import (
     ToolCalled,
     ToolResulted,
     parse_event,
+)
+from agents.guardrails import (
+    EndUser,
+    cap_outcome,
+    check_arguments,
+    check_side_effects,
+    side_effects_left,
 )
 from agents.logs import LOGGER, first_traceback
 from agents.messages import Message, TextDelta, ToolCall, ToolSchema, Usage
@@ -85,6 +99,9 @@ class RunInput(BaseModel):
     trace: RunTrace | None = None
     """Where the run sits in a trace; stored with the run so a resumed run continues it.
     None only for runs stored before traces existed."""
+    user: EndUser | None = None
+    """The end user the run acts for (the caller's word for it); its tools receive it beside
+    the tenant. Stored with the run, so a resumed run acts for the same user."""
 
 
 @dataclass
@@ -152,6 +169,7 @@ async def execute_run(
             tenant=request.tenant,
             assignment=request.assignment,
             primary_run_id=request.primary_run_id,
+            user=request.user,
         )
     created_ts, now = log.events()[0].ts, wall_clock()
     # Time spent waiting for a person is not the run's: its clock stood still meanwhile.
@@ -316,6 +334,9 @@ async def _loop(run: _Run) -> str:
             state.messages.append(reply)
             state.calls, state.pending, state.phase = list(calls), list(calls), "tools"
         if state.phase == "tools":
+            # Before any call of the step runs, fresh or resumed: the step's calls are in
+            # the log by now, so the count is the same whenever it is taken.
+            check_side_effects(spec, log.events(), state.step)
             while state.pending:
                 state.messages.append(await run.spans.in_step(_tool_turn(run, state.pending[0])))
                 state.pending.pop(0)
@@ -507,10 +528,11 @@ async def _tool_turn(run: _Run, call: ToolCall) -> Message:
     decided = await _approval(run, call)
     started = run.clock()
     with tool_span(call, spec.trace_content) as span:
-        if isinstance(decided, ToolOutcome):  # not approved: the tool never runs
-            outcome = decided
-        else:
-            outcome = await _run_tool(run, decided, position)
+        # Not approved: the tool never runs. Capped before it enters the run: the log, the
+        # model and every reader get the cut.
+        if not isinstance(decided, ToolOutcome):
+            decided = await _run_tool(run, decided, position)
+        outcome, size = cap_outcome(decided, spec)
         tool_done(span, outcome, spec.trace_content)
     event = log.emit(
         ToolResulted,
@@ -524,6 +546,9 @@ async def _tool_turn(run: _Run, call: ToolCall) -> Message:
         cached=outcome.cached,
         cost_usd=outcome.cost_usd,
         usage=outcome.usage,
+        error_code=outcome.error_code,
+        truncated=size is not None,
+        output_bytes=size,
     )
     run.budget.record(outcome.usage, outcome.cost_usd)
     return tool_message(event)
@@ -536,10 +561,14 @@ async def _approval(run: _Run, call: ToolCall) -> ToolCall | ToolOutcome:
     rule = tool.approval if tool is not None else None
     if rule is None or not rule.asks(call.arguments, request.tenant):
         return call
+    assert tool is not None  # a rule is a tool's
+    invalid = _invalid_arguments(tool, call)
+    if invalid is not None:
+        return invalid
     if request.assignment == "shadow":
         # A shadow never asks: its side effects are the primary's, replayed by the tool
         # port, and anything else that needs a person is not run at all.
-        if tool is not None and tool.side_effects:
+        if tool.side_effects:
             return call
         return ToolOutcome(ok=False, output="", error="needs approval: not run in a shadow")
     decision = state.decided.get(call.id)
@@ -570,6 +599,16 @@ async def _approval(run: _Run, call: ToolCall) -> ToolCall | ToolOutcome:
     return ToolOutcome(ok=False, output="", error=f"not approved by a person: {why}")
 
 
+def _invalid_arguments(tool: ToolSpec, call: ToolCall) -> ToolOutcome | None:
+    """The answer to a call whose arguments break the tool's schema: the model's to fix,
+    and the tool never sees them (nor does a person asked to approve them)."""
+    try:
+        check_arguments(tool, call.arguments)
+    except ToolArgumentsInvalid as exc:
+        return ToolOutcome(ok=False, output="", error=exc.message, error_code=exc.code)
+    return None
+
+
 async def _run_tool(run: _Run, call: ToolCall, position: int) -> ToolOutcome:
     spec = run.spec
     tool = spec.tool(call.name)
@@ -577,6 +616,9 @@ async def _run_tool(run: _Run, call: ToolCall, position: int) -> ToolOutcome:
         known = ", ".join(t.name for t in spec.tools) or "none"
         error = f"unknown tool {call.name!r} (known: {known})"
         return ToolOutcome(ok=False, output="", error=error)
+    invalid = _invalid_arguments(tool, call)
+    if invalid is not None:
+        return invalid
     if tool.agent is not None:
         return await _subagent(run, tool.agent, call)
     return await _call_tool(run, tool, call, position)
@@ -600,7 +642,12 @@ async def _call_tool(run: _Run, tool: ToolSpec, call: ToolCall, position: int) -
             return ToolOutcome(ok=False, output="", error="the run's time ran out: not called")
     key = idempotency_key(run.log.run_id, run.state.step, position, tool.name, call.arguments)
     return await run.ports.tools.call(
-        tool, call, idempotency_key=key, timeout_s=timeout_s, tenant=run.request.tenant
+        tool,
+        call,
+        idempotency_key=key,
+        timeout_s=timeout_s,
+        tenant=run.request.tenant,
+        user=run.request.user,
     )
 
 
@@ -642,7 +689,7 @@ async def _subagent(run: _Run, spec: AgentSpec, call: ToolCall) -> ToolOutcome:
 
     # Its limits are its own, within what the caller has left: the caller keeps enough
     # dollars for the call that will use the sub-agent's answer (on the wrap-up tier, the
-    # cheapest it could fall back to).
+    # cheapest it could fall back to); its side effects are the caller's too.
     parent, budget = run.spec, run.budget
     wrap_up = parent.tiers[parent.wrap_up_tier_name]
     keep_usd = _worst_cost(run, wrap_up, estimate_tokens(run.state.messages))
@@ -654,6 +701,10 @@ async def _subagent(run: _Run, spec: AgentSpec, call: ToolCall) -> ToolOutcome:
             "max_cost_usd": max(1e-9, min(spec.budgets.max_cost_usd, left_usd)),
             "max_tokens": max(1, min(spec.budgets.max_tokens, left_tokens)),
             "run_timeout_s": max(1e-3, min(spec.budgets.run_timeout_s, budget.remaining_s + ran_s)),
+            "max_side_effects": min(
+                spec.budgets.max_side_effects,
+                side_effects_left(parent, run.log.events(), run.state.step, call.id),
+            ),
         }
     )
     arguments = call.arguments
@@ -665,6 +716,7 @@ async def _subagent(run: _Run, spec: AgentSpec, call: ToolCall) -> ToolOutcome:
         tenant=run.request.tenant,
         assignment=run.request.assignment,
         trace=_nested_trace(run.request.trace, key),
+        user=run.request.user,
     )
     log = EventLog(key, earlier, durable=True, on_append=nest, trace_id=run.log.trace_id)
     ports = run.ports

@@ -10,6 +10,7 @@ from pydantic import BaseModel, ConfigDict, Field, JsonValue, field_validator
 
 from actors.batches import DEFAULT_CONCURRENCY, MAX_CONCURRENCY, MAX_ITEMS, BatchInput
 from actors.state.run_index import MAX_PAGE
+from agents.guardrails import EndUser
 from agents.summary import RunStatus
 
 THREAD_ID_PATTERN = r"^[A-Za-z0-9._:-]{1,128}$"
@@ -44,6 +45,13 @@ class RunRequest(BaseModel):
         None, pattern=THREAD_ID_PATTERN, description="Continue this conversation."
     )
     version: str | None = Field(None, description="Pin an agent version (default: current).")
+    user: EndUser | None = Field(
+        None,
+        description="The end user the run acts for, in your own terms (1 to 128 printable "
+        "ASCII characters, e.g. a customer id): tools that take a `user` argument receive it "
+        "beside the tenant, so they can check what is this user's. Not authenticated by "
+        "rayfleet: it is your tenant's word for who asked.",
+    )
 
 
 class ApprovalDecision(BaseModel):

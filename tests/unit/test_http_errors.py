@@ -44,6 +44,8 @@ EXPECTED_STATUS = {
     "ApprovalTimedOut": 500,
     "ToolFailed": 500,
     "ToolUnavailable": 500,
+    "ToolArgumentsInvalid": 422,
+    "SideEffectsExceeded": 500,
     "Killed": 503,
     "Unauthorized": 401,
     "Forbidden": 403,
