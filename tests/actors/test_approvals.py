@@ -25,7 +25,7 @@ from tests.fixtures_sim import Sim
 pytestmark = pytest.mark.ray
 
 
-def agent() -> AgentSpec:
+def agent(rule: ApprovalRule | None = None) -> AgentSpec:
     pay = ToolSpec(
         name="pay",
         description="pays",
@@ -35,7 +35,7 @@ def agent() -> AgentSpec:
         },
         function=f"{tools_for_tests.HERE}:pay",
         side_effects=True,
-        approval=ApprovalRule(),
+        approval=rule or ApprovalRule(),
     )
     support = next(spec for spec in example_specs() if spec.name == "support")
     return support.model_copy(update={"tools": (pay,)})
@@ -100,3 +100,26 @@ async def test_a_paused_run_outlives_its_host_and_a_decision_resumes_it_once(
         assert not result.ok and "not today" in (result.error or "")  # type: ignore[union-attr]
     else:
         assert result.ok and result.output == output  # type: ignore[union-attr]
+
+
+@pytest.mark.parametrize(
+    ("on_timeout", "end"), [("reject", "run.completed"), ("fail", "run.failed")]
+)
+async def test_a_call_nobody_decides_gets_its_declared_outcome_after_the_deadline(
+    settings_for: Settings, sim: Sim, tmp_path: Path, on_timeout: Any, end: str
+) -> None:
+    settings = settings_for(approval_sweep_s=0.2)  # the run pool's deadline sweep
+    runs = Runs(settings, await ensure_runtime(settings))
+    counter = tmp_path / "paid"
+    pay = {"type": "tool_call", "name": "pay", "arguments": {"counter": str(counter), "amount": 1}}
+    answer = [{"type": "text", "text": "Not paid."}] if end == "run.completed" else []
+    sim.script(pay, *answer)
+    run_id = await runs.start(agent(ApprovalRule(timeout_s=1, on_timeout=on_timeout)), "pay 1")
+
+    events = await collect(runs, run_id)  # nobody decides: the deadline does
+    assert events[-1].kind == end, events[-1]
+    decided = [e for e in events if e.kind == "approval.decided"]
+    assert [(d.decision, d.by) for d in decided] == [("timeout", "deadline")]  # type: ignore[union-attr]
+    assert lines(counter) == []  # never paid
+    if end == "run.failed":
+        assert events[-1].code == "approval_timeout"  # type: ignore[union-attr]
