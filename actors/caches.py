@@ -234,7 +234,9 @@ class CachedTools:
 
     Cacheable: `cache_ttl_s` set and no side effects (the spec forbids both at once; checked
     again here, because a side-effecting call served from a cache would silently not act).
-    Key: tenant, tool name, function path and the canonical arguments. Only ok outcomes are
+    Key: tenant, tool name, function path and the canonical arguments, and the run's end
+    user if it has one (a tool may answer each user with their own data: one user's entry
+    is never another's). Only ok outcomes are
     stored: a failure may be transient, and the next call deserves a real try."""
 
     def __init__(self, inner: ToolPort, cache: CacheStore) -> None:
@@ -249,19 +251,33 @@ class CachedTools:
         idempotency_key: str,
         timeout_s: float,
         tenant: str = "default",
+        user: str | None = None,
     ) -> ToolOutcome:
         ttl_s = tool.cache_ttl_s
         if ttl_s is None or tool.side_effects:
             return await self._inner.call(
-                tool, call, idempotency_key=idempotency_key, timeout_s=timeout_s, tenant=tenant
+                tool,
+                call,
+                idempotency_key=idempotency_key,
+                timeout_s=timeout_s,
+                tenant=tenant,
+                user=user,
             )
-        key = cache_key("tool", tenant, tool.name, tool.function, call.arguments)
+        parts: list[JsonValue] = [tool.name, tool.function, call.arguments]
+        if user is not None:  # runs without a user keep the keys they had
+            parts.append({"user": user})
+        key = cache_key("tool", tenant, *parts)
         hit = _parse(ToolOutcome, self._cache.get(key))
         if hit is not None:
             # Nothing was spent this time, whatever the first call cost.
             return hit.model_copy(update={"cached": True, "cost_usd": 0.0, "usage": Usage()})
         outcome = await self._inner.call(
-            tool, call, idempotency_key=idempotency_key, timeout_s=timeout_s, tenant=tenant
+            tool,
+            call,
+            idempotency_key=idempotency_key,
+            timeout_s=timeout_s,
+            tenant=tenant,
+            user=user,
         )
         if outcome.ok:
             self._cache.set(key, outcome.model_dump_json(), ttl_s)

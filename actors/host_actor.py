@@ -40,10 +40,16 @@ class RemoteTools:
         idempotency_key: str,
         timeout_s: float,
         tenant: str = "default",
+        user: str | None = None,
     ) -> ToolOutcome:
         try:
             outcome: ToolOutcome = await self._actor.call.remote(
-                tool, call, idempotency_key=idempotency_key, timeout_s=timeout_s, tenant=tenant
+                tool,
+                call,
+                idempotency_key=idempotency_key,
+                timeout_s=timeout_s,
+                tenant=tenant,
+                user=user,
             )
         except (ServiceUnavailable, ray.exceptions.RayError) as exc:
             return ToolOutcome(
@@ -69,10 +75,16 @@ class RoutedTools:
         idempotency_key: str,
         timeout_s: float,
         tenant: str = "default",
+        user: str | None = None,
     ) -> ToolOutcome:
         port = self._local if tool.runs_in == "host" else self._remote
         return await port.call(
-            tool, call, idempotency_key=idempotency_key, timeout_s=timeout_s, tenant=tenant
+            tool,
+            call,
+            idempotency_key=idempotency_key,
+            timeout_s=timeout_s,
+            tenant=tenant,
+            user=user,
         )
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Coroutine
 from typing import Any
 
@@ -19,7 +20,7 @@ from actors.services import ACTOR_OPTIONS, HOST_PREFIX, MAX_MOVES, check_agents_
 from actors.settings import RuntimeSettings
 from actors.state import process_state
 from actors.state.outcomes import OutcomeStore
-from agents.errors import UnknownRun
+from agents.errors import NotPending, UnknownRun
 from agents.logs import configure_logging, first_traceback
 
 logger = logging.getLogger("rayfleet")
@@ -63,6 +64,7 @@ class RunPoolActor:
         )
         # An async actor builds itself in its event loop; every method waits for this.
         self._starting = loop.create_task(self._start())
+        self._deadlines = loop.create_task(self._expire_approvals_forever())
 
     async def _ready(self) -> RunPool:
         if self._starting.done() and self._starting.exception() is not None:
@@ -223,6 +225,34 @@ class RunPoolActor:
                 logger.warning("run %s moved from host %s to %s", run_id, host_id, new_host)
                 return new_host
             raise UnknownRun(f"run {run_id!r} could not be resumed on any host", run_id)
+
+    async def _expire_approvals_forever(self) -> None:
+        """Give tool calls whose decision is overdue their `on_timeout` outcome: the paused
+        run holds no process that could notice its own deadline."""
+        while True:
+            await asyncio.sleep(self._settings.approval_sweep_s)
+            try:
+                pool = await self._ready()
+                for run_id in await self._runs.overdue_approvals(time.time()):
+                    await self._expire(pool, run_id)
+            except Exception as exc:  # the store is down: next sweep
+                logger.warning(
+                    "approval deadline sweep failed: %r", exc, exc_info=first_traceback(exc)
+                )
+
+    async def _expire(self, pool: RunPool, run_id: str) -> None:
+        try:
+            host_id = await self._recover(pool, run_id, None)
+            await self._handle(host_id).decide.remote(run_id, None, "timeout", "deadline")
+        except NotPending:
+            pass  # decided meanwhile (by a person, or another sweep)
+        except Exception as exc:  # one run's trouble must not stop the others' deadlines
+            logger.warning(
+                "expiring the approval of run %s failed: %r",
+                run_id,
+                exc,
+                exc_info=first_traceback(exc),
+            )
 
     async def _alive(self, pool: RunPool, host_id: str, checked: bool) -> bool:
         if not pool.has_host(host_id):

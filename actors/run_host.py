@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol
 
 import httpx2
+from pydantic import JsonValue
 
 from actors.breaker import BreakerState
 from actors.caches import CachedModel, CachedTools, CacheStore
@@ -28,19 +29,23 @@ from actors.router import ModelRouter
 from actors.settings import RuntimeSettings
 from actors.switches import KILL_PREFIX, KillSwitches
 from actors.tenant_model import LimiterPort, TenantModel
+from agents.approvals import Decision, decision_fields, waiting
 from agents.calls import canonical_json
 from agents.encoded import EncodedEvent, EventBatch
-from agents.errors import HostFull, Overloaded, RequestInvalid, UnknownRun
+from agents.errors import HostFull, NotPending, Overloaded, RequestInvalid, UnknownRun
 from agents.eventlog import EventLog
 from agents.events import (
+    ApprovalDecided,
     BudgetExceededEvent,
     Event,
+    RunCancelled,
     RunCreated,
     RunFailed,
     ToolCalled,
     ToolResulted,
     is_terminal,
 )
+from agents.guardrails import check_arguments
 from agents.logs import first_traceback, in_run
 from agents.loop import Coalescing, Ports, RunInput, execute_run
 from agents.messages import Message, TextDelta, ToolCall, ToolSchema
@@ -103,12 +108,18 @@ class _GuardedTools:
         idempotency_key: str,
         timeout_s: float,
         tenant: str = "default",
+        user: str | None = None,
     ) -> ToolOutcome:
         reason = self._switches().tool_killed(tool.name)
         if reason is not None:
             return ToolOutcome(ok=False, output="", error=f"unavailable: {reason}")
         return await self._tools.call(
-            tool, call, idempotency_key=idempotency_key, timeout_s=timeout_s, tenant=tenant
+            tool,
+            call,
+            idempotency_key=idempotency_key,
+            timeout_s=timeout_s,
+            tenant=tenant,
+            user=user,
         )
 
 
@@ -166,10 +177,16 @@ class _ShadowTools:
         idempotency_key: str,
         timeout_s: float,
         tenant: str = "default",
+        user: str | None = None,
     ) -> ToolOutcome:
         if not tool.side_effects:
             return await self._tools.call(
-                tool, call, idempotency_key=idempotency_key, timeout_s=timeout_s, tenant=tenant
+                tool,
+                call,
+                idempotency_key=idempotency_key,
+                timeout_s=timeout_s,
+                tenant=tenant,
+                user=user,
             )
         recorded = (await self._primary_results()).get((tool.name, canonical_json(call.arguments)))
         if recorded is not None:
@@ -221,13 +238,20 @@ def outcome_of(events: list[Event]) -> RunOutcome | None:
 
 @dataclass
 class _Run:
-    spec_key: str
+    spec: AgentSpec
+    request: RunInput
+    context: TenantContext
     log: EventLog
     task: asyncio.Task[None]
     lease: str | None = None
     """The run slot this host renews while the run lives and releases when it ends."""
     observer: RunObserver | None = None
     """Derives the run's metrics from the events this host stores (none for a shadow)."""
+
+    @property
+    def paused(self) -> bool:
+        """Its task ended without a terminal event: it waits for a person's decision."""
+        return self.task.done() and not self.log.closed
 
 
 class RunHost:
@@ -271,6 +295,7 @@ class RunHost:
         self._starting = 0
         """start_run calls past the capacity check whose run is not launched yet."""
         self._runs: dict[str, _Run] = {}
+        self._deciding: dict[str, asyncio.Lock] = {}
         self._finished: OrderedDict[str, None] = OrderedDict()
         self._router: ModelRouter | None = None
         self._http: httpx2.AsyncClient | None = None
@@ -346,6 +371,28 @@ class RunHost:
         log = EventLog(
             request.run_id, events, durable=durable, on_append=self._mark_dirty, trace_id=trace_id
         )
+        # A run resumed after its end (a reader found its host dead) took no slot here: its
+        # slot was released when it ended; nor does a run that waits for a person.
+        ended = bool(events) and is_terminal(events[-1])
+        lease = None if ended or waiting(events) is not None else context.lease
+        observer = None
+        if request.assignment != "shadow":
+            observer = RunObserver(rayfleet_metrics(), spec, context.tenant, events)
+        self._start(spec, request, context, log, lease, observer)
+        return log
+
+    def _start(
+        self,
+        spec: AgentSpec,
+        request: RunInput,
+        context: TenantContext,
+        log: EventLog,
+        lease: str | None,
+        observer: RunObserver | None,
+    ) -> None:
+        """Run (or run again, after a decision) the loop over the run's log, as a task."""
+        durable = self._store is not None
+        trace_id = log.trace_id
         started = time.monotonic()
         self._watch_switches()
         tenant_model = TenantModel(
@@ -380,21 +427,14 @@ class RunHost:
         task = asyncio.create_task(
             in_run(work, request.run_id, context.tenant, trace_id), name=request.run_id
         )
-        # A run resumed after its end (a reader found its host dead) took no slot here: its
-        # slot was released when it ended.
-        ended = bool(events) and is_terminal(events[-1])
-        lease = None if ended else context.lease
-        observer = None
-        if request.assignment != "shadow":
-            observer = RunObserver(rayfleet_metrics(), spec, context.tenant, events)
-        self._runs[request.run_id] = _Run(spec.key, log, task, lease, observer)
+        self._runs[request.run_id] = _Run(spec, request, context, log, task, lease, observer)
+        self._finished.pop(request.run_id, None)  # running again after a decision
         self._live_runs_changed()
         task.add_done_callback(lambda _: self._finish(request.run_id, lease))
         if lease is not None:
             self._renew_leases()
         if self._on_run_start is not None:
             self._on_run_start(self.host_id)
-        return log
 
     def _run_killed(self, spec: AgentSpec, tenant: str, started: float) -> str | None:
         """Why a running run must stop, judged only by switches read after it started here:
@@ -507,11 +547,9 @@ class RunHost:
     def _finish(self, run_id: str, lease: str | None) -> None:
         if self._limiter is not None and lease is not None:
             self._in_background(self._limiter.release_run(lease))
-        if self._outcomes is not None:
-            log = self._runs[run_id].log
-            outcome = outcome_of(log.events())
-            if outcome is not None:
-                self._in_background(_record_once_stored(self._outcomes, log, outcome))
+        run = self._runs[run_id]
+        run.lease = None  # released: a run resumed by a decision runs without a slot
+        self._record_outcome(run)
         self._finished[run_id] = None
         while len(self._finished) > self._settings.finished_runs_kept:
             evicted, _ = self._finished.popitem(last=False)
@@ -519,6 +557,48 @@ class RunHost:
         self._live_runs_changed()
         if self._on_run_end is not None:
             self._on_run_end(self.host_id)
+
+    def _record_outcome(self, run: _Run) -> None:
+        if self._outcomes is not None:
+            outcome = outcome_of(run.log.events())
+            if outcome is not None:
+                self._in_background(_record_once_stored(self._outcomes, run.log, outcome))
+
+    async def decide(
+        self,
+        run_id: str,
+        call_id: str | None,
+        decision: Decision,
+        by: str,
+        arguments: dict[str, JsonValue] | None = None,
+        message: str | None = None,
+    ) -> RunSummary:
+        """Decide the tool call a paused run waits on, durably, then resume the run here.
+        `call_id` None: whichever call waits (the deadline sweeper's `timeout`). NotPending
+        if the run does not wait on that call (decided already, running, ended)."""
+        if run_id not in self._runs:
+            await self.resume_run(run_id)  # from the store: it pauses again at once
+        run = self._run(run_id)
+        async with self._deciding.setdefault(run_id, asyncio.Lock()):
+            with contextlib.suppress(TimeoutError):  # a resumed run still re-pausing
+                await asyncio.wait_for(asyncio.shield(run.task), self._settings.store_timeout_s)
+            asked = waiting(run.log.events()) if run.paused else None
+            if asked is None:
+                raise NotPending(f"run {run_id!r} does not wait for a decision")
+            if decision == "timeout" and asked.deadline > time.time():
+                raise NotPending(f"run {run_id!r}: its decision is not due yet")
+            fields = decision_fields(
+                run.log.events(), call_id or asked.call_id, decision, by, arguments, message
+            )
+            tool = run.spec.tool(asked.tool)
+            if arguments is not None and tool is not None:
+                check_arguments(tool, arguments)  # an edit the tool would refuse: 422 now
+            run.log.emit(ApprovalDecided, **fields)
+            async with asyncio.timeout(self._settings.store_timeout_s):
+                await run.log.wait_published(run.log.last_seq)  # durable, then acted on
+            self._start(run.spec, run.request, run.context, run.log, None, run.observer)
+        self._deciding.pop(run_id, None)
+        return summarize(run.log.published())
 
     def _in_background(self, call: Coroutine[Any, Any, None]) -> None:
         task = asyncio.create_task(call)
@@ -544,9 +624,19 @@ class RunHost:
         return summarize(self._run(run_id).log.published())
 
     async def cancel(self, run_id: str) -> bool:
-        """Cancel a running run; False if it had already ended."""
+        """Cancel a running or paused run; False if it had already ended."""
         run = self._run(run_id)
-        if run.task.done():
+        if run.paused:
+            spent = summarize(run.log.events())
+            run.log.emit(
+                RunCancelled,
+                reason="cancelled",
+                steps=spent.steps,
+                usage=spent.usage,
+                cost_usd=spent.cost_usd,
+            )
+            self._record_outcome(run)
+        elif run.task.done():
             return False
         run.task.cancel()
         await asyncio.gather(run.task, return_exceptions=True)

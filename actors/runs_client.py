@@ -11,6 +11,7 @@ from collections.abc import AsyncGenerator
 from typing import Any
 
 import ray
+from pydantic import JsonValue
 from ray.actor import ActorHandle
 from ray.exceptions import ActorDiedError, RayActorError
 
@@ -20,6 +21,7 @@ from actors.host_view import HostView
 from actors.run_host import host_of, new_run_id
 from actors.services import HOST_PREFIX, MAX_MOVES, POOL_ACTOR, service
 from actors.settings import RuntimeSettings
+from agents.approvals import Decision
 from agents.encoded import EventBatch
 from agents.errors import HostFull, Overloaded, ServiceUnavailable, UnknownRun
 from agents.events import Event
@@ -90,8 +92,10 @@ class Runs:
         namespace: str | None = None,
         assignment: str = "stable",
         trace: RunTrace | None = None,
+        user: str | None = None,
     ) -> str:
-        """Start a run; its id once `run.created` is durable. One call to a host in the
+        """Start a run (for the end user `user`, if the caller named one); its id once
+        `run.created` is durable. One call to a host in the
         common case: the host comes from the cached view, the pool is asked only when the
         view has no room or a host refused (see actors.host_view)."""
         context = context or TenantContext()
@@ -112,6 +116,7 @@ class Runs:
                 assignment=assignment,
                 primary_run_id=context.shadow_of,
                 trace=trace or RunTrace.start(),
+                user=user,
             )
             try:
                 return await self._start_on(host_id, spec, request, context)
@@ -212,13 +217,13 @@ class Runs:
                 for event in batch.events():
                     yield event
 
-    async def _call(self, run_id: str, method: str) -> Any:
+    async def _call(self, run_id: str, method: str, *args: Any) -> Any:
         host_id, host = await self._locate(run_id)
         try:
-            return await getattr(host, method).remote(run_id)
+            return await getattr(host, method).remote(run_id, *args)
         except RayActorError:
             host_id, host = await self._locate(run_id, suspect=host_id)
-            return await getattr(host, method).remote(run_id)
+            return await getattr(host, method).remote(run_id, *args)
 
     async def summary(self, run_id: str) -> RunSummary:
         result: RunSummary = await self._call(run_id, "summary")
@@ -227,6 +232,21 @@ class Runs:
     async def cancel(self, run_id: str) -> bool:
         cancelled: bool = await self._call(run_id, "cancel")
         return cancelled
+
+    async def decide(
+        self,
+        run_id: str,
+        call_id: str,
+        decision: Decision,
+        by: str,
+        arguments: dict[str, JsonValue] | None = None,
+        message: str | None = None,
+    ) -> RunSummary:
+        """Decide the tool call the paused run waits on, and resume it (RunHost.decide)."""
+        decided: RunSummary = await self._call(
+            run_id, "decide", call_id, decision, by, arguments, message
+        )
+        return decided
 
     async def forget(self, run_id: str) -> bool:
         """Make the run's host drop a deleted run from memory (False: it is running)."""

@@ -98,6 +98,11 @@ class RuntimeSettings(BaseModel):
     switches_poll_s: float = Field(
         1.0, gt=0, description="How often run hosts re-read the kill switches."
     )
+    approval_sweep_s: float = Field(
+        5.0,
+        gt=0,
+        description="How often the run pool decides overdue approvals (their on_timeout).",
+    )
     retention_days: float | None = Field(
         30.0,
         gt=0,

@@ -53,6 +53,7 @@ logger = logging.getLogger("rayfleet")
 
 _IDEMPOTENCY_ARG = "idempotency_key"
 _TENANT_ARG = "tenant"
+_USER_ARG = "user"
 
 Sleep = Callable[[float], Awaitable[None]]
 
@@ -145,16 +146,17 @@ class ToolPool:
         idempotency_key: str,
         timeout_s: float,
         tenant: str = "default",
+        user: str | None = None,
     ) -> ToolOutcome:
         """Run one tool call. Never raises except CancelledError."""
         # One deadline for everything the caller waits on: a slot, the ledger, every attempt.
         deadline_at = asyncio.get_running_loop().time() + timeout_s
         if tool.side_effects and self._ledger is not None:
             return await self._call_once(
-                self._ledger, tool, call, idempotency_key, timeout_s, deadline_at, tenant
+                self._ledger, tool, call, idempotency_key, timeout_s, deadline_at, tenant, user
             )
         try:
-            kwargs, function = self._prepare(tool, call, idempotency_key, tenant)
+            kwargs, function = self._prepare(tool, call, idempotency_key, tenant, user)
         except _Unusable as exc:
             return _failure(str(exc))
         return await self._attempt(tool, function, kwargs, timeout_s, deadline_at)
@@ -168,6 +170,7 @@ class ToolPool:
         timeout_s: float,
         deadline_at: float,
         tenant: str,
+        user: str | None,
     ) -> ToolOutcome:
         """A side-effecting call: answered from the ledger if its key is recorded, else run
         and recorded. Calls with one key in this pool run one after the other, so the second
@@ -194,7 +197,7 @@ class ToolPool:
             # Checked after the recall: a resumed run gets what happened even if the tool's
             # definition has changed since.
             try:
-                kwargs, function = self._prepare(tool, call, key, tenant)
+                kwargs, function = self._prepare(tool, call, key, tenant, user)
             except _Unusable as exc:
                 return _failure(str(exc))  # never ran: nothing to record
             outcome = await self._attempt(tool, function, kwargs, timeout_s, deadline_at)
@@ -337,12 +340,13 @@ class ToolPool:
         return value
 
     def _prepare(
-        self, tool: ToolSpec, call: ToolCall, idempotency_key: str, tenant: str
+        self, tool: ToolSpec, call: ToolCall, idempotency_key: str, tenant: str, user: str | None
     ) -> tuple[dict[str, Any], Callable[..., Any]]:
         if tool.function is None:
             raise _Unusable(f"tool {tool.name} is a sub-agent: the run loop calls it, not a pool")
         resolved = self._resolve(tool.function)
-        return _arguments(tool, call, resolved, idempotency_key, tenant), resolved.function
+        kwargs = _arguments(tool, call, resolved, idempotency_key, tenant, user)
+        return kwargs, resolved.function
 
     def _resolve(self, path: str) -> _Resolved:
         cached = self._resolved.get(path)
@@ -372,7 +376,12 @@ class ToolPool:
 
 
 def _arguments(
-    tool: ToolSpec, call: ToolCall, resolved: _Resolved, idempotency_key: str, tenant: str
+    tool: ToolSpec,
+    call: ToolCall,
+    resolved: _Resolved,
+    idempotency_key: str,
+    tenant: str,
+    user: str | None,
 ) -> dict[str, Any]:
     """The keyword arguments for the call, checked against the function's signature."""
     kwargs: dict[str, Any] = dict(call.arguments)
@@ -382,6 +391,8 @@ def _arguments(
     signature = resolved.signature
     if signature is not None and _TENANT_ARG in signature.parameters:
         kwargs[_TENANT_ARG] = tenant  # ours too: a model cannot act as another tenant
+    if signature is not None and _USER_ARG in signature.parameters:
+        kwargs[_USER_ARG] = user  # and it cannot act for another user (None: none named)
     if signature is None:
         return kwargs
     if tool.side_effects and not _accepts(signature, _IDEMPOTENCY_ARG):

@@ -4,6 +4,7 @@
     ├── ConfigError               a spec or deploy config is invalid
     │   └── AgentSpecError        names the file and the field path
     ├── Unauthorized              no API key, or not a known one (401)
+    ├── Forbidden                 a known key that may not do this (403)
     ├── NotFound
     │   ├── UnknownAgent
     │   └── UnknownRun            also what another tenant's run looks like
@@ -11,11 +12,16 @@
     │   └── RequestTooLarge       a body over the size limit
     ├── Conflict                  the resource's state forbids it now (409): deleting a
     │                             running run, a request whose Idempotency-Key is in use
+    │   └── NotPending            deciding a call that does not wait (any more)
     ├── RunError                  a run could not finish normally
     │   ├── BudgetExceeded        steps, tokens, dollars or wall clock
+    │   ├── SideEffectsExceeded   more side-effecting tool calls than max_side_effects
     │   ├── RunTimeout
+    │   ├── ApprovalTimedOut     a call waited past its deadline (on_timeout: fail)
     │   ├── ToolFailed
-    │   │   └── ToolUnavailable   transient (a tool raises it): the tool pool retries
+    │   │   ├── ToolUnavailable   transient (a tool raises it): the tool pool retries
+    │   │   └── ToolArgumentsInvalid  arguments fail the tool's schema: the model is told,
+    │   │                         the tool does not run
     │   └── ModelOutputUnusable
     ├── ProviderError             a model provider call failed
     │   ├── ProviderUnavailable   retryable: 408/409/429/5xx, timeouts, connection errors
@@ -74,6 +80,13 @@ class Unauthorized(RayfleetError):
     code = "unauthorized"
 
 
+class Forbidden(RayfleetError):
+    """The caller's key is known but may not do this (decide an approval it is not a
+    decider of)."""
+
+    code = "forbidden"
+
+
 class NotFound(RayfleetError):
     """Something addressed by name or id does not exist (for this caller)."""
 
@@ -129,6 +142,13 @@ class Conflict(RayfleetError):
         self.retry_after_s = retry_after_s
 
 
+class NotPending(Conflict):
+    """A decision on a tool call that is not waiting for one: decided already, never asked,
+    or its run has ended."""
+
+    code = "approval_not_pending"
+
+
 class RunError(RayfleetError):
     """A run could not finish normally."""
 
@@ -146,9 +166,25 @@ class BudgetExceeded(RunError):
         self.limit: BudgetLimit = limit
 
 
+class SideEffectsExceeded(RunError):
+    """The model asked for more side-effecting tool calls in one run than the agent's
+    `budgets.max_side_effects`: the run fails before the call that would cross it runs."""
+
+    code = "side_effects_exceeded"
+
+    def __init__(self, message: str, asked: int = 0, cap: int = 0) -> None:
+        super().__init__(message, asked, cap)
+        self.asked = asked
+        self.cap = cap
+
+
 class RunTimeout(RunError):
     code = "run_timeout"
     retryable = True
+
+
+class ApprovalTimedOut(RunError):
+    code = "approval_timeout"
 
 
 class ToolFailed(RunError):
@@ -166,6 +202,17 @@ class ToolUnavailable(ToolFailed):
     code = "tool_unavailable"
 
     def __init__(self, message: str, tool: str = "", retryable: bool = True) -> None:
+        super().__init__(message, tool, retryable)
+
+
+class ToolArgumentsInvalid(ToolFailed):
+    """A call's arguments do not fit its tool's declared JSON schema; the message names the
+    fields and rules that fail, never the values. The loop hands it to the model as the
+    call's error, and the tool does not run."""
+
+    code = "tool_arguments_invalid"
+
+    def __init__(self, message: str, tool: str = "", retryable: bool = False) -> None:
         super().__init__(message, tool, retryable)
 
 

@@ -36,6 +36,8 @@ class RunCreated(_Event):
     assignment: str = "stable"
     """stable, canary, shadow or pinned (the caller chose the version)."""
     primary_run_id: str | None = None
+    user: str | None = None
+    """The end user the run acts for, as the caller named them (its tools receive it)."""
 
 
 class StepStarted(_Event):
@@ -107,6 +109,44 @@ class ToolResulted(_Event):
     """Model spend inside the call (a sub-agent); part of the run's cost."""
     usage: Usage = Usage()
     """The tokens behind `cost_usd`; part of the run's usage."""
+    error_code: str | None = None
+    """Set when rayfleet refused the call itself: 'tool_arguments_invalid' (the arguments
+    fail the tool's schema; the tool did not run)."""
+    truncated: bool = False
+    """The output (or error) was cut to the agent's tool_output_max_bytes, and marked."""
+    output_bytes: int | None = None
+    """When truncated: the output's (or error's) size in UTF-8 bytes before the cut."""
+
+
+class ApprovalRequested(_Event):
+    """A tool call waits for a person (agents.approvals): the run pauses here, holding no
+    slot, task or budget, until a decision (or the deadline) resumes it."""
+
+    kind: Literal["approval.requested"] = "approval.requested"
+    step: int
+    call_id: str
+    tool: str
+    arguments: dict[str, JsonValue]
+    deciders: tuple[str, ...]
+    """Who may decide: `tenant` (the run's tenant's key) and/or `admin`."""
+    deadline: float
+    """Unix time after which the tool's `on_timeout` outcome applies."""
+
+
+class ApprovalDecided(_Event):
+    """The decision on a call that waited: the run resumes from here."""
+
+    kind: Literal["approval.decided"] = "approval.decided"
+    step: int
+    call_id: str
+    tool: str
+    decision: Literal["approve", "edit", "reject", "timeout"]
+    arguments: dict[str, JsonValue] | None = None
+    """An `edit`'s arguments: the tool runs with these instead of the model's."""
+    message: str | None = None
+    """A `reject`'s message: the model gets it as the tool's answer."""
+    by: str
+    """Who decided: `tenant:<id>`, `admin`, or `deadline`."""
 
 
 class ContextPruned(_Event):
@@ -214,6 +254,8 @@ Event = Annotated[
     | ModelCompleted
     | ToolCalled
     | ToolResulted
+    | ApprovalRequested
+    | ApprovalDecided
     | ContextPruned
     | BudgetProgress
     | SubagentEvent

@@ -18,11 +18,20 @@ from dataclasses import dataclass
 from opentelemetry import trace
 from pydantic import BaseModel, ConfigDict
 
+from agents.approvals import AwaitingApproval, paused_s
 from agents.budget import RunBudget
 from agents.calls import idempotency_key, with_stable_ids
-from agents.errors import BudgetExceeded, Killed, RayfleetError, RunTimeout
+from agents.errors import (
+    ApprovalTimedOut,
+    BudgetExceeded,
+    Killed,
+    RayfleetError,
+    RunTimeout,
+    ToolArgumentsInvalid,
+)
 from agents.eventlog import EventLog
 from agents.events import (
+    ApprovalRequested,
     BudgetExceededEvent,
     BudgetProgress,
     ContextPruned,
@@ -39,6 +48,13 @@ from agents.events import (
     ToolCalled,
     ToolResulted,
     parse_event,
+)
+from agents.guardrails import (
+    EndUser,
+    cap_outcome,
+    check_arguments,
+    check_side_effects,
+    side_effects_left,
 )
 from agents.logs import LOGGER, first_traceback
 from agents.messages import Message, TextDelta, ToolCall, ToolSchema, Usage
@@ -83,6 +99,9 @@ class RunInput(BaseModel):
     trace: RunTrace | None = None
     """Where the run sits in a trace; stored with the run so a resumed run continues it.
     None only for runs stored before traces existed."""
+    user: EndUser | None = None
+    """The end user the run acts for (the caller's word for it); its tools receive it beside
+    the tenant. Stored with the run, so a resumed run acts for the same user."""
 
 
 @dataclass
@@ -150,9 +169,12 @@ async def execute_run(
             tenant=request.tenant,
             assignment=request.assignment,
             primary_run_id=request.primary_run_id,
+            user=request.user,
         )
-    created_ts = log.events()[0].ts
-    budget = RunBudget(spec.budgets, clock=clock, elapsed_s=max(0.0, wall_clock() - created_ts))
+    created_ts, now = log.events()[0].ts, wall_clock()
+    # Time spent waiting for a person is not the run's: its clock stood still meanwhile.
+    elapsed_s = max(0.0, now - created_ts - paused_s(log.events(), now))
+    budget = RunBudget(spec.budgets, clock=clock, elapsed_s=elapsed_s)
     spans = RunSpans(spec, request, created_ts, resumed)
     run = _Run(spec, request, ports, log, budget, RunState(messages=[]), coalescing, clock, spans)
     try:
@@ -169,6 +191,8 @@ async def _execute(run: _Run, resumed: bool) -> None:
         async with deadline:
             await _prepare(run, resumed)
             output = await _loop(run)
+    except AwaitingApproval:
+        return  # paused: no terminal event; a decision resumes the run from its log
     except asyncio.CancelledError:
         log.emit(RunCancelled, reason="cancelled", **_spent(budget))
         return
@@ -310,6 +334,9 @@ async def _loop(run: _Run) -> str:
             state.messages.append(reply)
             state.calls, state.pending, state.phase = list(calls), list(calls), "tools"
         if state.phase == "tools":
+            # Before any call of the step runs, fresh or resumed: the step's calls are in
+            # the log by now, so the count is the same whenever it is taken.
+            check_side_effects(spec, log.events(), state.step)
             while state.pending:
                 state.messages.append(await run.spans.in_step(_tool_turn(run, state.pending[0])))
                 state.pending.pop(0)
@@ -498,9 +525,14 @@ async def _model_turn(
 async def _tool_turn(run: _Run, call: ToolCall) -> Message:
     spec, log, state = run.spec, run.log, run.state
     step, position = state.step, len(state.calls) - len(state.pending)
+    decided = await _approval(run, call)
     started = run.clock()
     with tool_span(call, spec.trace_content) as span:
-        outcome = await _run_tool(run, call, position)
+        # Not approved: the tool never runs. Capped before it enters the run: the log, the
+        # model and every reader get the cut.
+        if not isinstance(decided, ToolOutcome):
+            decided = await _run_tool(run, decided, position)
+        outcome, size = cap_outcome(decided, spec)
         tool_done(span, outcome, spec.trace_content)
     event = log.emit(
         ToolResulted,
@@ -514,9 +546,67 @@ async def _tool_turn(run: _Run, call: ToolCall) -> Message:
         cached=outcome.cached,
         cost_usd=outcome.cost_usd,
         usage=outcome.usage,
+        error_code=outcome.error_code,
+        truncated=size is not None,
+        output_bytes=size,
     )
     run.budget.record(outcome.usage, outcome.cost_usd)
     return tool_message(event)
+
+
+async def _approval(run: _Run, call: ToolCall) -> ToolCall | ToolOutcome:
+    """The call to run (the model's, or a person's edit of it), or the answer of a call a
+    person did not approve. A call that needs a decision and has none pauses the run."""
+    tool, state, request = run.spec.tool(call.name), run.state, run.request
+    rule = tool.approval if tool is not None else None
+    if rule is None or not rule.asks(call.arguments, request.tenant):
+        return call
+    assert tool is not None  # a rule is a tool's
+    invalid = _invalid_arguments(tool, call)
+    if invalid is not None:
+        return invalid
+    if request.assignment == "shadow":
+        # A shadow never asks: its side effects are the primary's, replayed by the tool
+        # port, and anything else that needs a person is not run at all.
+        if tool.side_effects:
+            return call
+        return ToolOutcome(ok=False, output="", error="needs approval: not run in a shadow")
+    decision = state.decided.get(call.id)
+    if decision is None:
+        asked = state.asked.get(call.id)
+        if asked is None:  # once: a resumed run that still waits does not ask again
+            asked = run.log.emit(
+                ApprovalRequested,
+                step=state.step,
+                call_id=call.id,
+                tool=call.name,
+                arguments=call.arguments,
+                deciders=rule.deciders,
+                deadline=time.time() + rule.timeout_s,
+            )
+            state.asked[call.id] = asked
+        await _durable(run)  # the pause outlives this process before the run lets go
+        raise AwaitingApproval(asked)
+    if decision.decision == "approve":
+        return call
+    if decision.decision == "edit" and decision.arguments is not None:
+        return call.model_copy(update={"arguments": decision.arguments})
+    if decision.decision == "timeout" and rule.on_timeout == "fail":
+        raise ApprovalTimedOut(f"tool call {call.id} ({call.name}) was not decided in time")
+    why = decision.message or (
+        "no decision before the deadline" if decision.decision == "timeout" else "rejected"
+    )
+    return ToolOutcome(ok=False, output="", error=f"not approved by a person: {why}")
+
+
+def _invalid_arguments(tool: ToolSpec, call: ToolCall) -> ToolOutcome | None:
+    """The answer to a call whose arguments break the tool's schema: the model's to fix,
+    and the tool never sees them (nor does a person asked to approve them)."""
+    try:
+        check_arguments(tool, call.arguments)
+    except ToolArgumentsInvalid as exc:
+        return ToolOutcome(ok=False, output="", error=exc.message, error_code=exc.code)
+    return None
 
 
 async def _run_tool(run: _Run, call: ToolCall, position: int) -> ToolOutcome:
@@ -526,6 +616,9 @@ async def _run_tool(run: _Run, call: ToolCall, position: int) -> ToolOutcome:
         known = ", ".join(t.name for t in spec.tools) or "none"
         error = f"unknown tool {call.name!r} (known: {known})"
         return ToolOutcome(ok=False, output="", error=error)
+    invalid = _invalid_arguments(tool, call)
+    if invalid is not None:
+        return invalid
     if tool.agent is not None:
         return await _subagent(run, tool.agent, call)
     return await _call_tool(run, tool, call, position)
@@ -549,7 +642,12 @@ async def _call_tool(run: _Run, tool: ToolSpec, call: ToolCall, position: int) -
             return ToolOutcome(ok=False, output="", error="the run's time ran out: not called")
     key = idempotency_key(run.log.run_id, run.state.step, position, tool.name, call.arguments)
     return await run.ports.tools.call(
-        tool, call, idempotency_key=key, timeout_s=timeout_s, tenant=run.request.tenant
+        tool,
+        call,
+        idempotency_key=key,
+        timeout_s=timeout_s,
+        tenant=run.request.tenant,
+        user=run.request.user,
     )
 
 
@@ -591,7 +689,7 @@ async def _subagent(run: _Run, spec: AgentSpec, call: ToolCall) -> ToolOutcome:
 
     # Its limits are its own, within what the caller has left: the caller keeps enough
     # dollars for the call that will use the sub-agent's answer (on the wrap-up tier, the
-    # cheapest it could fall back to).
+    # cheapest it could fall back to); its side effects are the caller's too.
     parent, budget = run.spec, run.budget
     wrap_up = parent.tiers[parent.wrap_up_tier_name]
     keep_usd = _worst_cost(run, wrap_up, estimate_tokens(run.state.messages))
@@ -603,6 +701,10 @@ async def _subagent(run: _Run, spec: AgentSpec, call: ToolCall) -> ToolOutcome:
             "max_cost_usd": max(1e-9, min(spec.budgets.max_cost_usd, left_usd)),
             "max_tokens": max(1, min(spec.budgets.max_tokens, left_tokens)),
             "run_timeout_s": max(1e-3, min(spec.budgets.run_timeout_s, budget.remaining_s + ran_s)),
+            "max_side_effects": min(
+                spec.budgets.max_side_effects,
+                side_effects_left(parent, run.log.events(), run.state.step, call.id),
+            ),
         }
     )
     arguments = call.arguments
@@ -614,6 +716,7 @@ async def _subagent(run: _Run, spec: AgentSpec, call: ToolCall) -> ToolOutcome:
         tenant=run.request.tenant,
         assignment=run.request.assignment,
         trace=_nested_trace(run.request.trace, key),
+        user=run.request.user,
     )
     log = EventLog(key, earlier, durable=True, on_append=nest, trace_id=run.log.trace_id)
     ports = run.ports

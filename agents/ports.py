@@ -70,6 +70,8 @@ class ToolOutcome(BaseModel):
     """What the call spent on models (a sub-agent used as a tool); booked to the run."""
     usage: Usage = Usage()
     """The tokens behind `cost_usd`; booked to the run too."""
+    error_code: str | None = None
+    """The code of a refusal by rayfleet itself (agents.errors), e.g. invalid arguments."""
     # What happened to this call, for its span: they travel with the outcome (pickled across
     # Ray) but are never part of a stored one (the effect ledger, the tool-result cache).
     attempts: int = Field(0, exclude=True)
@@ -89,8 +91,9 @@ class ToolOutcome(BaseModel):
 
 
 class ToolPort(Protocol):
-    """Runs one tool call for a run of `tenant`; a tool function that takes a `tenant`
-    argument receives it (per-tenant accounting, e.g. embeddings)."""
+    """Runs one tool call for a run of `tenant` on behalf of `user` (the caller's end user,
+    if it named one); a tool function that takes a `tenant` or `user` argument receives it
+    (per-tenant accounting; "is this order the caller's"), whatever the model passed."""
 
     async def call(
         self,
@@ -100,6 +103,7 @@ class ToolPort(Protocol):
         idempotency_key: str,
         timeout_s: float,
         tenant: str = "default",
+        user: str | None = None,
     ) -> ToolOutcome: ...
 
 

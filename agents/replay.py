@@ -17,6 +17,8 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 from agents.events import (
+    ApprovalDecided,
+    ApprovalRequested,
     BudgetExceededEvent,
     ContextPruned,
     Event,
@@ -58,6 +60,10 @@ class RunState:
     """The cheap tier's summary of older turns, once context pruning made one."""
     pruning: tuple[object, ...] = ((), 0, 0)
     """The last pruning decision announced (a context.pruned event is sent on a change)."""
+    asked: dict[str, ApprovalRequested] = field(default_factory=dict)
+    """Tool calls that asked for a person's decision, by call id."""
+    decided: dict[str, ApprovalDecided] = field(default_factory=dict)
+    """The decisions made on them, by call id."""
 
 
 def wrap_up_message(event: BudgetExceededEvent) -> Message:
@@ -109,6 +115,10 @@ def replay(prompt: list[Message], events: list[Event]) -> RunState:
                 # Relative to the request: the recalled thread before it may differ now.
                 upto = max(1, len(prompt) - 1 + event.summary_upto)
                 state.summary = Summary(upto, event.summary)
+        elif isinstance(event, ApprovalRequested):
+            state.asked[event.call_id] = event
+        elif isinstance(event, ApprovalDecided):
+            state.decided[event.call_id] = event
         elif isinstance(event, MemoryDegraded):
             state.degraded = True
         elif isinstance(event, BudgetExceededEvent):

@@ -17,7 +17,9 @@ from pydantic import (
     model_validator,
 )
 
+from agents.approvals import ApprovalRule
 from agents.errors import AgentSpecError
+from agents.guardrails import schema_problem
 from agents.messages import ToolSchema
 
 _NAME = r"^[a-z][a-z0-9_-]{0,62}$"
@@ -103,6 +105,22 @@ class ToolSpec(_Config):
         "Unset: only the pool's own limit.",
     )
 
+    approval: ApprovalRule | None = Field(
+        None,
+        description="Calls wait for a person's decision before the tool runs (all of them, or "
+        "those the rule's `when` and `tenants` pick): see agents/approvals.py.",
+    )
+
+    @field_validator("parameters")
+    @classmethod
+    def _parameters_schema(cls, value: dict[str, JsonValue]) -> dict[str, JsonValue]:
+        # Checked at load time: every call's arguments are validated against it (a schema
+        # that cannot be compiled would fail each call instead, at 3 a.m.).
+        problem = schema_problem(value)
+        if problem is not None:
+            raise ValueError(problem)
+        return value
+
     @model_validator(mode="after")
     def _function_or_agent(self) -> Self:
         if (self.function is None) == (self.agent is None):
@@ -117,6 +135,19 @@ class ToolSpec(_Config):
             raise ValueError(
                 f"tool {self.name!r} is a sub-agent: cache its calls with the sub-agent's own "
                 "response_cache_ttl_s and tool caches, not cache_ttl_s"
+            )
+        return self
+
+    @model_validator(mode="after")
+    def _approval_on_functions(self) -> Self:
+        if self.agent is None:
+            return self
+        if self.approval is not None or any(t.approval for t in self.agent.tools):
+            # A pause inside a sub-agent would have to resume two nested loops from one
+            # decision; not built yet, so refused at load rather than half-working.
+            raise ValueError(
+                f"tool {self.name!r} is a sub-agent: approvals are for function tools of the "
+                "agent the run starts with (not on a sub-agent, nor on its tools)"
             )
         return self
 
@@ -153,6 +184,13 @@ class BudgetSpec(_Config):
     max_tokens: int = Field(200_000, gt=0, description="Tokens in and out per run.")
     max_cost_usd: float = Field(1.0, gt=0, description="Dollars per run.")
     run_timeout_s: float = Field(600.0, gt=0, description="Wall clock per run.")
+    max_side_effects: int = Field(
+        10,
+        ge=0,
+        description="Side-effecting tool calls (with valid arguments) the model may ask for "
+        "in one run; asking for more fails the run (code side_effects_exceeded) before any "
+        "call of that step runs. A resumed run's recorded calls count once. 0: none.",
+    )
     wrap_up: bool = Field(
         True,
         description="Near a limit (or at max_steps), make one last model call without tools "
@@ -224,6 +262,13 @@ class AgentSpec(_Config):
         "messages and tools) from a per-tenant cache for this long. Unset: off.",
     )
     timeouts: TimeoutSpec = Field(default_factory=TimeoutSpec, description="Per-call timeouts.")
+    tool_output_max_bytes: int = Field(
+        65_536,
+        ge=1024,
+        description="A tool's output (or error) larger than this, in UTF-8 bytes, is cut to it "
+        "before it enters the run: the log, the model and the caller get the head, marked "
+        "as truncated (and the tool.result says so).",
+    )
     trace_content: bool = Field(
         False,
         description="Record the run's input and answer, and its tool calls' arguments and "

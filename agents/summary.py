@@ -6,7 +6,9 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict
 
+from agents.approvals import waiting
 from agents.events import (
+    ApprovalRequested,
     ContextPruned,
     Event,
     ModelCompleted,
@@ -20,7 +22,8 @@ from agents.events import (
 )
 from agents.messages import Usage
 
-RunStatus = Literal["running", "completed", "failed", "cancelled"]
+RunStatus = Literal["running", "awaiting_approval", "completed", "failed", "cancelled"]
+"""`awaiting_approval`: paused until a person decides on a tool call (agents.approvals)."""
 
 
 class RunSummary(BaseModel):
@@ -42,6 +45,8 @@ class RunSummary(BaseModel):
     created_at: float = 0.0
     ended_at: float | None = None
     last_seq: int = 0
+    approval: ApprovalRequested | None = None
+    """While `awaiting_approval`: the tool call that waits (decide it with its call_id)."""
 
 
 def summarize(events: list[Event]) -> RunSummary:
@@ -92,4 +97,7 @@ def summarize(events: list[Event]) -> RunSummary:
         )
     if isinstance(last, RunCancelled):
         return RunSummary(**base, status="cancelled", ended_at=last.ts)
-    return RunSummary(**base, status="running")
+    waits = waiting(events)
+    if waits is None:
+        return RunSummary(**base, status="running")
+    return RunSummary(**base, status="awaiting_approval", approval=waits)

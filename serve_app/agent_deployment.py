@@ -70,15 +70,18 @@ class AgentDeployment(HandleSurface):
         namespace: str | None = None,
         assignment: str = "stable",
         traceparent: str | None = None,
+        user: str | None = None,
     ) -> str:
-        """Start a run of this version for a tenant; returns its id once `run.created` is
-        durable. The tenant limiter admits it first (TenantLimited, with the limit that
-        refused); a shadow run (`context.shadow_of`) takes no slot. A caller that leaves
-        mid-start does not stop it half-way (serve_app.detached). The run's trace is a
-        child of `traceparent` (W3C), else a trace of its own."""
+        """Start a run of this version for a tenant (and its end user `user`); returns its
+        id once `run.created` is durable. The tenant limiter admits it first (TenantLimited,
+        with the limit that refused); a shadow run (`context.shadow_of`) takes no slot. A
+        caller that leaves mid-start does not stop it half-way (serve_app.detached). The
+        run's trace is a child of `traceparent` (W3C), else a trace of its own."""
         trace = RunTrace.start(traceparent)
         context = context or TenantContext()
-        return await detached(self._start(input, thread_id, context, namespace, assignment, trace))
+        return await detached(
+            self._start(input, thread_id, context, namespace, assignment, trace, user)
+        )
 
     async def _start(
         self,
@@ -88,6 +91,7 @@ class AgentDeployment(HandleSurface):
         namespace: str | None,
         assignment: str,
         trace: RunTrace,
+        user: str | None = None,
     ) -> str:
         runs, limiter = await self._client()
         lease = None
@@ -114,7 +118,7 @@ class AgentDeployment(HandleSurface):
             context = context.model_copy(update={"lease": lease})
         try:
             return await runs.start(
-                self._spec, input, thread_id, context, namespace, assignment, trace
+                self._spec, input, thread_id, context, namespace, assignment, trace, user
             )
         except BaseException as exc:
             if lease is not None and nothing_started(exc):

@@ -54,6 +54,7 @@ from agents.spec import AgentSpec
 from agents.summary import RunSummary
 from agents.tracing import configure_tracing, inbound_span
 from serve_app.admin_routes import AdminRoutes
+from serve_app.approval_routes import ApprovalRoutes
 from serve_app.batch_driver import BatchDriver
 from serve_app.bodies import read_json
 from serve_app.config import AppConfig
@@ -88,7 +89,7 @@ logger = logging.getLogger("rayfleet")
     health_check_period_s=2,
 )
 @serve.ingress()
-class Gateway(HandleSurface, AdminRoutes):
+class Gateway(HandleSurface, AdminRoutes, ApprovalRoutes):
     """HTTP API and handle API in one ingress deployment."""
 
     handle_methods = frozenset(
@@ -104,6 +105,7 @@ class Gateway(HandleSurface, AdminRoutes):
             "cancel_batch",
             "list_runs",
             "thread_runs",
+            "decide_approval",
         }
     )
 
@@ -249,12 +251,14 @@ class Gateway(HandleSurface, AdminRoutes):
         version: str | None = None,
         api_key: str | None = None,
         traceparent: str | None = None,
+        user: str | None = None,
     ) -> str:
         """Start a run; returns its id. The run goes on whatever happens to the caller.
-        With a W3C `traceparent`, the run's trace is a child of the caller's."""
+        With a W3C `traceparent`, the run's trace is a child of the caller's. `user`: the
+        end user the run acts for (its tools receive it beside the tenant)."""
         tenant = self._tenant(api_key)
         with inbound_span("start_run", traceparent, {"rayfleet.tenant": tenant.id}) as parent:
-            return await self._start(tenant, agent, input, thread_id, version, parent)
+            return await self._start(tenant, agent, input, thread_id, version, parent, user)
 
     async def _start(
         self,
@@ -264,9 +268,10 @@ class Gateway(HandleSurface, AdminRoutes):
         thread_id: str | None,
         version: str | None,
         traceparent: str | None = None,
+        user: str | None = None,
     ) -> str:
         request = validated(
-            RunRequest, {"input": input, "thread_id": thread_id, "version": version}
+            RunRequest, {"input": input, "thread_id": thread_id, "version": version, "user": user}
         )
         self._choose(tenant, agent, request.version)  # 404 for what the tenant may not run
         await self._client()
@@ -294,6 +299,7 @@ class Gateway(HandleSurface, AdminRoutes):
                 tenant.namespace,
                 assignment,
                 traceparent,
+                request.user,
             )
             return started
 
@@ -307,10 +313,14 @@ class Gateway(HandleSurface, AdminRoutes):
             raise
         bind_run(run_id=run_id)
         for shadow in choice.shadows:
-            self._spawn(self._shadow(run_id, f"{agent}@{shadow}", tenant, request.input))
+            self._spawn(
+                self._shadow(run_id, f"{agent}@{shadow}", tenant, request.input, request.user)
+            )
         return run_id
 
-    async def _shadow(self, primary: str, key: str, tenant: TenantConfig, text: str) -> None:
+    async def _shadow(
+        self, primary: str, key: str, tenant: TenantConfig, text: str, user: str | None = None
+    ) -> None:
         """Mirror a run to a candidate version once the primary has ended, so the shadow can
         replay the primary's recorded side effects. Its output reaches nobody; it does not
         use the thread (its turn must not enter the conversation) or the tenant's limits."""
@@ -322,7 +332,9 @@ class Gateway(HandleSurface, AdminRoutes):
                 use_default_credentials=tenant.use_default_credentials,
                 shadow_of=primary,
             )
-            await self._agents[key].start.remote(text, None, context, tenant.namespace, "shadow")
+            await self._agents[key].start.remote(
+                text, None, context, tenant.namespace, "shadow", None, user
+            )
         except Exception as exc:  # a shadow is a sample: losing one costs nothing visible
             logger.warning(
                 "shadow run of %s on %s not started: %r",
@@ -389,13 +401,14 @@ class Gateway(HandleSurface, AdminRoutes):
         after: int = 0,
         api_key: str | None = None,
         traceparent: str | None = None,
+        user: str | None = None,
     ) -> AsyncIterator[Event]:
         """Start a run and stream its events; with `run_id`, resume that run after `after`.
         With a W3C `traceparent`, a new run's trace is a child of the caller's."""
         tenant = self._tenant(api_key)
         if run_id is None:
             with inbound_span("start_run", traceparent, {"rayfleet.tenant": tenant.id}) as parent:
-                run_id = await self._start(tenant, agent, input, thread_id, version, parent)
+                run_id = await self._start(tenant, agent, input, thread_id, version, parent, user)
         else:
             _check_after(await self._owned(tenant, run_id), after)
         async for event in self._events(run_id, after):
@@ -544,6 +557,7 @@ class Gateway(HandleSurface, AdminRoutes):
             Route("/v1/runs/{run_id}/events", self._http_events, methods=["GET"]),
             Route("/v1/runs/{run_id}/cancel", self._http_cancel, methods=["POST"]),
             Route("/v1/runs/{run_id}/outcome", self._http_outcome, methods=["POST"]),
+            *self.approval_routes(),
             *self.admin_routes(),
         ]
         return Starlette(
@@ -611,7 +625,9 @@ class Gateway(HandleSurface, AdminRoutes):
                 "runs",
                 agent,
                 run,
-                lambda _: self._start(tenant, agent, run.input, run.thread_id, run.version, parent),
+                lambda _: self._start(
+                    tenant, agent, run.input, run.thread_id, run.version, parent, run.user
+                ),
             )
         run_id = created.id
         if created.replayed:
@@ -749,7 +765,7 @@ def _context(tenant: TenantConfig) -> TenantContext:
 
 def _check_after(summary: RunSummary, after: int) -> None:
     """A resume point is a seq of the run, or past its end while it still runs."""
-    if after < 0 or (after > summary.last_seq and summary.status != "running"):
+    if after < 0 or (after > summary.last_seq and summary.ended_at is not None):
         raise RequestInvalid(
             f"after={after} is not a seq of the run (last: {summary.last_seq})", "after"
         )

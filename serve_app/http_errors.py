@@ -19,6 +19,7 @@ from starlette.responses import JSONResponse, Response
 
 from agents.errors import (
     Conflict,
+    Forbidden,
     Killed,
     NotFound,
     Overloaded,
@@ -28,6 +29,7 @@ from agents.errors import (
     RequestTooLarge,
     ServiceUnavailable,
     TenantLimited,
+    ToolArgumentsInvalid,
     Unauthorized,
 )
 
@@ -37,7 +39,11 @@ _STATUS: dict[type[RayfleetError], int] = {
     RayfleetError: 500,
     NotFound: 404,
     Unauthorized: 401,
+    Forbidden: 403,
     RequestInvalid: 422,
+    # In a run it is the tool's error to the model; over HTTP (arguments a person sent for
+    # a call) it is bad input like any other.
+    ToolArgumentsInvalid: 422,
     RequestTooLarge: 413,
     Conflict: 409,
     ProviderError: 502,

@@ -38,6 +38,7 @@ from serve_app.api_models import (
 from serve_app.console import ASSETS as CONSOLE_ASSETS
 from serve_app.health import ProviderHealth
 from serve_app.schemas import (
+    ApprovalDecision,
     BatchRequest,
     KillRequest,
     OutcomeRequest,
@@ -78,7 +79,7 @@ def _schemas() -> dict[str, Any]:
                 raise ValueError(f"two different schemas are both called {key!r}")
             found[key] = value
 
-    for request in (RunRequest, OutcomeRequest, KillRequest, BatchRequest):
+    for request in (RunRequest, OutcomeRequest, KillRequest, BatchRequest, ApprovalDecision):
         add(request.__name__, request.model_json_schema(ref_template=REF, mode="validation"))
     documented = (RunSummary, Problem, RunAccepted, AgentList, Health, BatchAccepted, BatchView)
     more = (OutcomeRecorded, KillState, RollbackDone, ShadowReport, CostReport, RunPage)
@@ -548,6 +549,44 @@ def _paths() -> dict[str, Any]:
                     "200": {"description": "The summary.", "content": _json("RunSummary")},
                     "401": _UNAUTHORIZED,
                     "404": _UNKNOWN_RUN,
+                    "503": _OVERLOADED,
+                },
+            }
+        },
+        "/v1/runs/{run_id}/approvals/{call_id}": {
+            "post": {
+                "operationId": "decideApproval",
+                "summary": "Approve, edit or reject the tool call a run waits on.",
+                "description": (
+                    "A run whose tool call needs a person is `awaiting_approval`; its summary's "
+                    "`approval` names the call (`call_id`), its arguments, who may decide "
+                    "(`deciders`: the run's tenant and/or the admin key) and the deadline. "
+                    "The decision is stored (`approval.decided`), then the run resumes: "
+                    "approve runs the tool, edit runs it with `arguments`, reject answers the "
+                    "model with `message` and the tool never runs."
+                ),
+                "parameters": [
+                    _RUN_ID,
+                    {
+                        "name": "call_id",
+                        "in": "path",
+                        "required": True,
+                        "description": "The waiting call (the summary's `approval.call_id`).",
+                        "schema": {"type": "string", "maxLength": 200},
+                    },
+                ],
+                "requestBody": {"required": True, "content": _json("ApprovalDecision")},
+                "responses": {
+                    "200": {
+                        "description": "Decided; the run has resumed.",
+                        "content": _json("RunSummary"),
+                    },
+                    "401": _UNAUTHORIZED,
+                    "403": _problem("This key may not decide this call (see `deciders`)."),
+                    "404": _UNKNOWN_RUN,
+                    "409": _problem("The call does not wait for a decision (any more)."),
+                    "413": _problem("Body over the size limit."),
+                    "422": _problem("Body is not JSON, or a field is invalid (`field` names it)."),
                     "503": _OVERLOADED,
                 },
             }

@@ -6,10 +6,11 @@ from __future__ import annotations
 import re
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, JsonValue, field_validator
 
 from actors.batches import DEFAULT_CONCURRENCY, MAX_CONCURRENCY, MAX_ITEMS, BatchInput
 from actors.state.run_index import MAX_PAGE
+from agents.guardrails import EndUser
 from agents.summary import RunStatus
 
 THREAD_ID_PATTERN = r"^[A-Za-z0-9._:-]{1,128}$"
@@ -44,6 +45,31 @@ class RunRequest(BaseModel):
         None, pattern=THREAD_ID_PATTERN, description="Continue this conversation."
     )
     version: str | None = Field(None, description="Pin an agent version (default: current).")
+    user: EndUser | None = Field(
+        None,
+        description="The end user the run acts for, in your own terms (1 to 128 printable "
+        "ASCII characters, e.g. a customer id): tools that take a `user` argument receive it "
+        "beside the tenant, so they can check what is this user's. Not authenticated by "
+        "rayfleet: it is your tenant's word for who asked.",
+    )
+
+
+class ApprovalDecision(BaseModel):
+    """Body of `POST /v1/runs/{run_id}/approvals/{call_id}`: a person's decision on a tool
+    call the run waits on."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    decision: Literal["approve", "edit", "reject"] = Field(
+        description="approve: the tool runs; edit: it runs with `arguments`; reject: it never "
+        "runs, and the model gets `message` as its answer."
+    )
+    arguments: dict[str, JsonValue] | None = Field(
+        None, description="With `edit` only: the arguments the tool runs with instead."
+    )
+    message: str | None = Field(
+        None, max_length=2000, description="Why: a rejection's message reaches the model."
+    )
 
 
 def _texts_as_inputs(schema: dict[str, Any]) -> None:

@@ -151,3 +151,19 @@ class _Broken:
 
 
 broken = _Broken()
+
+
+def whoami(tenant: str, user: str | None, counter: str | None = None) -> dict[str, JsonValue]:
+    """Read-only: the tenant and end user rayfleet passed it (whatever the model said); with
+    `counter`, also appends the user to that file, counted at the tool."""
+    calls["whoami"] += 1
+    if counter is not None:
+        with open(counter, "a") as out:
+            out.write(f"{user}\n")
+    return {"tenant": tenant, "user": user}
+
+
+def big(size: int) -> str:
+    """Read-only: `size` characters of two UTF-8 bytes each."""
+    calls["big"] += 1
+    return "é" * size

@@ -31,7 +31,7 @@ from actors.state.run_index import (
     to_page,
 )
 from agents.encoded import EncodedEvent
-from agents.events import Event, event_adapter, is_terminal
+from agents.events import ApprovalDecided, ApprovalRequested, Event, event_adapter, is_terminal
 from agents.loop import RunInput
 from agents.spec import AgentSpec
 
@@ -93,7 +93,16 @@ async def _indexes(tx: Transaction) -> None:
         await tx.execute(statement)
 
 
-_SCHEMA = Schema("runs", (_create, _add_columns, _indexes, add_listing))
+async def _add_approvals(tx: Transaction) -> None:
+    """When a paused run's decision is due: the deadline sweeper's index."""
+    if "approval_deadline" not in await tx.columns("runs"):
+        await tx.execute("ALTER TABLE runs ADD COLUMN approval_deadline DOUBLE PRECISION")
+    await tx.execute(
+        "CREATE INDEX IF NOT EXISTS runs_by_approval_deadline ON runs (approval_deadline)"
+    )
+
+
+_SCHEMA = Schema("runs", (_create, _add_columns, _indexes, add_listing, _add_approvals))
 
 
 class RunRecord(BaseModel):
@@ -156,6 +165,13 @@ class RunStore:
             for run_id, es in encoded.items()
             if es and is_terminal(es[-1].event)
         ]
+        waits = [
+            (*wait, run_id)
+            for run_id, es in encoded.items()
+            if es and not is_terminal(es[-1].event)
+            for wait in [_wait_change([e.event for e in es])]
+            if wait is not None
+        ]
         await self._db.batch(
             [
                 # DO NOTHING: a flush retried after a lost reply writes the same rows again.
@@ -164,11 +180,27 @@ class RunStore:
                     # The listing's columns too: how the run ended, in the same transaction.
                     "UPDATE runs SET ended = 1, ended_at = COALESCE(ended_at, ?), status = ?, "
                     "steps = ?, tokens = ?, cost_usd = ?, error_code = ?, "
-                    "trace_id = COALESCE(trace_id, ?) WHERE run_id = ?",
+                    "approval_deadline = NULL, trace_id = COALESCE(trace_id, ?) WHERE run_id = ?",
                     ended,
+                ),
+                (
+                    # Paused for a person, or resumed by a decision: listed as such.
+                    "UPDATE runs SET status = ?, approval_deadline = ? "
+                    "WHERE run_id = ? AND ended = 0",
+                    waits,
                 ),
             ]
         )
+
+    async def overdue_approvals(self, now: float, limit: int = 100) -> list[str]:
+        """Paused runs whose decision was due before `now`, oldest deadline first."""
+        await self._db.ensure(_SCHEMA)
+        rows = await self._db.fetchall(
+            "SELECT run_id FROM runs WHERE approval_deadline < ? AND ended = 0 "
+            "ORDER BY approval_deadline LIMIT ?",
+            (now, limit),
+        )
+        return [str(row[0]) for row in rows]
 
     async def list_runs(
         self, where: RunFilter, limit: int = 50, cursor: str | None = None
@@ -373,3 +405,13 @@ class IdempotencyKeys:
         """Forget idempotency keys claimed before `before` (unix s): they have expired."""
         await self._db.ensure(_SCHEMA)
         await self._db.execute("DELETE FROM idempotency WHERE created_at < ?", (before,))
+
+
+def _wait_change(events: list[Event]) -> tuple[str, float | None] | None:
+    """(status, deadline) if these new events pause the run or resume it from a pause."""
+    for event in reversed(events):
+        if isinstance(event, ApprovalRequested):
+            return "awaiting_approval", event.deadline
+        if isinstance(event, ApprovalDecided):
+            return "running", None
+    return None

@@ -522,8 +522,37 @@ def test_the_run_page_shows_a_waterfall_fallbacks_and_budget(page: Page, sim: Si
     expect(page.locator("#run-budget")).to_be_visible()
     expect(page.locator("#run-budget")).to_contain_text(re.compile(r"2 / \d+ steps"))
     expect(page.locator("#run-cost")).to_contain_text("2 steps")
-    expect(page.locator("#run-approvals")).to_be_hidden()  # approvals: issue 14
+    expect(page.locator("#run-approvals")).to_be_hidden()  # no call waits for a person
     screenshot(page, "run-waterfall")
+
+
+@pytest.mark.parametrize("decision", ["approve", "reject"])
+def test_a_call_that_waits_for_a_person_is_decided_on_the_run_page(
+    page: Page, service: Service, sim: Sim, decision: str
+) -> None:
+    order = 20_000 + uuid.uuid4().int % 70_000  # the shop refunds an order once a session
+    arguments = {"order_id": order, "reason": "arrived broken"}
+    sim.script(
+        {"type": "tool_call", "name": "issue_refund", "arguments": arguments},
+        {"type": "text", "text": "Handled."},
+    )
+    use_key(page, CONSOLE_KEY)
+    run_id = start_run(service, CONSOLE_KEY, "guarded-support", "refund my order")
+    page.goto(f"/console#/runs/{run_id}")
+    box = page.locator("#run-approvals .approval")
+    expect(box).to_be_visible()
+    expect(page.locator("#run-status")).to_have_text("awaiting_approval")
+    expect(box.locator(".approval-arguments")).to_have_value(re.compile(str(order)))
+    screenshot(page, "run-approval")
+    if decision == "reject":
+        box.locator(".approval-message").fill("send a photo first")
+    box.locator(f".approval-{decision}").click()
+    done = "approved" if decision == "approve" else "rejected"
+    expect(box.locator(".approval-decided")).to_contain_text(f"{done} by tenant:console")
+    expect(page.locator("#run-status")).to_have_text("completed")
+    ok = "true" if decision == "approve" else "false"
+    expect(page.locator(f".tool-result[data-ok='{ok}']")).to_be_visible()
+    assert finished(service, CONSOLE_KEY, run_id)["status"] == "completed"
 
 
 def test_the_versions_page_shows_versions_and_the_split_without_admin_controls(

@@ -57,6 +57,7 @@ PARAMETERS = {
     "GET /v1/runs/{run_id}/events": ("run_id",),
     "POST /v1/runs/{run_id}/cancel": ("run_id",),
     "POST /v1/runs/{run_id}/outcome": ("run_id",),
+    "POST /v1/runs/{run_id}/approvals/{call_id}": ("run_id", "call_id"),
     "GET /v1/admin/tenants": (),
     "GET /v1/admin/kill": (),
     "POST /v1/admin/kill": (),
@@ -126,7 +127,12 @@ def _strategy(label: str, variant: str, live_run: str) -> Any:
     operation = SCHEMA.find_operation_by_label(label)
     assert operation is not None, label
     if variant == "live":
-        pinned = {"agent": AGENT, "run_id": live_run, "thread_id": "fuzz-thread"}
+        pinned = {
+            "agent": AGENT,
+            "run_id": live_run,
+            "thread_id": "fuzz-thread",
+            "call_id": "call-1",
+        }
         path_parameters = {name: pinned[name] for name in PARAMETERS[label]}
         return operation.as_strategy(GenerationMode.POSITIVE, path_parameters=path_parameters)
     mode = GenerationMode.NEGATIVE if variant == "negative" else GenerationMode.POSITIVE

@@ -134,6 +134,18 @@ def test_handle_input_has_the_http_limits(service: Service, sim: Sim) -> None:
     assert not [r for r in sim.requests() if "x" * per_item in json.dumps(r["body"])]
 
 
+def test_start_run_takes_the_end_user_with_the_http_checks(service: Service, sim: Sim) -> None:
+    calls: list[dict[str, Any]] = [
+        {"method": "start_run", "kwargs": {"agent": "support", "input": "hi", "user": "cust-7"}},
+        {"method": "start_run", "kwargs": {"agent": "support", "input": "hi", "user": "a\nb"}},
+        {"method": "start_run", "kwargs": {"agent": "support", "input": "hi", "user": 7}},
+    ]
+    outcomes = handle_calls(service, calls)
+    assert outcomes[0]["ok"] is True, outcomes
+    assert [o.get("code") for o in outcomes[1:]] == ["request_invalid"] * 2, outcomes
+    assert all("user" in o["message"] for o in outcomes[1:]), outcomes
+
+
 def test_a_resume_point_is_checked_as_over_http(service: Service, sim: Sim) -> None:
     events = run_driver(service, "support", "Where is order 1234?")
     run_id, last = events[0].run_id, events[-1].seq

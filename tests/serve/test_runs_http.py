@@ -227,3 +227,14 @@ def test_a_thread_id_continues_the_conversation(service: Service, sim: Sim) -> N
     contents = [m.get("content") for m in second_run_first_call["messages"]]
     # The first turn was recalled into the second run, before its own input.
     assert contents.index("My name is Ada.") < contents.index("What is my name?")
+
+
+def test_the_end_user_named_on_the_request_is_the_runs(service: Service, sim: Sim) -> None:
+    body = {"input": "Where is order 1234?", "user": "cust-7"}
+    events = read_sse(service.http, "POST", "/v1/agents/support/runs", json=body)
+    assert_complete_stream(events)
+    assert events[0].kind == "run.created" and events[0].user == "cust-7"  # type: ignore[union-attr]
+    for user in ("", "cust\n7", "x" * 129, 7):
+        refused = service.http.post("/v1/agents/support/runs", json={"input": "hi", "user": user})
+        assert refused.status_code == 422, refused.text
+        assert refused.json()["field"] == "user"

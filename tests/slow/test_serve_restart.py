@@ -9,7 +9,8 @@ carries this life's marker in its environment: Ray's daemons and workers), the h
 and a second `rayfleet serve` starts on new ports. In it: A's body, events and costs are as
 they were, the tenant's spend today is intact, `support` is still switched off and `held`
 still rolled back, and each B resumes from its last stored event and ends in exactly one
-`run.completed`.
+`run.completed`. Run P of `guarded-support` waited for a person's approval across the kill:
+approved in the second life, it refunds once and completes.
 """
 
 from __future__ import annotations
@@ -172,7 +173,12 @@ def write_config(tmp: Path, admin_key_digest: str) -> Path:
     (tmp / "held.yaml").write_text(yaml.safe_dump(held))
     (tmp / "held-v2.yaml").write_text(yaml.safe_dump(held | {"version": "v2"}))
     config = {
-        "agents": ["example:support.yaml", str(tmp / "held.yaml"), str(tmp / "held-v2.yaml")],
+        "agents": [
+            "example:support.yaml",
+            "example:guarded-support.yaml",
+            str(tmp / "held.yaml"),
+            str(tmp / "held-v2.yaml"),
+        ],
         "traffic": {"agents": {"held": {"weights": {"v1": 1, "v2": 1}, "canary": "v2"}}},
         "tenancy": {
             "tenants": [{"id": "default", "limits": {"daily_budget_usd": 100.0}}],
@@ -300,6 +306,15 @@ def test_a_hard_killed_service_restarts_with_its_state(tmp_path: Path, heads: li
         # Readers see only stored events: once a B's tool call shows, it is durable, and the
         # run waits in its tool until the hold file goes.
         b_before = {run: read_events(base, run, {"tool.call"}, 90) for run in b_runs}
+        # P waits for a person: its refund is asked for, not made.
+        asked = httpx2.post(
+            f"{base}/v1/agents/guarded-support/runs",
+            json={"input": "Please refund order 1777, it arrived broken."},
+            timeout=60,
+        )
+        assert asked.status_code == 202, asked.text
+        run_p = asked.json()["run_id"]
+        p_before = read_events(base, run_p, {"approval.requested"}, 90)
         kill_hard(first)
     assert first.proc.returncode == -signal.SIGKILL, first.tail()
     for hold in holds:
@@ -333,6 +348,23 @@ def test_a_hard_killed_service_restarts_with_its_state(tmp_path: Path, heads: li
             assert body["status"] == "completed" and body["last_seq"] == len(events), body
             assert body["version"] == "v1", body  # v2, the canary, was rolled back
         assert spent_today(base, admin) > spent  # the resumed runs' model calls, on top
+
+        # P still waits, on whichever host has it now; approved, it refunds once and ends.
+        waiting = get_json(f"{base}/v1/runs/{run_p}")
+        assert waiting["status"] == "awaiting_approval", waiting
+        call_id = waiting["approval"]["call_id"]
+        assert call_id == p_before[-1]["call_id"]
+        decided = httpx2.post(
+            f"{base}/v1/runs/{run_p}/approvals/{call_id}", json={"decision": "approve"}, timeout=60
+        )
+        assert decided.status_code == 200, decided.text
+        events = read_events(base, run_p, TERMINAL, 90)
+        kinds = [e["kind"] for e in events]
+        assert events[: len(p_before)] == p_before, kinds
+        assert kinds.count("approval.requested") == kinds.count("approval.decided") == 1, kinds
+        refunds = [e for e in events if e["kind"] == "tool.result" and e["tool"] == "issue_refund"]
+        assert len(refunds) == 1 and refunds[0]["ok"], refunds
+        assert kinds[-1] == "run.completed", kinds
 
     print(
         f"restart test: first life {killed_at - started:.0f}s, "

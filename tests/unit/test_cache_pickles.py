@@ -44,6 +44,7 @@ class CountingTools:
         idempotency_key: str,
         timeout_s: float,
         tenant: str = "default",
+        user: str | None = None,
     ) -> ToolOutcome:
         self.calls += 1
         return ToolOutcome(ok=True, output=f"answer #{self.calls}")

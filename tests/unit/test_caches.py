@@ -35,6 +35,7 @@ class CountingTools:
         idempotency_key: str,
         timeout_s: float,
         tenant: str = "default",
+        user: str | None = None,
     ) -> ToolOutcome:
         self.calls.append((tenant, tool.name))
         n = len(self.calls)
@@ -181,6 +182,23 @@ async def test_one_tenants_entry_is_never_served_to_another(store: SpyStore) -> 
     assert b.cached is False and b.output != a.output
     again = await call(tools, lookup_tool(), order(), tenant="globex")
     assert again.cached is True and again.output == b.output
+
+
+async def test_one_users_entry_is_never_served_to_another_user(store: SpyStore) -> None:
+    # A tool may answer each end user with their own data: the cache is per user too.
+    inner = CountingTools()
+    tools = CachedTools(inner, store)
+
+    async def as_user(user: str | None) -> ToolOutcome:
+        return await tools.call(
+            lookup_tool(), order(), idempotency_key="r:1:c", timeout_s=5, tenant="acme", user=user
+        )
+
+    alice, bob, nobody = await as_user("alice"), await as_user("bob"), await as_user(None)
+    assert len(inner.calls) == 3 and not (alice.cached or bob.cached or nobody.cached)
+    assert (await as_user("bob")).output == bob.output and len(inner.calls) == 3
+    # Runs without a user keep the key they always had.
+    assert (await call(tools, lookup_tool(), order())).cached is True
 
 
 async def test_side_effecting_tools_never_touch_the_cache(store: SpyStore) -> None:

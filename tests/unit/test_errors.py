@@ -29,6 +29,8 @@ SAMPLE_ARGUMENTS: dict[str, object] = {
     "reset_s": 12.0,
     "batch_id": "batch-0123",
     "service": "rayfleet-store",
+    "asked": 11,
+    "cap": 10,
 }
 
 CLASSES = all_error_classes()

@@ -18,6 +18,7 @@ from agents.messages import Usage
 from agents.spec import AgentSpec
 from agents.summary import RunSummary
 from serve_app.admin_routes import AdminRoutes
+from serve_app.approval_routes import ApprovalRoutes
 from serve_app.gateway import Gateway
 from serve_app.openapi import AGENT_PATTERN, RUN_ID_PATTERN, openapi_document, openapi_endpoint
 from serve_app.schemas import RunRequest
@@ -28,7 +29,7 @@ NOT_MOUNTED_YET = {("GET", "/openapi.json")}
 """Documented before the gateway serves it; once the route exists it is checked like any."""
 
 
-class _Endpoints(AdminRoutes):
+class _Endpoints(AdminRoutes, ApprovalRoutes):
     """Stands in for a Gateway replica: every `self._http_*` handler of the gateway itself is
     a no-op (the admin routes' are never called). Building the Starlette app this way needs
     neither Ray nor a deployment."""

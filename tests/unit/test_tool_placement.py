@@ -189,10 +189,16 @@ class Recorded:
         idempotency_key: str,
         timeout_s: float,
         tenant: str = "default",
+        user: str | None = None,
     ) -> ToolOutcome:
         self.tools.append(tool.name)
         return await self.pool.call(
-            tool, call, idempotency_key=idempotency_key, timeout_s=timeout_s, tenant=tenant
+            tool,
+            call,
+            idempotency_key=idempotency_key,
+            timeout_s=timeout_s,
+            tenant=tenant,
+            user=user,
         )
 
 

@@ -1,6 +1,6 @@
 // A run's page: its summary, budget progress, live timeline (timeline.js) and waterfall
 // (waterfall.js) from the event stream, the final output and status, and a cancel button.
-// Approve / reject buttons come with approvals (issue 14): see approvals.js.
+// A tool call that waits for a person shows with approve / edit / reject buttons: approvals.js.
 import { call, el, problemText, streamEvents, TERMINAL } from "./api.js";
 import { approvalFor } from "./approvals.js";
 import { Budget } from "./budget.js";
@@ -9,6 +9,7 @@ import { Timeline } from "./timeline.js";
 import { Waterfall } from "./waterfall.js";
 
 const STATUS = { "run.completed": "completed", "run.failed": "failed", "run.cancelled": "cancelled" };
+const LIVE = new Set(["running", "awaiting_approval"]);  // what a cancel still stops
 
 export async function runPage(root, runId) {
   root.append(el("h2", `Run ${runId}`));
@@ -24,7 +25,7 @@ export async function runPage(root, runId) {
   const run = summary.data;
   const status = el("span", run.status, { class: "badge", id: "run-status", "data-status": run.status });
   const cancel = el("button", "Cancel run", { id: "run-cancel", type: "button" });
-  cancel.disabled = run.status !== "running";
+  cancel.disabled = !LIVE.has(run.status);
   const meta = el("p", `${run.agent}@${run.version} · tenant ${run.tenant} · ${run.assignment} · created ${when(run.created_at)}`, { class: "meta", id: "run-meta" });
   const cost = el("p", "", { class: "meta", id: "run-cost" });
   const message = el("div");
@@ -47,9 +48,12 @@ export async function runPage(root, runId) {
 
   const steps = new Timeline(timeline);
   const bars = new Waterfall(waterfall);
+  const show = (now) => {
+    status.textContent = now;
+    status.dataset.status = now;
+  };
   const finish = (event, text) => {
-    status.textContent = STATUS[event.kind];
-    status.dataset.status = STATUS[event.kind];
+    show(STATUS[event.kind]);
     cancel.disabled = true;
     const usage = event.usage || {};
     cost.textContent = `${event.steps} steps · ${usage.input_tokens ?? 0} in, ${usage.output_tokens ?? 0} out · ${money(event.cost_usd)}`;
@@ -59,6 +63,8 @@ export async function runPage(root, runId) {
   const stop = new AbortController();
   const streamed = streamEvents(runId, (event) => {
     if (event.kind === "budget.progress") budget.update(event);
+    else if (event.kind === "approval.requested") show("awaiting_approval");
+    else if (event.kind === "approval.decided") show("running");
     else if (event.kind === "run.completed") finish(event, event.output);
     else if (event.kind === "run.failed") finish(event, `${event.code}: ${event.message}`);
     else if (event.kind === "run.cancelled") finish(event, `cancelled: ${event.reason}`);

@@ -5,7 +5,7 @@ import { call, el, problemText } from "./api.js";
 import { followRuns } from "./liveruns.js";
 import { runTable } from "./runtable.js";
 
-const STATUSES = ["running", "completed", "failed", "cancelled"];
+const STATUSES = ["running", "awaiting_approval", "completed", "failed", "cancelled"];
 const TIMES = ["since", "until"];
 const TEXTS = ["version", "tenant"];
 const LIMIT = 50;
