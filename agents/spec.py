@@ -108,8 +108,14 @@ class ToolSpec(_Config):
     approval: ApprovalRule | None = Field(
         None,
         description="Calls wait for a person's decision before the tool runs (all of them, or "
-        "those the rule's `when` and `tenants` pick): see agents/approvals.py.",
+        "those the rule's `when` and `tenants` pick): see agents/approvals.py. `required` is "
+        "short for a rule with every default.",
     )
+
+    @field_validator("approval", mode="before")
+    @classmethod
+    def _required(cls, value: object) -> object:
+        return {} if value == "required" else value
 
     @field_validator("parameters")
     @classmethod

@@ -17,7 +17,7 @@ from agents.events import ApprovalDecided, ApprovalRequested, Event, ModelComple
 from agents.examples import example_specs, support_tools
 from agents.loop import Ports, RunInput, execute_run
 from agents.messages import ToolCall
-from agents.spec import AgentSpec
+from agents.spec import AgentSpec, ToolSpec
 from agents.summary import summarize
 from tests.scripted import Reply, ScriptedModel
 
@@ -213,3 +213,10 @@ def test_the_rule_language(source: str, arguments: dict[str, Any], matches: bool
 def test_anything_else_is_refused_at_load(source: str) -> None:
     with pytest.raises(ValueError, match=r"approval\.when"):
         ApprovalRule(when=source)
+
+
+def test_required_is_a_rule_with_every_default() -> None:
+    tool = ToolSpec(name="refund", description="refunds", function="a:b", approval="required")
+    assert tool.approval == ApprovalRule()
+    with pytest.raises(ValueError, match="approval"):
+        ToolSpec(name="refund", description="refunds", function="a:b", approval="sometimes")
