@@ -42,6 +42,7 @@ from tenacity import (
 )
 from tenacity.stop import stop_base
 
+from actors.mcp_sessions import McpSessions
 from actors.state import process_state
 from agents.errors import ToolFailed
 from agents.logs import configure_logging, first_traceback
@@ -121,6 +122,7 @@ class ToolPool:
         ledger: EffectLedger | None = None,
         sleep: Sleep = asyncio.sleep,
         threads: int | None = None,
+        mcp: McpSessions | None = None,
     ) -> None:
         if max_concurrency < 1:
             raise ValueError(f"max_concurrency must be >= 1, not {max_concurrency}")
@@ -137,6 +139,12 @@ class ToolPool:
         self._sleep = sleep
         self._keys = _KeyLocks()
         self._recording: set[asyncio.Future[None]] = set()  # strong refs while shielded
+        # MCP tools: one session per server (and credentials) for every call of this pool.
+        self._mcp = mcp if mcp is not None else McpSessions()
+
+    async def aclose(self) -> None:
+        """Close the pool's MCP sessions (each in its own owner task)."""
+        await self._mcp.aclose()
 
     async def call(
         self,
@@ -274,9 +282,10 @@ class ToolPool:
     def _slot_of(self, tool: ToolSpec) -> contextlib.AbstractAsyncContextManager[Any]:
         """What an attempt holds besides a pool slot: one of the tool's own, if it has a cap.
         Keyed by function and cap: a redeployed tool with a new cap gets its own."""
-        if tool.max_concurrency is None or tool.function is None:
+        target = tool.function or (f"mcp:{tool.mcp.url}#{tool.mcp.tool}" if tool.mcp else None)
+        if tool.max_concurrency is None or target is None:
             return contextlib.nullcontext()
-        key = (tool.function, tool.max_concurrency)
+        key = (target, tool.max_concurrency)
         slots = self._tool_slots.get(key)
         if slots is None:
             slots = self._tool_slots[key] = asyncio.Semaphore(tool.max_concurrency)
@@ -342,11 +351,28 @@ class ToolPool:
     def _prepare(
         self, tool: ToolSpec, call: ToolCall, idempotency_key: str, tenant: str, user: str | None
     ) -> tuple[dict[str, Any], Callable[..., Any]]:
+        if tool.mcp is not None:
+            return self._prepare_mcp(tool, call, idempotency_key)
         if tool.function is None:
             raise _Unusable(f"tool {tool.name} is a sub-agent: the run loop calls it, not a pool")
         resolved = self._resolve(tool.function)
         kwargs = _arguments(tool, call, resolved, idempotency_key, tenant, user)
         return kwargs, resolved.function
+
+    def _prepare_mcp(
+        self, tool: ToolSpec, call: ToolCall, idempotency_key: str
+    ) -> tuple[dict[str, Any], Callable[..., Any]]:
+        """An MCP tool's call: the model's arguments as they are (the server validates them
+        against its schema); a side-effecting one also carries the idempotency key."""
+        locator = tool.mcp
+        assert locator is not None
+        key = idempotency_key if tool.side_effects else None
+        sessions = self._mcp
+
+        async def call_mcp(**arguments: Any) -> Any:
+            return await sessions.call(locator, arguments, key)
+
+        return dict(call.arguments), call_mcp
 
     def _resolve(self, path: str) -> _Resolved:
         cached = self._resolved.get(path)

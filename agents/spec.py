@@ -20,6 +20,7 @@ from pydantic import (
 from agents.approvals import ApprovalRule
 from agents.errors import AgentSpecError
 from agents.guardrails import schema_problem
+from agents.mcp import ListedTool, McpLocator, McpServerSpec, selected, tool_names, visible_schema
 from agents.messages import ToolSchema
 
 _NAME = r"^[a-z][a-z0-9_-]{0,62}$"
@@ -53,8 +54,10 @@ class TierSpec(_Config):
 
 
 class ToolSpec(_Config):
-    """A tool: a Python function ('module:attribute' of an async or sync callable), or a
-    sub-agent (`agent`) that runs on the task the model hands it and answers with its output.
+    """A tool: a Python function ('module:attribute' of an async or sync callable), a
+    sub-agent (`agent`) that runs on the task the model hands it and answers with its output,
+    or a tool of an MCP server (`mcp`, made from the agent's `{mcp: ...}` entries when it is
+    loaded: see agents/mcp.py).
     """
 
     name: str = Field(pattern=_NAME, description="The name the model calls the tool by.")
@@ -71,6 +74,9 @@ class ToolSpec(_Config):
         description="A sub-agent used as this tool (in YAML: a path to its spec file, relative "
         "to this one). It gets the `task` argument as its input, runs with its own tiers and "
         "budgets (its dollars capped by what the caller has left) and streams nested events.",
+    )
+    mcp: McpLocator | None = Field(
+        None, description="A tool of an MCP server (filled in by discovery, not written by hand)."
     )
     side_effects: bool = Field(False, description="True if calling it changes the world.")
     dry_run_result: JsonValue | None = Field(
@@ -129,8 +135,11 @@ class ToolSpec(_Config):
 
     @model_validator(mode="after")
     def _function_or_agent(self) -> Self:
-        if (self.function is None) == (self.agent is None):
-            raise ValueError(f"tool {self.name!r} needs exactly one of 'function' and 'agent'")
+        kinds = [k for k in (self.function, self.agent, self.mcp) if k is not None]
+        if len(kinds) != 1:
+            raise ValueError(
+                f"tool {self.name!r} needs exactly one of 'function', 'agent' and 'mcp'"
+            )
         return self
 
     @model_validator(mode="after")
@@ -256,7 +265,19 @@ class AgentSpec(_Config):
     wrap_up_tier: str | None = Field(
         None, description="Tier of the wrap-up call; default 'fast' if declared, else loop_tier."
     )
-    tools: tuple[ToolSpec, ...] = Field((), description="Tools the model may call.")
+    tools: tuple[ToolSpec, ...] = Field(
+        (),
+        description="Tools the model may call. An entry `{mcp: {url: ..., tools: [...] | '*'}}` "
+        "names an MCP server instead (moved to `mcp_servers`, its tools listed at load).",
+    )
+    mcp_servers: tuple[McpServerSpec, ...] = Field(
+        (), description="The `{mcp: ...}` entries of `tools`, in order."
+    )
+    mcp_listed: bool = Field(
+        False,
+        description="True once the servers' tools have been listed and added to `tools` "
+        "(actors.mcp_sessions.discover); a run needs it if there are servers.",
+    )
     budgets: BudgetSpec = Field(default_factory=BudgetSpec, description="Per-run limits.")
     context: ContextSpec = Field(
         default_factory=ContextSpec, description="Context pruning: how much a model call carries."
@@ -292,6 +313,31 @@ class AgentSpec(_Config):
             raise ValueError(f"unknown tier {value!r} in agent {agent!r} (known: {known})")
         return value
 
+    @model_validator(mode="before")
+    @classmethod
+    def _mcp_entries(cls, data: Any) -> Any:
+        # `{mcp: {...}}` in `tools` is a server, not a tool: kept apart so `tools` holds only
+        # ToolSpecs (a resolved MCP ToolSpec has a `name`, so the two never look alike).
+        if not isinstance(data, dict) or not isinstance(data.get("tools"), list | tuple):
+            return data
+        entries = [t for t in data["tools"] if isinstance(t, dict) and set(t) == {"mcp"}]
+        if not entries:
+            return data
+        tools = [t for t in data["tools"] if not (isinstance(t, dict) and set(t) == {"mcp"})]
+        servers = [*data.get("mcp_servers", ()), *(entry["mcp"] for entry in entries)]
+        return {**data, "tools": tools, "mcp_servers": servers}
+
+    @model_validator(mode="after")
+    def _servers_distinct(self) -> Self:
+        names = [server.server_name for server in self.mcp_servers]
+        duplicates = sorted({n for n in names if names.count(n) > 1})
+        if duplicates:
+            raise ValueError(
+                f"MCP servers of agent {self.name!r} share the name(s) {duplicates}: give "
+                "each a distinct `name`"
+            )
+        return self
+
     @model_validator(mode="after")
     def _references_resolve(self) -> Self:
         names = [tool.name for tool in self.tools]
@@ -315,6 +361,49 @@ class AgentSpec(_Config):
     def cheap_tier_name(self) -> str:
         """The tier for summaries (and, by default, the wrap-up): 'fast' if declared."""
         return "fast" if "fast" in self.tiers else self.loop_tier
+
+    def with_mcp_tools(self, listings: list[list[ListedTool]]) -> AgentSpec:
+        """This spec with its MCP servers' tools added as ToolSpecs (`listings`: what each
+        server in `mcp_servers` lists, in order). Raises ValueError for a tool the entry names
+        that the server does not list, or a schema that is not one."""
+        if self.mcp_listed:
+            return self
+        chosen = [
+            (server, selected(server, listed))
+            for server, listed in zip(self.mcp_servers, listings, strict=True)
+        ]
+        names = tool_names(chosen, {tool.name for tool in self.tools})
+        added: list[ToolSpec] = []
+        for index, (server, tools) in enumerate(chosen):
+            for listed in tools:
+                schema, takes_key = visible_schema(listed.input_schema)
+                approval = server.approval
+                if server.approval_tools != "*" and listed.name not in server.approval_tools:
+                    approval = None
+                side_effects = listed.name in server.side_effects
+                locator = McpLocator(
+                    url=server.url,
+                    server=server.server_name,
+                    tool=listed.name,
+                    headers_env=server.headers_env,
+                    idempotency_arg=takes_key,
+                )
+                added.append(
+                    ToolSpec(
+                        name=names[(index, listed.name)],
+                        description=listed.description
+                        or f"{listed.name} (a tool of MCP server {server.server_name})",
+                        parameters=schema,
+                        mcp=locator,
+                        side_effects=side_effects,
+                        timeout_s=server.timeout_s,
+                        cache_ttl_s=None if side_effects else server.cache_ttl_s,
+                        approval=approval,
+                    )
+                )
+        # Validated again (not model_copy): a new name must not clash with one already there.
+        resolved = self.model_copy(update={"tools": (*self.tools, *added), "mcp_listed": True})
+        return AgentSpec.model_validate(resolved.model_dump())
 
     def tool(self, name: str) -> ToolSpec | None:
         return next((tool for tool in self.tools if tool.name == name), None)
