@@ -23,6 +23,7 @@ from pydantic import JsonValue
 from actors.breaker import BreakerState
 from actors.caches import CachedModel, CachedTools, CacheStore
 from actors.credentials import TenantContext
+from actors.mcp_tenant import TenantMcpTools, mcp_credentials
 from actors.metrics import RunObserver, rayfleet_metrics
 from actors.outcomes import RunOutcome
 from actors.router import ModelRouter
@@ -410,6 +411,8 @@ class RunHost:
 
         model = model_for(spec)
         tools: ToolPort = self._tools
+        if mcp_credentials(context):
+            tools = TenantMcpTools(tools, context)
         if context.shadow_of is not None and self._store is not None:
             tools = _ShadowTools(self._tools, self._store, context.shadow_of)
         ports = Ports(

@@ -55,7 +55,12 @@ class TenantModel:
         if not context.credentials and context.use_default_credentials:
             return None
         if self._credentials is None:
-            keys = {name: ref.resolve() for name, ref in context.credentials.items()}
+            # 'mcp:<server>' tokens are read where an MCP session opens (actors.mcp_tenant).
+            keys = {
+                name: ref.resolve()
+                for name, ref in context.credentials.items()
+                if not name.startswith("mcp:")
+            }
             self._credentials = Credentials(keys, allow_default=context.use_default_credentials)
         return self._credentials
 

@@ -7,6 +7,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from actors.mcp_sessions import discover_now
 from actors.settings import RuntimeSettings
 from agents.errors import ConfigError
 from agents.examples import EXAMPLES_DIR, example_specs
@@ -53,7 +54,12 @@ class AppConfig(BaseModel):
             raise ConfigError("invalid rayfleet app config:\n" + "\n".join(lines)) from None
 
     def load_specs(self) -> list[AgentSpec]:
-        specs = [AgentSpec.from_yaml(_spec_path(p)) for p in self.agents] or example_specs()
+        # MCP servers' tools are listed here, once per deploy: a server that is down fails
+        # the deploy with its URL named, and the specs that travel to run hosts are data.
+        specs = [
+            discover_now(AgentSpec.from_yaml(path), str(path))
+            for path in map(_spec_path, self.agents)
+        ] or example_specs()
         seen: set[str] = set()
         for spec in specs:
             if spec.key in seen:
