@@ -31,6 +31,7 @@ from typing import Any, TypeVar
 import anyio
 import httpx2
 from mcp import Client
+from mcp.client.client import ConnectMode
 from mcp.client.streamable_http import streamable_http_client
 from mcp.shared.exceptions import MCPError
 from mcp_types import CallToolResult, TextContent
@@ -78,8 +79,10 @@ class McpSession:
         *,
         initial_backoff_s: float = 0.1,
         max_backoff_s: float = 5.0,
+        mode: ConnectMode = "auto",
     ) -> None:
         self.url = url
+        self._mode: ConnectMode = mode
         self.connects = 0
         self._headers = headers
         self._queue: asyncio.Queue[_Request] = asyncio.Queue()
@@ -142,7 +145,8 @@ class McpSession:
         """One session: open it in this task, serve requests until one finds it broken."""
         http = httpx2.AsyncClient(headers=self._headers(), timeout=_TIMEOUT)
         broken = anyio.Event()
-        async with http, Client(streamable_http_client(self.url, http_client=http)) as client:
+        transport = streamable_http_client(self.url, http_client=http)
+        async with http, Client(transport, mode=self._mode) as client:
             self.connects += 1
             self._failures = 0
             logger.info("MCP session to %s open", self.url)
@@ -228,9 +232,18 @@ def _env_headers(headers_env: dict[str, str], url: str) -> dict[str, str]:
 class McpSessions:
     """The sessions of one process (one event loop): one per server and credentials."""
 
-    def __init__(self, *, initial_backoff_s: float = 0.1, max_backoff_s: float = 5.0) -> None:
+    def __init__(
+        self,
+        *,
+        initial_backoff_s: float = 0.1,
+        max_backoff_s: float = 5.0,
+        mode: ConnectMode = "auto",
+    ) -> None:
+        """`mode`: the SDK's protocol negotiation ('auto': the newest the server speaks;
+        'legacy': the stateful initialize handshake of pre-2026 servers)."""
         self._sessions: dict[tuple[str, ...], McpSession] = {}
         self._backoff = (initial_backoff_s, max_backoff_s)
+        self._mode: ConnectMode = mode
 
     def session(self, locator: McpLocator) -> McpSession:
         key = locator.session_key
@@ -241,6 +254,7 @@ class McpSessions:
                 lambda: locator_headers(locator),
                 initial_backoff_s=self._backoff[0],
                 max_backoff_s=self._backoff[1],
+                mode=self._mode,
             )
         return found
 

@@ -222,3 +222,30 @@ async def test_a_tenant_without_its_own_token_may_not_use_the_deployments(
         lookup, call("lookup", city="x"), idempotency_key="k", timeout_s=10
     )
     assert allowed.ok and "Bearer deployment" in server.auth()
+
+
+async def test_a_stateful_session_is_opened_again_after_the_server_restarts(
+    server: McpServerProcess, tools: dict[str, ToolSpec]
+) -> None:
+    # The handshake-era protocol keeps a session id on the server: after a restart the server
+    # answers 'Session terminated', and the owner opens a new session (the retry succeeds).
+    legacy = McpSessions(initial_backoff_s=0.05, max_backoff_s=0.2, mode="legacy")
+    pool = ToolPool(retry=RETRY, mcp=legacy)
+    lookup = tools["lookup"]
+    assert lookup.mcp is not None
+    try:
+        for city in ("a", "b"):
+            outcome = await pool.call(
+                lookup, call("lookup", city=city), idempotency_key="k", timeout_s=10
+            )
+            assert outcome.ok
+        assert legacy.session(lookup.mcp).connects == 1
+        server.restart()
+        outcome = await pool.call(
+            lookup, call("lookup", city="c"), idempotency_key="k", timeout_s=10
+        )
+        assert outcome.ok and outcome.output == "weather in c: sunny"
+        assert outcome.attempts == 2
+        assert legacy.session(lookup.mcp).connects == 2
+    finally:
+        await legacy.aclose()
