@@ -9,7 +9,7 @@ load or deploy time) and calls them; `resolve_tools` below turns those listings 
 from __future__ import annotations
 
 import re
-from typing import Literal, Self
+from typing import Any, Literal, Self
 from urllib.parse import urlsplit
 
 from pydantic import BaseModel, ConfigDict, Field, JsonValue, field_validator, model_validator
@@ -194,3 +194,43 @@ def tool_names(
                 model_name(f"{server.server_name}__{tool.name}") if shared else base
             )
     return names
+
+
+def mcp_tool_fields(
+    servers: tuple[McpServerSpec, ...], listings: list[list[ListedTool]], taken: set[str]
+) -> list[dict[str, Any]]:
+    """The ToolSpec fields of every tool the servers' entries select from their listings
+    (in order), named by `tool_names`; `taken`: the names the agent's other tools have."""
+    chosen = [
+        (server, selected(server, listed)) for server, listed in zip(servers, listings, strict=True)
+    ]
+    names = tool_names(chosen, taken)
+    fields: list[dict[str, Any]] = []
+    for index, (server, tools) in enumerate(chosen):
+        for listed in tools:
+            schema, takes_key = visible_schema(listed.input_schema)
+            wants_approval = server.approval_tools == "*" or listed.name in server.approval_tools
+            side_effects = listed.name in server.side_effects
+            locator = McpLocator(
+                url=server.url,
+                server=server.server_name,
+                tool=listed.name,
+                headers_env=server.headers_env,
+                idempotency_arg=takes_key,
+            )
+            fields.append(
+                {
+                    "name": names[(index, listed.name)],
+                    "description": listed.description
+                    or f"{listed.name} (a tool of MCP server {server.server_name})",
+                    "parameters": schema,
+                    "mcp": locator.model_dump(),
+                    "side_effects": side_effects,
+                    "timeout_s": server.timeout_s,
+                    "cache_ttl_s": None if side_effects else server.cache_ttl_s,
+                    "approval": server.approval.model_dump()
+                    if server.approval is not None and wants_approval
+                    else None,
+                }
+            )
+    return fields

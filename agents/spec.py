@@ -20,7 +20,7 @@ from pydantic import (
 from agents.approvals import ApprovalRule
 from agents.errors import AgentSpecError
 from agents.guardrails import schema_problem
-from agents.mcp import ListedTool, McpLocator, McpServerSpec, selected, tool_names, visible_schema
+from agents.mcp import ListedTool, McpLocator, McpServerSpec, mcp_tool_fields
 from agents.messages import ToolSchema
 
 _NAME = r"^[a-z][a-z0-9_-]{0,62}$"
@@ -368,42 +368,12 @@ class AgentSpec(_Config):
         that the server does not list, or a schema that is not one."""
         if self.mcp_listed:
             return self
-        chosen = [
-            (server, selected(server, listed))
-            for server, listed in zip(self.mcp_servers, listings, strict=True)
-        ]
-        names = tool_names(chosen, {tool.name for tool in self.tools})
-        added: list[ToolSpec] = []
-        for index, (server, tools) in enumerate(chosen):
-            for listed in tools:
-                schema, takes_key = visible_schema(listed.input_schema)
-                approval = server.approval
-                if server.approval_tools != "*" and listed.name not in server.approval_tools:
-                    approval = None
-                side_effects = listed.name in server.side_effects
-                locator = McpLocator(
-                    url=server.url,
-                    server=server.server_name,
-                    tool=listed.name,
-                    headers_env=server.headers_env,
-                    idempotency_arg=takes_key,
-                )
-                added.append(
-                    ToolSpec(
-                        name=names[(index, listed.name)],
-                        description=listed.description
-                        or f"{listed.name} (a tool of MCP server {server.server_name})",
-                        parameters=schema,
-                        mcp=locator,
-                        side_effects=side_effects,
-                        timeout_s=server.timeout_s,
-                        cache_ttl_s=None if side_effects else server.cache_ttl_s,
-                        approval=approval,
-                    )
-                )
-        # Validated again (not model_copy): a new name must not clash with one already there.
-        resolved = self.model_copy(update={"tools": (*self.tools, *added), "mcp_listed": True})
-        return AgentSpec.model_validate(resolved.model_dump())
+        added = mcp_tool_fields(self.mcp_servers, listings, {tool.name for tool in self.tools})
+        data = self.model_dump()
+        # Validated again: a new name must not clash with one already there.
+        return AgentSpec.model_validate(
+            {**data, "tools": [*data["tools"], *added], "mcp_listed": True}
+        )
 
     def tool(self, name: str) -> ToolSpec | None:
         return next((tool for tool in self.tools if tool.name == name), None)

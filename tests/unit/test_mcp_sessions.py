@@ -19,6 +19,7 @@ from agents.errors import AgentSpecError
 from agents.messages import ToolCall
 from agents.ports import ToolOutcome
 from agents.spec import AgentSpec, ToolSpec
+from serve_app.config import AppConfig
 from tests.helpers import eventually
 from tests.mcp_server import McpServerProcess, free_port
 
@@ -249,3 +250,28 @@ async def test_a_stateful_session_is_opened_again_after_the_server_restarts(
         assert legacy.session(lookup.mcp).connects == 2
     finally:
         await legacy.aclose()
+
+
+def agent_yaml(path: Path, url: str) -> Path:
+    path.write_text(
+        "name: shopper\nsystem_prompt: Help.\n"
+        "tiers: {strong: {chain: [{provider: sim-openai, model: sim-strong}]}}\n"
+        f"tools:\n  - mcp: {{url: '{url}', name: shop, side_effects: [place_order]}}\n"
+    )
+    return path
+
+
+def test_the_app_config_lists_mcp_tools_when_it_loads_agents(
+    server: McpServerProcess, tmp_path: Path
+) -> None:
+    path = agent_yaml(tmp_path / "shopper.yaml", server.url)
+    (spec,) = AppConfig.from_args({"agents": [str(path)]}).load_specs()
+    assert spec.mcp_listed
+    assert sorted(t.name for t in spec.tools) == ["broken", "lookup", "place_order", "slow"]
+
+
+def test_the_app_config_refuses_an_agent_whose_server_is_down(tmp_path: Path) -> None:
+    url = f"http://127.0.0.1:{free_port()}/mcp"
+    path = agent_yaml(tmp_path / "shopper.yaml", url)
+    with pytest.raises(AgentSpecError, match=f"shopper.yaml: agent 'shopper': MCP server {url}"):
+        AppConfig.from_args({"agents": [str(path)]}).load_specs()
