@@ -74,6 +74,9 @@ class McpServerSpec(BaseModel):
         parts = urlsplit(value)
         if parts.scheme not in ("http", "https") or not parts.hostname:
             raise ValueError(f"MCP server url {value!r} is not an http(s) URL")
+        if parts.username is not None or parts.password is not None:
+            # A URL is logged and stored with every run: secrets go in headers_env.
+            raise ValueError("MCP server url carries credentials: put them in headers_env")
         return value
 
     @field_validator("headers_env")

@@ -52,6 +52,7 @@ def test_an_mcp_entry_is_a_server_not_a_tool() -> None:
     ("entry", "says"),
     [
         ({"url": "ftp://h/mcp"}, "not an http(s) URL"),
+        ({"url": "http://me:secret@h/mcp"}, "carries credentials: put them in headers_env"),
         ({"url": "http://h/mcp", "tools": ["a"], "side_effects": ["b"]}, "not in `tools`"),
         ({"url": "http://h/mcp", "headers_env": {"Authorization": "lower"}}, "env var name"),
         ({"url": "http://h/mcp", "transport": "stdio"}, "Extra inputs"),

@@ -1,0 +1,88 @@
+"""MCP tools in real runs: an agent whose tools come from a real MCP server (tests/mcp_server.py)
+runs through a run host (read-only tools) and the tool-pool actor (side-effecting ones), and
+survives the server restarting in the middle of a run."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from actors.mcp_sessions import discover
+from actors.runs_client import Runs
+from actors.runtime import ensure_runtime
+from actors.settings import RuntimeSettings
+from agents.events import Event, ToolResulted
+from agents.spec import AgentSpec
+from tests.actors.test_durability import ANSWER, assert_one_clean_stream, collect, support
+from tests.fixtures_sim import Sim
+from tests.helpers import wait_for
+from tests.mcp_server import McpServerProcess
+
+pytestmark = pytest.mark.ray
+
+Settings = Callable[..., RuntimeSettings]
+
+
+@pytest.fixture
+def server(tmp_path: Path) -> Iterator[McpServerProcess]:
+    (state := tmp_path / "mcp").mkdir()
+    process = McpServerProcess(state)
+    process.start()
+    try:
+        yield process
+    finally:
+        process.stop()
+
+
+async def shop_agent(url: str) -> AgentSpec:
+    data = support().model_dump()
+    data["tools"] = [{"mcp": {"url": url, "name": "shop", "side_effects": ["place_order"]}}]
+    return await discover(AgentSpec.model_validate(data))
+
+
+def call(name: str, **arguments: Any) -> dict[str, Any]:
+    return {"type": "tool_call", "name": name, "arguments": arguments}
+
+
+def results(events: list[Event]) -> list[ToolResulted]:
+    return [e for e in events if isinstance(e, ToolResulted)]
+
+
+async def test_a_run_calls_mcp_tools_and_survives_a_server_restart(
+    settings_for: Settings, sim: Sim, server: McpServerProcess
+) -> None:
+    runs = Runs(settings := settings_for(), await ensure_runtime(settings))
+    spec = await shop_agent(server.url)
+    sim.script(
+        call("lookup", city="Oslo"),
+        call("broken"),
+        call("lookup", city="Rome"),
+        call("place_order", item="kettle"),
+        ANSWER,
+    )
+    run_id = await runs.start(spec, "Weather, then order a kettle.")
+    reader = asyncio.create_task(collect(runs, run_id))
+    # The server restarts once the run has made its first call: the later calls find a
+    # session the server no longer has (or no server yet) and are retried on a new one.
+    await asyncio.to_thread(wait_for, lambda: (server.state / "lookups.log").exists(), 60)
+    await asyncio.to_thread(server.restart)
+    events = await reader
+
+    assert_one_clean_stream(events)
+    assert events[-1].kind == "run.completed", events[-1]
+    found = results(events)
+    assert [(r.tool, r.ok) for r in found] == [
+        ("lookup", True),
+        ("broken", False),
+        ("lookup", True),
+        ("place_order", True),
+    ], found
+    assert found[0].output == "weather in Oslo: sunny"
+    assert found[2].output == "weather in Rome: sunny"
+    assert found[3].output == "order 1 placed for kettle"
+    (key,) = server.orders()  # once, with the run's idempotency key
+    assert run_id in key
