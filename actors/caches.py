@@ -264,6 +264,8 @@ class CachedTools:
                 user=user,
             )
         parts: list[JsonValue] = [tool.name, tool.function, call.arguments]
+        if tool.mcp is not None:  # two servers' tools may share a name across agents
+            parts.append({"mcp": f"{tool.mcp.url}#{tool.mcp.tool}"})
         if user is not None:  # runs without a user keep the keys they had
             parts.append({"user": user})
         key = cache_key("tool", tenant, *parts)

@@ -11,6 +11,7 @@ from typing import Any
 
 import pytest
 
+from actors.caches import CachedTools, CacheStore
 from actors.credentials import CredentialRef, TenantContext
 from actors.mcp_sessions import McpSessions, discover
 from actors.mcp_tenant import TenantMcpTools
@@ -275,3 +276,24 @@ def test_the_app_config_refuses_an_agent_whose_server_is_down(tmp_path: Path) ->
     path = agent_yaml(tmp_path / "shopper.yaml", url)
     with pytest.raises(AgentSpecError, match=f"shopper.yaml: agent 'shopper': MCP server {url}"):
         AppConfig.from_args({"agents": [str(path)]}).load_specs()
+
+
+async def test_a_read_only_tool_with_a_ttl_is_answered_from_the_cache(
+    pool: ToolPool, server: McpServerProcess, tmp_path: Path
+) -> None:
+    spec = await discover(spec_for(server.url, cache_ttl_s=60))
+    lookup = spec.tool("lookup")
+    assert lookup is not None and lookup.cache_ttl_s == 60
+    store = CacheStore(str(tmp_path / "cache"))
+    try:
+        cached = CachedTools(pool, store)
+        first, again = [
+            await cached.call(
+                lookup, call("lookup", city="Oslo"), idempotency_key="k", timeout_s=10
+            )
+            for _ in range(2)
+        ]
+    finally:
+        store.close()
+    assert first.ok and not first.cached and again.cached and again.output == first.output
+    assert (server.state / "lookups.log").read_text().splitlines() == ["Oslo"]
