@@ -409,7 +409,11 @@ class AgentSpec(_Config):
 def _describe(exc: ValidationError, source: str) -> str:
     lines = []
     for error in exc.errors(include_url=False):
-        path = ".".join(str(part) for part in error["loc"]) or "(top level)"
+        loc = list(error["loc"])
+        if loc[:1] == ["mcp_servers"] and len(loc) > 1 and isinstance(loc[1], int):
+            # Written as `tools: [{mcp: ...}]`: name it so, not by the field it moved to.
+            loc = [f"tools (mcp entry {loc[1] + 1})", *loc[2:]]
+        path = ".".join(str(part) for part in loc) or "(top level)"
         lines.append(f"{source}: {path}: {error['msg']}")
     return "\n".join(lines)
 

@@ -64,6 +64,11 @@ def test_a_bad_mcp_entry_is_a_clear_spec_error(entry: dict[str, Any], says: str)
         agent({"mcp": entry})
 
 
+def test_the_error_names_the_entry_as_written() -> None:
+    with pytest.raises(AgentSpecError, match=r"tools \(mcp entry 2\)\.url: .*not an http"):
+        agent({"mcp": {"url": "http://h/mcp", "name": "one"}}, {"mcp": {"url": "file:///x"}})
+
+
 def test_two_servers_with_one_name_need_distinct_names() -> None:
     with pytest.raises(AgentSpecError, match="share the name"):
         agent({"mcp": {"url": "http://127.0.0.1:1/mcp"}}, {"mcp": {"url": "http://127.0.0.1:2/a"}})
