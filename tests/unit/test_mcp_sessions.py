@@ -297,3 +297,25 @@ async def test_a_read_only_tool_with_a_ttl_is_answered_from_the_cache(
         store.close()
     assert first.ok and not first.cached and again.cached and again.output == first.output
     assert (server.state / "lookups.log").read_text().splitlines() == ["Oslo"]
+
+
+async def test_a_cancelled_caller_cancels_only_its_own_request(
+    pool: ToolPool, server: McpServerProcess, sessions: McpSessions, tools: dict[str, ToolSpec]
+) -> None:
+    slow, lookup = tools["slow"], tools["lookup"]
+    waiting = asyncio.create_task(
+        pool.call(slow, call("slow", seconds=60), idempotency_key="k", timeout_s=120)
+    )
+    other = asyncio.create_task(
+        pool.call(lookup, call("lookup", city="Oslo"), idempotency_key="k", timeout_s=10)
+    )
+    assert (await other).ok
+    waiting.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await waiting
+    # Another task again, on the same session: the cancel stayed inside the owner's tasks.
+    after = await asyncio.create_task(
+        pool.call(lookup, call("lookup", city="Rome"), idempotency_key="k", timeout_s=10)
+    )
+    assert after.ok and after.output == "weather in Rome: sunny"
+    assert slow.mcp is not None and sessions.session(slow.mcp).connects == 1
