@@ -11,6 +11,7 @@ from typing import Any
 
 import pytest
 
+from actors.credentials import CredentialRef, TenantContext
 from actors.mcp_sessions import discover
 from actors.runs_client import Runs
 from actors.runtime import ensure_runtime
@@ -89,3 +90,27 @@ async def test_a_run_calls_mcp_tools_and_survives_a_server_restart(
     assert found[3].output == "order 1 placed for kettle"
     (key,) = server.orders()  # once, with the run's idempotency key
     assert run_id in key
+
+
+async def test_each_tenants_runs_reach_the_server_with_its_own_token(
+    settings_for: Settings, sim: Sim, server: McpServerProcess, tmp_path: Path
+) -> None:
+    runs = Runs(settings := settings_for(), await ensure_runtime(settings))
+    spec = await shop_agent(server.url)
+    listed = len(server.auth())  # discovery's requests: the deployment's, with no token
+    for tenant in ("acme", "globex"):
+        # A file, not an env var: the run hosts are processes of the session's Ray.
+        (token := tmp_path / f"{tenant}.token").write_text(f"token-of-{tenant}\n")
+        context = TenantContext(
+            tenant=tenant, credentials={"mcp:shop": CredentialRef(file=str(token))}
+        )
+        sim.script(call("lookup", city=tenant), ANSWER)
+        run_id = await runs.start(spec, "Weather?", context=context)
+        events = await collect(runs, run_id)
+        assert events[-1].kind == "run.completed", events[-1]
+        (found,) = results(events)
+        assert found.ok and found.output == f"weather in {tenant}: sunny"
+        # Never in what the run records.
+        assert not any("token-of" in event.model_dump_json() for event in events)
+    by_runs = server.auth()[listed:]
+    assert set(by_runs) == {"Bearer token-of-acme", "Bearer token-of-globex"}
