@@ -46,6 +46,8 @@ def build(state: Path) -> MCPServer:
 
     @server.tool(description="Wait some seconds, then answer.")
     async def slow(seconds: float) -> str:
+        with (state / "slow.log").open("a") as log:
+            log.write(f"{seconds}\n")
         await anyio.sleep(seconds)
         return "done waiting"
 

@@ -19,6 +19,7 @@ from actors.settings import RuntimeSettings
 from agents.events import Event, ToolResulted
 from agents.spec import AgentSpec
 from tests.actors.test_durability import ANSWER, assert_one_clean_stream, collect, support
+from tests.actors.test_exactly_once import kill_9_host_of
 from tests.fixtures_sim import Sim
 from tests.helpers import wait_for
 from tests.mcp_server import McpServerProcess
@@ -114,3 +115,23 @@ async def test_each_tenants_runs_reach_the_server_with_its_own_token(
         assert not any("token-of" in event.model_dump_json() for event in events)
     by_runs = server.auth()[listed:]
     assert set(by_runs) == {"Bearer token-of-acme", "Bearer token-of-globex"}
+
+
+async def test_a_run_whose_host_is_killed_mid_call_resumes_on_a_new_session(
+    settings_for: Settings, namespace: str, sim: Sim, server: McpServerProcess
+) -> None:
+    runs = Runs(settings := settings_for(), await ensure_runtime(settings))
+    spec = await shop_agent(server.url)
+    sim.script(call("slow", seconds=2), ANSWER)
+    run_id = await runs.start(spec, "Wait, then answer.")
+    reader = asyncio.create_task(collect(runs, run_id))
+    slow_log = server.state / "slow.log"
+    await asyncio.to_thread(wait_for, slow_log.exists, 60)
+    await kill_9_host_of(run_id, namespace)  # the session dies with its process
+    events = await reader
+
+    assert events[-1].kind == "run.completed", events[-1]
+    (found,) = [r for r in results(events) if r.tool == "slow"][-1:]
+    assert found.ok and found.output == "done waiting"
+    # Read-only, so asked again by the resumed run's host, over a session of its own.
+    assert len(slow_log.read_text().splitlines()) == 2
