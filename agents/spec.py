@@ -138,7 +138,8 @@ class ToolSpec(_Config):
         kinds = [k for k in (self.function, self.agent, self.mcp) if k is not None]
         if len(kinds) != 1:
             raise ValueError(
-                f"tool {self.name!r} needs exactly one of 'function', 'agent' and 'mcp'"
+                f"tool {self.name!r} needs exactly one of 'function' and 'agent' (or 'mcp', "
+                "which a {mcp: ...} entry of the agent's tools makes)"
             )
         return self
 
