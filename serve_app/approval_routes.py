@@ -19,6 +19,7 @@ from agents.errors import Forbidden, NotPending, UnknownRun
 from agents.logs import bind_run
 from agents.summary import RunSummary
 from serve_app.bodies import read_json
+from serve_app.config import AppConfig
 from serve_app.http_params import validated
 from serve_app.schemas import ApprovalDecision
 from serve_app.tenancy import Authenticator, TenantConfig
@@ -28,6 +29,7 @@ class ApprovalRoutes:
     """The approval route and handle method; the gateway provides what they read."""
 
     _auth: Authenticator
+    _config: AppConfig
 
     async def _client(self) -> Runs:
         raise NotImplementedError  # the gateway's: the runs client, made on first use
@@ -53,7 +55,7 @@ class ApprovalRoutes:
 
     async def _http_decide(self, request: Request) -> Response:
         header = request.headers.get("authorization")
-        body = validated(ApprovalDecision, await read_json(request, 1_048_576))
+        body = validated(ApprovalDecision, await read_json(request, self._config.max_body_bytes))
         params = request.path_params
         summary = await self._decide(params["run_id"], params["call_id"], body, header)
         return JSONResponse(summary.model_dump(mode="json"))

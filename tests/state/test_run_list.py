@@ -16,6 +16,7 @@ from agents.events import RunCancelled, RunCompleted, RunCreated, RunFailed, Ste
 from agents.examples import example_specs
 from agents.loop import RunInput
 from agents.messages import Usage
+from agents.spec import AgentSpec
 from agents.tracing import RunTrace
 
 TRACE = "0123456789abcdef0123456789abcdef"
@@ -37,14 +38,18 @@ def clocked(state: State) -> State:
     return State(state.url, clock=Clock())
 
 
+def _spec(name: str) -> AgentSpec:
+    return next(spec for spec in example_specs() if spec.name == name)
+
+
 def _run_id(n: int) -> str:
     return f"run-h0-{n:020d}"
 
 
 async def _create(
-    state: State, n: int, tenant: str = "acme", thread_id: str | None = None, agent: int = 1
+    state: State, n: int, tenant: str = "acme", thread_id: str | None = None, agent: str = "support"
 ) -> str:
-    spec = example_specs()[agent]
+    spec = _spec(agent)
     trace = RunTrace(trace_id=TRACE, span_id="0123456789abcdef")
     request = RunInput(
         run_id=_run_id(n), input="hi", tenant=tenant, thread_id=thread_id, trace=trace
@@ -111,7 +116,7 @@ async def test_filters(clocked: State) -> None:
     try:
         a1 = await _create(state, 1, tenant="acme")
         b1 = await _create(state, 2, tenant="globex")
-        a2 = await _create(state, 3, tenant="acme", agent=0, thread_id="t-1")
+        a2 = await _create(state, 3, tenant="acme", agent="concierge", thread_id="t-1")
         a1_created = (await state.runs.list_runs(RunFilter(tenant="acme"), 50)).runs[-1]
         assert _ids(await state.runs.list_runs(RunFilter(tenant="acme"), 50)) == [a2, a1]
         assert _ids(await state.runs.list_runs(RunFilter(tenant="globex"), 50)) == [b1]
@@ -188,7 +193,7 @@ async def test_a_bad_cursor_is_refused(state: State, cursor: str) -> None:
 
 async def test_a_store_from_before_the_listing_is_backfilled(tmp_path: Path) -> None:
     """Runs stored before the listing columns list with what their rows and events say."""
-    spec = example_specs()[1]
+    spec = _spec("support")
     request = RunInput(run_id=_run_id(1), input="hi", tenant="acme", thread_id="t-1")
     created = RunCreated(
         run_id=request.run_id, seq=1, ts=1234.5, agent="support", version="v1", input="hi"
