@@ -66,6 +66,7 @@ from serve_app.handle_api import HandleSurface
 from serve_app.http_errors import EXCEPTION_HANDLERS
 from serve_app.http_params import resume_point, validated, wants_sse
 from serve_app.idempotency import Idempotency
+from serve_app.mcp_endpoint import McpEndpoint
 from serve_app.openapi import openapi_endpoint
 from serve_app.run_list import list_page, live_pages, thread_page
 from serve_app.schemas import (
@@ -89,7 +90,7 @@ logger = logging.getLogger("rayfleet")
     health_check_period_s=2,
 )
 @serve.ingress()
-class Gateway(HandleSurface, AdminRoutes, ApprovalRoutes):
+class Gateway(HandleSurface, AdminRoutes, ApprovalRoutes, McpEndpoint):
     """HTTP API and handle API in one ingress deployment."""
 
     handle_methods = frozenset(
@@ -559,10 +560,12 @@ class Gateway(HandleSurface, AdminRoutes, ApprovalRoutes):
             Route("/v1/runs/{run_id}/outcome", self._http_outcome, methods=["POST"]),
             *self.approval_routes(),
             *self.admin_routes(),
+            *self.mcp_routes(),
         ]
         return Starlette(
             routes=routes,
             exception_handlers=dict(EXCEPTION_HANDLERS),
+            lifespan=self.mcp_lifespan,
         )
 
     async def _healthz(self, request: Request) -> Response:

@@ -746,7 +746,12 @@ def _document() -> dict[str, Any]:
         "info": {
             "title": "rayfleet",
             "version": release,
-            "description": "Serve AI agents on Ray: start runs, stream their events, resume.",
+            "description": (
+                "Serve AI agents on Ray: start runs, stream their events, resume. "
+                "MCP clients: the same agents are MCP tools at `POST /mcp` (streamable HTTP, "
+                "JSON-RPC as the Model Context Protocol specifies; same keys), which this "
+                "document does not describe."
+            ),
         },
         "jsonSchemaDialect": "https://json-schema.org/draft/2020-12/schema",
         "security": [{}, {"bearer": []}],

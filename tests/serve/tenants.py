@@ -27,6 +27,9 @@ LISTS_B_KEY = "rf-test-lists-b-a7340d"
 """tests/serve/test_run_list.py's tenants: their lists hold that test's runs only."""
 CONSOLE_KEY = "rf-test-console-d2a61f"
 """tests/serve/test_console.py's tenant for the runs list: its list holds that module's runs."""
+MCP_KEY = "rf-test-mcp-0c7e52"
+MCP_SUPPORT_KEY = "rf-test-mcp-support-e81b36"
+"""tests/serve/test_mcp_endpoint.py's tenants: one may run every agent, one only `support`."""
 HEALTH_KEY = "rf-test-health-19c6e3"
 """tests/serve/test_providers.py's tenant: its own sim-openai key has a breaker of its own."""
 LIMITED_RPM = 30
@@ -63,6 +66,10 @@ TENANCY = TenancyConfig(
         TenantConfig(id="lists_a", api_key_sha256=(digest(LISTS_A_KEY),)),
         TenantConfig(id="lists_b", api_key_sha256=(digest(LISTS_B_KEY),)),
         TenantConfig(id="console", api_key_sha256=(digest(CONSOLE_KEY),)),
+        TenantConfig(id="mcp", api_key_sha256=(digest(MCP_KEY),)),
+        TenantConfig(
+            id="mcp_support", api_key_sha256=(digest(MCP_SUPPORT_KEY),), agents=("support",)
+        ),
         TenantConfig(
             id="health",
             api_key_sha256=(digest(HEALTH_KEY),),

@@ -20,6 +20,7 @@ from agents.summary import RunSummary
 from serve_app.admin_routes import AdminRoutes
 from serve_app.approval_routes import ApprovalRoutes
 from serve_app.gateway import Gateway
+from serve_app.mcp_endpoint import MCP_PATH, McpEndpoint
 from serve_app.openapi import AGENT_PATTERN, RUN_ID_PATTERN, openapi_document, openapi_endpoint
 from serve_app.schemas import RunRequest
 from serve_app.sse import to_sse
@@ -27,9 +28,12 @@ from serve_app.sse import to_sse
 METHODS = {"get", "put", "post", "delete", "patch", "options", "head", "trace"}
 NOT_MOUNTED_YET = {("GET", "/openapi.json")}
 """Documented before the gateway serves it; once the route exists it is checked like any."""
+NOT_REST = {("POST", MCP_PATH)}
+"""The MCP endpoint: JSON-RPC as the MCP specification describes it, not this document's REST
+API; the document's description points to it instead."""
 
 
-class _Endpoints(AdminRoutes, ApprovalRoutes):
+class _Endpoints(AdminRoutes, ApprovalRoutes, McpEndpoint):
     """Stands in for a Gateway replica: every `self._http_*` handler of the gateway itself is
     a no-op (the admin routes' are never called). Building the Starlette app this way needs
     neither Ray nor a deployment."""
@@ -100,8 +104,13 @@ def test_every_gateway_route_is_documented_and_nothing_else() -> None:
     routes = gateway_routes()
     assert ("GET", "/healthz") in routes and ("POST", "/v1/agents/{agent}/runs") in routes
     doc = documented(openapi_document())
-    assert routes - doc == set(), "routes the document lacks"
+    assert NOT_REST <= routes and not NOT_REST & doc
+    assert routes - doc - NOT_REST == set(), "routes the document lacks"
     assert doc - routes - NOT_MOUNTED_YET == set(), "documented operations with no route"
+
+
+def test_the_document_points_mcp_clients_to_the_mcp_endpoint() -> None:
+    assert f"`POST {MCP_PATH}`" in openapi_document()["info"]["description"]
 
 
 def test_every_operation_documents_its_errors_as_problem_json() -> None:
