@@ -59,7 +59,9 @@ def ended(service: Service, run_id: str, key: str) -> dict[str, Any]:
 
 
 @pytest.mark.parametrize("mode", MODES)
-async def test_the_tools_are_exactly_the_tenants_agents(service: Service, mode: ConnectMode) -> None:
+async def test_the_tools_are_exactly_the_tenants_agents(
+    service: Service, mode: ConnectMode
+) -> None:
     for key in (MCP_KEY, MCP_SUPPORT_KEY):
         over_http = service.http.get("/v1/agents", headers=auth(key)).json()["agents"]
         async with mcp_client(service, key, mode) as client:
@@ -98,7 +100,8 @@ async def test_a_call_runs_the_agent_to_completion_with_progress(
     summary = service.http.get(f"/v1/runs/{run_id}", headers=auth(MCP_KEY)).json()
     assert summary["status"] == "completed" and summary["tenant"] == "mcp"
     assert text_of(result) == summary["output"] == result.structured_content["output"] != ""
-    assert summary["thread_id"] == f"mcp-{mode}"
+    thread = service.http.get(f"/v1/threads/mcp-{mode}/runs", headers=auth(MCP_KEY)).json()
+    assert [r["run_id"] for r in thread["runs"]] == [run_id]
     assert result.structured_content["steps"] == summary["steps"] == 2
 
     values = [value for value, _ in progress]
@@ -221,9 +224,7 @@ def test_a_bad_key_or_the_admin_key_is_the_http_apis_401(service: Service) -> No
     headers = {"Accept": "application/json, text/event-stream"}
     for key in ("rf-not-a-key", ADMIN_KEY):
         mcp = service.http.post(MCP_PATH, json=initialize, headers={**headers, **auth(key)})
-        runs = service.http.post(
-            "/v1/agents/support/runs", json={"input": "hi"}, headers=auth(key)
-        )
+        runs = service.http.post("/v1/agents/support/runs", json={"input": "hi"}, headers=auth(key))
         assert mcp.status_code == runs.status_code == 401
         assert mcp.headers["content-type"] == "application/problem+json"
         assert mcp.json() == runs.json()
