@@ -26,6 +26,7 @@ pytestmark = pytest.mark.slow
 
 ROOT = Path(__file__).parents[2]
 SECTION = "### From another Ray job (Python handle)"
+MCP_SECTION = "## rayfleet agents as MCP tools"
 # What a fresh shell has not: the test session's own Ray settings (tests/conftest.py sets
 # the first, a local ray.init the others), and any address of another cluster.
 NOT_IN_A_FRESH_SHELL = (
@@ -36,10 +37,10 @@ NOT_IN_A_FRESH_SHELL = (
 )
 
 
-def readme_snippet() -> str:
-    """The first python block of the README's handle section."""
+def readme_snippet(heading: str = SECTION) -> str:
+    """The first python block of a README section (default: the handle's)."""
     readme = (ROOT / "README.md").read_text()
-    section = readme[readme.index(SECTION) :]
+    section = readme[readme.index(heading) :]
     found = re.search(r"```python\n(.*?)```", section, re.DOTALL)
     assert found is not None, "no python block in the README's handle section"
     return found.group(1)
@@ -95,7 +96,7 @@ def _pids_naming(text: str) -> list[int]:
     return pids
 
 
-def _serve(ray_tmp: Path) -> tuple[subprocess.Popen[bytes], Path]:
+def _serve(ray_tmp: Path) -> tuple[subprocess.Popen[bytes], Path, int]:
     """`rayfleet serve` on a free port, with its state under `ray_tmp`, once it serves."""
     port = _free_port()
     config = ray_tmp / "app.yaml"
@@ -121,7 +122,7 @@ def _serve(ray_tmp: Path) -> tuple[subprocess.Popen[bytes], Path]:
             _stop(head, ray_tmp)
             raise
         if head.poll() is None:
-            return head, log
+            return head, log, port
         _stop(head, ray_tmp)
         assert attempt == 0 and "timed out during startup" in log.read_text(), log.read_text()
     raise AssertionError("unreachable")
@@ -139,7 +140,7 @@ def _serving_or_exited(head: subprocess.Popen[bytes], port: int) -> bool:
 def test_the_readme_handle_snippet_streams_a_run_against_rayfleet_serve(
     ray_tmp: Path,
 ) -> None:
-    head, log = _serve(ray_tmp)
+    head, log, _ = _serve(ray_tmp)
     try:
         done = subprocess.run(
             [sys.executable, "-c", readme_snippet()],
@@ -160,6 +161,32 @@ def test_the_readme_handle_snippet_streams_a_run_against_rayfleet_serve(
         _stop(head, ray_tmp)
     assert head.returncode == 0, log.read_text()[-5000:]  # Ctrl-C stopped it cleanly
     assert not (ray_tmp / "ray" / "ray_current_cluster").exists()  # it forgot its head
+    assert not _pids_naming(str(ray_tmp))
+
+
+def test_the_readme_mcp_snippet_calls_an_agent_against_rayfleet_serve(ray_tmp: Path) -> None:
+    head, log, port = _serve(ray_tmp)
+    try:
+        snippet = readme_snippet(MCP_SECTION)
+        assert "http://127.0.0.1:8000/mcp" in snippet
+        done = subprocess.run(  # as it is, but for the port: this test's own
+            [sys.executable, "-c", snippet.replace(":8000/", f":{port}/")],
+            env=_env(ray_tmp),
+            cwd=ray_tmp,
+            capture_output=True,
+            text=True,
+            timeout=180,
+            check=False,
+        )
+        assert done.returncode == 0, done.stderr[-5000:]
+        lines = done.stdout.splitlines()
+        assert any(line.startswith("support - ") for line in lines), done.stdout
+        assert any(line.startswith("... run run-") for line in lines), done.stdout
+        assert "... calling tool lookup_order" in lines, done.stdout
+        assert lines[-1].startswith("run-"), done.stdout  # the run id, after the output
+    finally:
+        _stop(head, ray_tmp)
+    assert head.returncode == 0, log.read_text()[-5000:]
     assert not _pids_naming(str(ray_tmp))
 
 
