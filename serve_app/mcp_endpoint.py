@@ -64,7 +64,7 @@ from starlette.types import Receive, Scope, Send
 
 from actors.runs_client import Runs
 from agents.errors import RayfleetError, Unauthorized
-from agents.events import Event
+from agents.events import Event, RunCompleted
 from agents.logs import bind_run
 from agents.tracing import inbound_span
 from serve_app.config import AppConfig
@@ -229,7 +229,7 @@ class McpEndpoint:
         try:  # the HTTP body's rules: the first wrong field named, unknown fields refused
             request = validated(RunRequest, params.arguments or {})
         except RayfleetError as exc:
-            return _error(exc.code, exc.message, None, None)
+            return _error(exc.code, exc.message, "not_started", None, None)
         thread_id = request.thread_id
         traceparent = ctx.request.headers.get("traceparent") if ctx.request else None
         try:
@@ -248,7 +248,7 @@ class McpEndpoint:
             error = as_rayfleet_error(exc)
             if type(error) is RayfleetError:
                 logger.error("MCP call of %s failed to start", params.name[:80], exc_info=exc)
-            return _error(error.code, error.message, None, thread_id)
+            return _error(error.code, error.message, "not_started", None, thread_id)
         bind_run(run_id=run_id)
         modern = ctx.protocol_version in MODERN_PROTOCOL_VERSIONS
         try:
@@ -266,25 +266,20 @@ class McpEndpoint:
             async with contextlib.aclosing(self._events(run_id, 0)) as events:
                 async for event in events:
                     if event.kind == "run.completed":
-                        return _completed(run_id, thread_id, event.output, event)
+                        return _completed(event, thread_id)
                     if event.kind == "run.failed":
-                        return _error(event.code, event.message, run_id, thread_id)
+                        return _error(event.code, event.message, "failed", run_id, thread_id)
                     if event.kind == "run.cancelled":
-                        return _error(
-                            "cancelled", f"run cancelled: {event.reason}", run_id, thread_id
-                        )
+                        reason = f"run cancelled: {event.reason}"
+                        return _error("cancelled", reason, "cancelled", run_id, thread_id)
                     message = _progress_message(event)
                     if message is not None:
                         await ctx.session.report_progress(float(event.seq), None, message)
-        except Exception as exc:
+        except Exception as exc:  # following broke off, not the run: it may go on
             error = as_rayfleet_error(exc)
-            return _error(error.code, error.message, run_id, thread_id)
-        return _error(  # a stream without a terminal event: the run goes on somewhere
-            "stream_ended",
-            f"the run's events ended early; see GET /v1/runs/{run_id}",
-            run_id,
-            thread_id,
-        )
+            return _error(error.code, error.message, "unknown", run_id, thread_id)
+        message = f"the run's events ended early; see GET /v1/runs/{run_id}"
+        return _error("stream_ended", message, "unknown", run_id, thread_id)
 
     async def _cancel_run(self, run_id: str) -> None:
         try:
@@ -316,24 +311,25 @@ def _run_meta(run_id: str | None, thread_id: str | None, status: str, **extra: A
     return {RUN_META: {"run_id": run_id, "thread_id": thread_id, "status": status, **extra}}
 
 
-def _completed(run_id: str, thread_id: str | None, output: str, event: Any) -> types.CallToolResult:
+def _completed(event: RunCompleted, thread_id: str | None) -> types.CallToolResult:
     return types.CallToolResult(
-        content=[types.TextContent(type="text", text=output)],
+        content=[types.TextContent(type="text", text=event.output)],
         structured_content={
-            "output": output,
-            "run_id": run_id,
+            "output": event.output,
+            "run_id": event.run_id,
             "thread_id": thread_id,
             "steps": event.steps,
             "cost_usd": event.cost_usd,
         },
-        meta=_run_meta(run_id, thread_id, "completed"),
+        meta=_run_meta(event.run_id, thread_id, "completed"),
     )
 
 
 def _error(
-    code: str, message: str, run_id: str | None, thread_id: str | None
+    code: str, message: str, status: str, run_id: str | None, thread_id: str | None
 ) -> types.CallToolResult:
-    status = "cancelled" if code == "cancelled" else "failed" if run_id else "not_started"
+    """An `isError` result: `status` is the run's (`not_started`: no run; `unknown`: this
+    call stopped following it, it may still run)."""
     return types.CallToolResult(
         content=[types.TextContent(type="text", text=f"{code}: {message}")],
         is_error=True,

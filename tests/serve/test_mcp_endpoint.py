@@ -148,6 +148,22 @@ async def test_bad_arguments_are_a_tool_error_naming_the_field(service: Service)
     assert version.is_error and run_of(version)["code"] == "unknown_agent"
 
 
+async def test_a_kill_switch_is_a_tool_error(service: Service) -> None:
+    def kill(reason: str | None) -> None:
+        body = {"scope": "tenants", "name": "mcp_support", "reason": reason}
+        response = service.http.post("/v1/admin/kill", json=body, headers=auth(ADMIN_KEY))
+        assert response.status_code == 200, response.text
+
+    kill("mcp test")
+    try:
+        async with mcp_client(service, MCP_SUPPORT_KEY) as client:
+            result = await client.call_tool("support", {"input": "hi"})
+    finally:
+        kill(None)
+    assert result.is_error and run_of(result)["code"] == "killed"
+    assert "mcp test" in text_of(result)
+
+
 async def test_a_failed_run_is_a_tool_error_with_its_code(service: Service, sim: Sim) -> None:
     sim.script({"type": "status", "status": 401, "message": "no such key"})
     async with mcp_client(service, MCP_KEY) as client:
