@@ -73,7 +73,7 @@ async def test_a_run_calls_mcp_tools_and_survives_a_server_restart(
     reader = asyncio.create_task(collect(runs, run_id))
     # The server restarts once the run has made its first call: the later calls find a
     # session the server no longer has (or no server yet) and are retried on a new one.
-    await asyncio.to_thread(wait_for, lambda: (server.state / "lookups.log").exists(), 60)
+    await asyncio.to_thread(wait_for, lambda: (server.state / "lookup.log").exists(), 60)
     await asyncio.to_thread(server.restart)
     events = await reader
 

@@ -296,7 +296,7 @@ async def test_a_read_only_tool_with_a_ttl_is_answered_from_the_cache(
     finally:
         store.close()
     assert first.ok and not first.cached and again.cached and again.output == first.output
-    assert (server.state / "lookups.log").read_text().splitlines() == ["Oslo"]
+    assert (server.state / "lookup.log").read_text().splitlines() == ["Oslo"]
 
 
 async def test_a_cancelled_caller_cancels_only_its_own_request(
