@@ -47,27 +47,29 @@ class Shop:
     """Each tenant's own token for the server (a file the tenant's credentials name)."""
 
 
-def shop_spec(url: str) -> dict[str, Any]:
-    """The `shop` agent: every tool of the server but `slow`, and `slow` with a short
-    timeout, as two entries for one server."""
+def agent(name: str, tools: list[dict[str, Any]]) -> dict[str, Any]:
     strong = {"chain": [{"provider": "sim-openai", "model": "sim-strong"}]}
     return {
-        "name": "shop",
+        "name": name,
         "version": "v1",
         "system_prompt": "You run errands in a shop.",
         "tiers": {"strong": strong},
         "loop_tier": "strong",
-        "tools": [
-            {
-                "mcp": {
-                    "url": url,
-                    "name": "shop",
-                    "tools": ["lookup", "place_order", "broken"],
-                    "side_effects": ["place_order"],
-                }
-            },
-            {"mcp": {"url": url, "name": "waits", "tools": ["slow"], "timeout_s": 2}},
-        ],
+        "tools": tools,
+    }
+
+
+def shop_specs(url: str) -> dict[str, dict[str, Any]]:
+    """`shop`: every tool of the server but `slow`, and `slow` with a short timeout, as two
+    entries for one server; `shop-guarded`: orders wait for a person's approval."""
+    shop = {"url": url, "name": "shop", "tools": ["lookup", "place_order", "broken"]}
+    waits = {"url": url, "name": "waits", "tools": ["slow"], "timeout_s": 2}
+    guarded = {"url": url, "name": "shop", "tools": ["place_order"], "approval": "required"}
+    return {
+        "shop": agent("shop", [{"mcp": {**shop, "side_effects": ["place_order"]}}, {"mcp": waits}]),
+        "shop-guarded": agent(
+            "shop-guarded", [{"mcp": {**guarded, "side_effects": ["place_order"]}}]
+        ),
     }
 
 
@@ -82,7 +84,10 @@ def shop(service: Service, tmp_path_factory: pytest.TempPathFactory) -> Iterator
     (root / "server").mkdir()
     server = McpServerProcess(root / "server")
     server.start()
-    (spec := root / "shop.yaml").write_text(yaml.safe_dump(shop_spec(server.url)))
+    specs = []
+    for name, spec in shop_specs(server.url).items():
+        (path := root / f"{name}.yaml").write_text(yaml.safe_dump(spec))
+        specs.append(str(path))
     tokens, tenants = {}, []
     for tenant, key in KEYS.items():
         tokens[tenant] = f"token-of-{tenant}-{uuid.uuid4().hex[:8]}"
@@ -104,7 +109,7 @@ def shop(service: Service, tmp_path_factory: pytest.TempPathFactory) -> Iterator
     )
     config = service.config.model_copy(
         update={
-            "agents": (str(spec),),
+            "agents": tuple(specs),
             "runtime": runtime,
             "tenancy": TenancyConfig(tenants=tuple(tenants), anonymous_tenant=None),
         }
@@ -129,9 +134,9 @@ def call(name: str, **arguments: Any) -> dict[str, Any]:
     return {"type": "tool_call", "name": name, "arguments": arguments}
 
 
-def run(shop: Shop, tenant: str, text: str) -> list[Event]:
-    """A run of `shop` for `tenant` over HTTP, streamed by SSE to its end."""
-    url = "/v1/agents/shop/runs"
+def run(shop: Shop, tenant: str, text: str, agent: str = "shop") -> list[Event]:
+    """A run of `agent` for `tenant` over HTTP, streamed by SSE to its end."""
+    url = f"/v1/agents/{agent}/runs"
     events = read_sse(shop.http, "POST", url, json={"input": text}, headers=auth(KEYS[tenant]))
     assert_complete_stream(events)
     return events
@@ -210,3 +215,31 @@ def test_each_tenants_calls_carry_its_own_token_and_it_is_never_recorded(
     for token in shop.tokens.values():
         scan = scan_files([session / "logs", state / "data", state / "cache"], token.encode())
         assert not scan.leaks, scan.leaks
+
+
+def test_an_mcp_tool_that_needs_approval_waits_for_a_person(shop: Shop, sim: Sim) -> None:
+    key = auth(KEYS["shop_b"])
+    sim.script(call("place_order", item="teapot"), ANSWER)
+    started = shop.http.post(
+        "/v1/agents/shop-guarded/runs", json={"input": "A teapot."}, headers=key
+    )
+    run_id = started.json()["run_id"]
+
+    def waiting() -> dict[str, Any] | None:
+        summary: dict[str, Any] = shop.http.get(f"/v1/runs/{run_id}", headers=key).json()
+        return summary["approval"] if summary["status"] == "awaiting_approval" else None
+
+    asked = wait_for(waiting, timeout_s=60)
+    assert asked["tool"] == "place_order" and asked["arguments"] == {"item": "teapot"}
+    assert not any(run_id in order for order in shop.server.orders())  # not before approval
+    decided = shop.http.post(
+        f"/v1/runs/{run_id}/approvals/{asked['call_id']}", json={"decision": "approve"}, headers=key
+    )
+    assert decided.status_code == 200, decided.text
+
+    def ended() -> str | None:
+        status: str = shop.http.get(f"/v1/runs/{run_id}", headers=key).json()["status"]
+        return status if status not in ("running", "awaiting_approval") else None
+
+    assert wait_for(ended, timeout_s=60) == "completed"
+    assert len([order for order in shop.server.orders() if run_id in order]) == 1
