@@ -91,6 +91,18 @@ class McpSession:
         self._max_backoff_s = max_backoff_s
         self._failures = 0
         self._retry_at = 0.0
+        self.last_used = 0.0
+        """Loop time of the last request, or of the last answer while any is in flight."""
+        self._in_flight = 0
+
+    @property
+    def running(self) -> bool:
+        """Whether its owner task is alive (connected, or waiting for work)."""
+        return self._owner is not None and not self._owner.done()
+
+    def idle_for(self, now: float) -> float:
+        """Seconds since this session was last used; 0 while a request is in flight."""
+        return 0.0 if self._in_flight else now - self.last_used
 
     async def request(self, op: Callable[[Client], Awaitable[T]]) -> T:
         """Run `op` with the connected client, in a child task of the owner. Raises
@@ -104,7 +116,12 @@ class McpSession:
             lambda f: _cancel_scope(request) if f.cancelled() else None
         )
         self._queue.put_nowait(request)
-        result: T = await request.future
+        self._in_flight += 1
+        try:
+            result: T = await request.future
+        finally:
+            self._in_flight -= 1
+            self.last_used = asyncio.get_running_loop().time()
         return result
 
     async def aclose(self) -> None:
@@ -230,7 +247,11 @@ def _env_headers(headers_env: dict[str, str], url: str) -> dict[str, str]:
 
 
 class McpSessions:
-    """The sessions of one process (one event loop): one per server and credentials."""
+    """The sessions of one process (one event loop): one per server and credentials.
+
+    A session unused for `idle_close_s` is closed (in its owner task), so a process that
+    served many tenants' tokens once does not keep a connection per token for its life; the
+    next call opens a new one."""
 
     def __init__(
         self,
@@ -238,15 +259,23 @@ class McpSessions:
         initial_backoff_s: float = 0.1,
         max_backoff_s: float = 5.0,
         mode: ConnectMode = "auto",
+        idle_close_s: float = 300.0,
     ) -> None:
         """`mode`: the SDK's protocol negotiation ('auto': the newest the server speaks;
         'legacy': the stateful initialize handshake of pre-2026 servers)."""
         self._sessions: dict[tuple[str, ...], McpSession] = {}
         self._backoff = (initial_backoff_s, max_backoff_s)
         self._mode: ConnectMode = mode
+        self._idle_close_s = idle_close_s
+        self._swept_at = 0.0
+        self._closing: set[asyncio.Task[None]] = set()
+
+    def __len__(self) -> int:
+        return len(self._sessions)
 
     def session(self, locator: McpLocator) -> McpSession:
         key = locator.session_key
+        self._close_idle()
         found = self._sessions.get(key)
         if found is None:
             found = self._sessions[key] = McpSession(
@@ -257,6 +286,19 @@ class McpSessions:
                 mode=self._mode,
             )
         return found
+
+    def _close_idle(self) -> None:
+        """Close sessions idle for `idle_close_s`; looked at most every tenth of that."""
+        now = asyncio.get_running_loop().time()
+        if now - self._swept_at < self._idle_close_s / 10:
+            return
+        self._swept_at = now
+        for key, session in list(self._sessions.items()):
+            if session.idle_for(now) >= self._idle_close_s:
+                del self._sessions[key]
+                closing = asyncio.create_task(session.aclose(), name=f"mcp-close {session.url}")
+                self._closing.add(closing)
+                closing.add_done_callback(self._closing.discard)
 
     async def call(
         self, locator: McpLocator, arguments: dict[str, Any], idempotency_key: str | None
@@ -290,6 +332,7 @@ class McpSessions:
         sessions, self._sessions = self._sessions, {}
         for session in sessions.values():
             await session.aclose()
+        await asyncio.gather(*self._closing)
 
 
 async def list_server_tools(server: McpServerSpec, timeout_s: float = 15.0) -> list[ListedTool]:

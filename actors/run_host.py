@@ -414,7 +414,7 @@ class RunHost:
         if mcp_credentials(context):
             tools = TenantMcpTools(tools, context)
         if context.shadow_of is not None and self._store is not None:
-            tools = _ShadowTools(self._tools, self._store, context.shadow_of)
+            tools = _ShadowTools(tools, self._store, context.shadow_of)
         ports = Ports(
             model=model,
             tools=tools,

@@ -23,7 +23,7 @@ from actors.services import HOST_PREFIX, MAX_MOVES, POOL_ACTOR, service
 from actors.settings import RuntimeSettings
 from agents.approvals import Decision
 from agents.encoded import EventBatch
-from agents.errors import HostFull, Overloaded, ServiceUnavailable, UnknownRun
+from agents.errors import AgentSpecError, HostFull, Overloaded, ServiceUnavailable, UnknownRun
 from agents.events import Event
 from agents.logs import first_traceback
 from agents.loop import RunInput
@@ -98,6 +98,13 @@ class Runs:
         `run.created` is durable. One call to a host in the
         common case: the host comes from the cached view, the pool is asked only when the
         view has no room or a host refused (see actors.host_view)."""
+        if spec.mcp_servers and not spec.mcp_listed:
+            # Its MCP tools would be silently missing: they are listed at load (discover).
+            raise AgentSpecError(
+                f"agent {spec.key!r} names MCP servers whose tools were not listed: load it "
+                "with actors.mcp_sessions.discover (the app config does)",
+                spec.key,
+            )
         context = context or TenantContext()
         await self._fresh_view()
         full: list[str] = []

@@ -3,7 +3,8 @@
 
 Tools: `lookup` (read-only), `place_order` (side-effecting: appends its idempotency key to
 `orders.log` in the state directory, so calls are counted across restarts), `slow` (sleeps),
-`broken` (always fails). Every request's Authorization header is appended to `auth.log`.
+`broken` (always fails). Each tool logs its calls to `<tool>.log` (tests count them), and every
+request's Authorization header is appended to `auth.log`.
 
 Run: python -m tests.mcp_server --port P --state DIR
 """
@@ -32,7 +33,7 @@ def build(state: Path) -> MCPServer:
 
     @server.tool(description="Look up the weather of a city (read-only).")
     def lookup(city: str) -> str:
-        with (state / "lookups.log").open("a") as log:
+        with (state / "lookup.log").open("a") as log:
             log.write(city + "\n")
         return f"weather in {city}: sunny"
 
@@ -53,6 +54,8 @@ def build(state: Path) -> MCPServer:
 
     @server.tool(description="Always fails.")
     def broken() -> str:
+        with (state / "broken.log").open("a") as log:
+            log.write("called\n")
         raise ValueError("the broken tool is broken")
 
     return server
@@ -110,6 +113,11 @@ class McpServerProcess:
 
     def orders(self) -> list[str]:
         path = self.state / "orders.log"
+        return path.read_text().splitlines() if path.exists() else []
+
+    def calls(self, tool: str) -> list[str]:
+        """The lines `tool` logged: one per call that reached it."""
+        path = self.state / f"{tool}.log"
         return path.read_text().splitlines() if path.exists() else []
 
     def auth(self) -> list[str]:

@@ -16,6 +16,7 @@ from actors.mcp_sessions import discover
 from actors.runs_client import Runs
 from actors.runtime import ensure_runtime
 from actors.settings import RuntimeSettings
+from agents.errors import AgentSpecError
 from agents.events import Event, ToolResulted
 from agents.spec import AgentSpec
 from tests.actors.test_durability import ANSWER, assert_one_clean_stream, collect, support
@@ -73,7 +74,7 @@ async def test_a_run_calls_mcp_tools_and_survives_a_server_restart(
     reader = asyncio.create_task(collect(runs, run_id))
     # The server restarts once the run has made its first call: the later calls find a
     # session the server no longer has (or no server yet) and are retried on a new one.
-    await asyncio.to_thread(wait_for, lambda: (server.state / "lookups.log").exists(), 60)
+    await asyncio.to_thread(wait_for, lambda: (server.state / "lookup.log").exists(), 60)
     await asyncio.to_thread(server.restart)
     events = await reader
 
@@ -135,3 +136,13 @@ async def test_a_run_whose_host_is_killed_mid_call_resumes_on_a_new_session(
     assert found.ok and found.output == "done waiting"
     # Read-only, so asked again by the resumed run's host, over a session of its own.
     assert len(slow_log.read_text().splitlines()) == 2
+
+
+async def test_a_spec_whose_servers_were_never_listed_does_not_start(
+    settings_for: Settings,
+) -> None:
+    data = support().model_dump()
+    data["tools"] = [{"mcp": {"url": "http://127.0.0.1:9/mcp", "name": "shop"}}]
+    unlisted = AgentSpec.model_validate(data)  # not through discover: its tools are missing
+    with pytest.raises(AgentSpecError, match="not listed"):
+        await Runs(settings_for()).start(unlisted, "Weather?")

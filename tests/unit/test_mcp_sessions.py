@@ -296,7 +296,7 @@ async def test_a_read_only_tool_with_a_ttl_is_answered_from_the_cache(
     finally:
         store.close()
     assert first.ok and not first.cached and again.cached and again.output == first.output
-    assert (server.state / "lookups.log").read_text().splitlines() == ["Oslo"]
+    assert (server.state / "lookup.log").read_text().splitlines() == ["Oslo"]
 
 
 async def test_a_cancelled_caller_cancels_only_its_own_request(
@@ -319,3 +319,30 @@ async def test_a_cancelled_caller_cancels_only_its_own_request(
     )
     assert after.ok and after.output == "weather in Rome: sunny"
     assert slow.mcp is not None and sessions.session(slow.mcp).connects == 1
+
+
+async def test_an_idle_session_is_closed_and_the_next_call_opens_a_new_one(
+    server: McpServerProcess, tools: dict[str, ToolSpec], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("TENANT_A_SHOP", "token-of-a")
+    lookup = tools["lookup"]
+    assert lookup.mcp is not None
+    own_token = lookup.mcp.model_copy(update={"token_env": "TENANT_A_SHOP"})
+    sessions = McpSessions(idle_close_s=0.5)
+    try:
+        await sessions.call(lookup.mcp, {"city": "a"}, None)
+        first = sessions.session(lookup.mcp)
+        loop = asyncio.get_running_loop()
+
+        async def idle() -> bool:
+            return first.idle_for(loop.time()) >= 0.5
+
+        await eventually(idle)
+        # Any later call looks for idle sessions: the first one is closed, in its own task.
+        await sessions.call(own_token, {"city": "b"}, None)
+        assert len(sessions) == 1 and not first.running
+        await sessions.call(lookup.mcp, {"city": "c"}, None)
+        again = sessions.session(lookup.mcp)
+        assert again is not first and again.connects == 1 and len(sessions) == 2
+    finally:
+        await sessions.aclose()
