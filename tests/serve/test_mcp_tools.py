@@ -1,4 +1,4 @@
-"""Agents on MCP tools through Serve and the HTTP API.
+"""Agents on MCP tools through Serve and the HTTP API, and called by MCP clients at /mcp.
 
 An app of its own (at PREFIX) whose `shop` agent takes its tools from a real MCP server
 (tests/mcp_server.py: read-only, side-effecting, slow and failing tools), on a runtime of its
@@ -7,21 +7,28 @@ with two tenants that each bring their own token for the server."""
 
 from __future__ import annotations
 
+import os
+import signal
 import threading
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import anyio
 import httpx2
 import pytest
 import yaml
+from mcp import Client
+from mcp.client.streamable_http import streamable_http_client
+from mcp_types import CallToolResult
 
 from actors.caches import CacheSettings
 from actors.credentials import CredentialRef
 from actors.tool_pool import ToolRetrySettings
 from agents.events import Event, ToolResulted
+from serve_app.mcp_endpoint import MCP_PATH
 from serve_app.tenancy import TenancyConfig, TenantConfig, digest
 from tests.fixtures_sim import Sim
 from tests.helpers import wait_for
@@ -243,3 +250,95 @@ def test_an_mcp_tool_that_needs_approval_waits_for_a_person(shop: Shop, sim: Sim
 
     assert wait_for(ended, timeout_s=60) == "completed"
     assert len([order for order in shop.server.orders() if run_id in order]) == 1
+
+
+def gateway_pid() -> int | None:
+    """The pid of this app's one gateway replica, once it answers (None meanwhile)."""
+    import ray
+
+    names = [
+        a["name"]
+        for a in ray.util.list_named_actors(all_namespaces=True)
+        if a["namespace"] == "serve" and a["name"].startswith(f"SERVE_REPLICA::{APP}#gateway#")
+    ]
+    if len(names) != 1:
+        return None
+    try:
+        handle = ray.get_actor(names[0], namespace="serve")
+        pid: int = ray.get(handle.__ray_call__.remote(lambda _self: os.getpid()), timeout=30)
+    except (ray.exceptions.RayError, ValueError):
+        return None
+    return pid
+
+
+async def call_agent(shop: Shop, on_run: Callable[[str], None] | None = None) -> CallToolResult:
+    """An MCP client's call of the `shop` agent at this app's /mcp; `on_run` hears the run's
+    id from the first progress notification."""
+
+    async def progress(value: float, total: float | None, message: str | None) -> None:
+        if on_run is not None and message and message.startswith("run "):
+            on_run(message.split()[1])
+
+    headers = auth(KEYS["shop_a"])
+    timeout = httpx2.Timeout(30, read=120)
+    async with httpx2.AsyncClient(headers=headers, timeout=timeout) as http:
+        url = f"{shop.http.base_url}".rstrip("/") + MCP_PATH
+        async with Client(streamable_http_client(url, http_client=http)) as client:
+            arguments = {"input": "Is the kettle in stock?"}
+            return await client.call_tool("shop", arguments, progress_callback=progress)
+
+
+def summary_once_ended(shop: Shop, run_id: str) -> dict[str, Any] | None:
+    """The run's summary once it has ended; None while it runs or the gateway is down."""
+    try:
+        response = shop.http.get(f"/v1/runs/{run_id}", headers=auth(KEYS["shop_a"]))
+    except httpx2.TransportError:
+        return None
+    if response.status_code != 200:
+        return None
+    found: dict[str, Any] = response.json()
+    return found if found["status"] != "running" else None
+
+
+async def test_a_gateway_killed_mid_mcp_calls_loses_no_run_and_serves_mcp_again(
+    shop: Shop, sim: Sim
+) -> None:
+    """MCP clients call an agent (whose tools are MCP tools) while its gateway replica is
+    killed with kill -9: the runs go on on their hosts and complete; the replica comes back
+    and serves MCP again."""
+    calls = 3
+    before = await anyio.to_thread.run_sync(lambda: wait_for(gateway_pid, timeout_s=120))
+    # The model holds its answers long enough for the kill to land while they are awaited.
+    sim.script(*[{"type": "text", "text": "In stock.", "delay_ms": 6000}] * calls)
+    run_ids: list[str] = []
+    outcomes: list[CallToolResult | Exception] = []
+
+    async def calling() -> None:
+        try:
+            outcomes.append(await call_agent(shop, run_ids.append))
+        except Exception as exc:  # the call's connection dies with the replica
+            outcomes.append(exc)
+
+    async with anyio.create_task_group() as group:
+        for _ in range(calls):
+            group.start_soon(calling)
+        # Every run has started and asked the model: kill the gateway mid-call.
+        await anyio.to_thread.run_sync(
+            lambda: wait_for(lambda: len(run_ids) == calls and len(sim.requests()) >= calls, 60)
+        )
+        os.kill(before, signal.SIGKILL)
+    assert all(isinstance(o, Exception) or o.is_error for o in outcomes), outcomes
+
+    for run_id in run_ids:  # accepted runs are not lost: each completes on its host
+        ended = await anyio.to_thread.run_sync(
+            lambda run_id=run_id: wait_for(lambda: summary_once_ended(shop, run_id), 180)
+        )
+        assert ended["status"] == "completed" and ended["output"] == "In stock.", ended
+    after = await anyio.to_thread.run_sync(lambda: wait_for(gateway_pid, timeout_s=180))
+    assert after != before, "the gateway answers from the killed pid"
+
+    sim.script(ANSWER)
+    again = await call_agent(shop)
+    assert not again.is_error, again
+    assert again.structured_content is not None
+    assert summary_once_ended(shop, again.structured_content["run_id"])["status"] == "completed"  # type: ignore[index]
