@@ -195,7 +195,8 @@ async def test_closing_the_calls_stream_cancels_the_run(service: Service, sim: S
             group.start_soon(call)
             with anyio.fail_after(60):
                 await started.wait()
-            wait_for(lambda: len(sim.requests()) == 1)  # the model call is in flight
+            # The model call is in flight (waited for off the loop: the client's task runs on).
+            await anyio.to_thread.run_sync(lambda: wait_for(sim.requests, timeout_s=60))
             group.cancel_scope.cancel()  # the client cancels the call
     summary = ended(service, run_ids[0], MCP_KEY)
     assert summary["status"] == "cancelled"
