@@ -1,5 +1,5 @@
-"""The README's handle snippet, run verbatim from a separate process against `rayfleet serve`
-(what `make serve` runs), as a new user would."""
+"""The README's handle and MCP snippets, run verbatim from separate processes against
+`rayfleet serve` (what `make serve` runs), as a new user would."""
 
 from __future__ import annotations
 
@@ -137,26 +137,13 @@ def _serving_or_exited(head: subprocess.Popen[bytes], port: int) -> bool:
         return False
 
 
-def test_the_readme_handle_snippet_streams_a_run_against_rayfleet_serve(
-    ray_tmp: Path,
-) -> None:
-    head, log, _ = _serve(ray_tmp)
+def test_the_readme_handle_and_mcp_snippets_run_against_rayfleet_serve(ray_tmp: Path) -> None:
+    """Both snippets, as written (the MCP one on this test's port), against one `rayfleet
+    serve`: a handle call from a driver of its own, and an MCP client at /mcp."""
+    head, log, port = _serve(ray_tmp)
     try:
-        done = subprocess.run(
-            [sys.executable, "-c", readme_snippet()],
-            env=_env(ray_tmp),
-            cwd=ray_tmp,
-            capture_output=True,
-            text=True,
-            timeout=180,
-            check=False,
-        )
-        assert done.returncode == 0, done.stderr[-5000:]
-        # "kind seq" lines (Ray may print its own warnings among them)
-        printed = [line.split() for line in done.stdout.splitlines()]
-        kinds = [words[0] for words in printed if len(words) == 2 and words[1].isdigit()]
-        assert kinds[0] == "run.created" and kinds[-1] == "run.completed", done.stdout
-        assert kinds.count("run.completed") == 1 and "tool.call" in kinds
+        _check_handle_snippet(ray_tmp)
+        _check_mcp_snippet(ray_tmp, port)
     finally:
         _stop(head, ray_tmp)
     assert head.returncode == 0, log.read_text()[-5000:]  # Ctrl-C stopped it cleanly
@@ -164,30 +151,38 @@ def test_the_readme_handle_snippet_streams_a_run_against_rayfleet_serve(
     assert not _pids_naming(str(ray_tmp))
 
 
-def test_the_readme_mcp_snippet_calls_an_agent_against_rayfleet_serve(ray_tmp: Path) -> None:
-    head, log, port = _serve(ray_tmp)
-    try:
-        snippet = readme_snippet(MCP_SECTION)
-        assert "http://127.0.0.1:8000/mcp" in snippet
-        done = subprocess.run(  # as it is, but for the port: this test's own
-            [sys.executable, "-c", snippet.replace(":8000/", f":{port}/")],
-            env=_env(ray_tmp),
-            cwd=ray_tmp,
-            capture_output=True,
-            text=True,
-            timeout=180,
-            check=False,
-        )
-        assert done.returncode == 0, done.stderr[-5000:]
-        lines = done.stdout.splitlines()
-        assert any(line.startswith("support - ") for line in lines), done.stdout
-        assert any(line.startswith("... run run-") for line in lines), done.stdout
-        assert "... calling tool lookup_order" in lines, done.stdout
-        assert lines[-1].startswith("run-"), done.stdout  # the run id, after the output
-    finally:
-        _stop(head, ray_tmp)
-    assert head.returncode == 0, log.read_text()[-5000:]
-    assert not _pids_naming(str(ray_tmp))
+def _run_snippet(ray_tmp: Path, code: str) -> subprocess.CompletedProcess[str]:
+    done = subprocess.run(
+        [sys.executable, "-c", code],
+        env=_env(ray_tmp),
+        cwd=ray_tmp,
+        capture_output=True,
+        text=True,
+        timeout=180,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr[-5000:]
+    return done
+
+
+def _check_handle_snippet(ray_tmp: Path) -> None:
+    done = _run_snippet(ray_tmp, readme_snippet())
+    # "kind seq" lines (Ray may print its own warnings among them)
+    printed = [line.split() for line in done.stdout.splitlines()]
+    kinds = [words[0] for words in printed if len(words) == 2 and words[1].isdigit()]
+    assert kinds[0] == "run.created" and kinds[-1] == "run.completed", done.stdout
+    assert kinds.count("run.completed") == 1 and "tool.call" in kinds
+
+
+def _check_mcp_snippet(ray_tmp: Path, port: int) -> None:
+    snippet = readme_snippet(MCP_SECTION)
+    assert "http://127.0.0.1:8000/mcp" in snippet
+    done = _run_snippet(ray_tmp, snippet.replace(":8000/", f":{port}/"))
+    lines = done.stdout.splitlines()
+    assert any(line.startswith("support - ") for line in lines), done.stdout
+    assert any(line.startswith("... run run-") for line in lines), done.stdout
+    assert "... calling tool lookup_order" in lines, done.stdout
+    assert lines[-1].startswith("run-"), done.stdout  # the run id, after the output
 
 
 def test_a_join_with_no_head_fails_in_seconds_saying_what_to_do(ray_tmp: Path) -> None:
