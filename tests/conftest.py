@@ -20,6 +20,15 @@ import pytest
 # inherit this) talks over loopback only. Read when `ray` is first imported: set it first.
 os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"
 
+# Serve runs throughput-optimized (RAY_SERVE_THROUGHPUT_OPTIMIZED, as in production), which
+# serves HTTP from the ingress replicas themselves: a stopping gateway replica then keeps
+# accepting for a minimum draining period (default 30 s) so that an external load balancer
+# can deregister it, and only then waits for its requests in flight. The tests have no load
+# balancer: every serve.delete and replica-replacing serve.run of a gateway would sit out
+# those 30 s. In-flight requests are still drained as in production. Read by every Serve
+# process the tests start (they inherit it).
+os.environ["RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S"] = "0"
+
 # A tenant's own provider key (tests/serve/tenants.py, tenant `byok`), set before Ray starts
 # so every Ray worker inherits it. A canary: tests/serve/test_secrets.py checks it reaches the
 # provider and appears nowhere else. Not one of the variables `_no_network` clears.

@@ -84,7 +84,11 @@ def canary_app(service: Service) -> Iterator[str]:
     from serve_app.app import build_app
 
     # A gate of its own: a rollback is stored against this exact config, not a later one's.
-    split = {**CANARY_SPLIT, "gate": {"window_s": 3600 + uuid.uuid4().int % 1000}}
+    # It never judges (min_runs): the rollback here is the admin's button. The outcome store
+    # is the session's, and after tests/serve/test_versions.py it holds a worse support@v2
+    # there: an automatic rollback on those figures would beat the button.
+    gate = {"window_s": 3600 + uuid.uuid4().int % 1000, "min_runs": 1_000_000}
+    split = {**CANARY_SPLIT, "gate": gate}
     tenancy = TENANCY.model_copy(
         update={"admin_key_sha256": (*TENANCY.admin_key_sha256, digest(CONSOLE_KEY))}
     )
