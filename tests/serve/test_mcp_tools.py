@@ -52,6 +52,8 @@ class Shop:
     server: McpServerProcess
     tokens: dict[str, str]
     """Each tenant's own token for the server (a file the tenant's credentials name)."""
+    files: Path
+    """The app's own files: its store, its cache, the tokens."""
 
 
 def agent(name: str, tools: list[dict[str, Any]]) -> dict[str, Any]:
@@ -81,18 +83,27 @@ def shop_specs(url: str) -> dict[str, dict[str, Any]]:
 
 
 @pytest.fixture(scope="module")
-def shop(service: Service, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Shop]:
+def mcp_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[McpServerProcess]:
+    server = McpServerProcess(tmp_path_factory.mktemp("mcp-server"))
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture(scope="module")
+def shop(
+    service: Service, mcp_server: McpServerProcess, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Shop]:
     import ray
     from ray import serve
 
     from serve_app.app import build_app
 
     root = tmp_path_factory.mktemp("mcp-shop")
-    (root / "server").mkdir()
-    server = McpServerProcess(root / "server")
-    server.start()
     specs = []
-    for name, spec in shop_specs(server.url).items():
+    for name, spec in shop_specs(mcp_server.url).items():
         (path := root / f"{name}.yaml").write_text(yaml.safe_dump(spec))
         specs.append(str(path))
     tokens, tenants = {}, []
@@ -121,10 +132,10 @@ def shop(service: Service, tmp_path_factory: pytest.TempPathFactory) -> Iterator
             "tenancy": TenancyConfig(tenants=tuple(tenants), anonymous_tenant=None),
         }
     )
-    serve.run(build_app(config), name=APP, route_prefix=PREFIX)
     http = httpx2.Client(base_url=f"{service.base_url}{PREFIX}", timeout=60)
     try:
-        yield Shop(http, server, tokens)
+        serve.run(build_app(config), name=APP, route_prefix=PREFIX)
+        yield Shop(http, mcp_server, tokens, root)
     finally:
         http.close()
         serve.delete(APP)
@@ -134,7 +145,6 @@ def shop(service: Service, tmp_path_factory: pytest.TempPathFactory) -> Iterator
                     ray.kill(ray.get_actor(actor["name"], namespace=namespace))
                 except ValueError:
                     pass  # already gone
-        server.stop()
 
 
 def call(name: str, **arguments: Any) -> dict[str, Any]:
@@ -218,9 +228,11 @@ def test_each_tenants_calls_carry_its_own_token_and_it_is_never_recorded(
         assert token not in recorded and all(token not in e.model_dump_json() for e in events)
     # Nor in any log, store or cache file of the session's Ray and of this app.
     session = Path(ray._private.worker._global_node.get_session_dir_path())
-    state = Path(str(shop.server.state.parent))
+    stores = [shop.files / "data", shop.files / "cache"]  # no cache dir until a tool caches
+    # The positive control: the scan reads where this app's runs are stored.
+    assert scan_files(stores, events[0].run_id.encode()).leaks, f"no run in {stores}"
     for token in shop.tokens.values():
-        scan = scan_files([session / "logs", state / "data", state / "cache"], token.encode())
+        scan = scan_files([session / "logs", *stores], token.encode())
         assert not scan.leaks, scan.leaks
 
 
