@@ -22,7 +22,9 @@ put in an error, an event or a Ray argument.
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import logging
+import math
 import os
 import threading
 from collections.abc import Awaitable, Callable
@@ -35,7 +37,7 @@ from mcp.client.client import ConnectMode
 from mcp.client.streamable_http import streamable_http_client
 from mcp.shared.exceptions import MCPError
 from mcp_types import CallToolResult, TextContent
-from mcp_types.jsonrpc import INVALID_PARAMS, METHOD_NOT_FOUND
+from mcp_types.jsonrpc import CONNECTION_CLOSED, INVALID_REQUEST
 
 from actors.credentials import CredentialRef
 from agents.errors import AgentSpecError, ConfigError, ToolFailed, ToolUnavailable
@@ -53,12 +55,27 @@ _TIMEOUT = httpx2.Timeout(10.0, read=300.0)  # a response stream may stay open a
 
 
 class _Request:
-    __slots__ = ("future", "op", "scope")
+    __slots__ = ("future", "op", "retry_safe", "scope", "sent")
 
-    def __init__(self, op: Callable[[Client], Awaitable[Any]], future: asyncio.Future[Any]):
+    def __init__(
+        self,
+        op: Callable[[Client], Awaitable[Any]],
+        future: asyncio.Future[Any],
+        retry_safe: bool,
+    ):
         self.op = op
         self.future = future
+        self.retry_safe = retry_safe
+        self.sent = False
         self.scope: anyio.CancelScope | None = None
+
+    def lost(self, why: str) -> ToolFailed:
+        """The error of a request whose session broke: transient, unless it may have reached
+        the server and repeating it is not safe (a side effect without an idempotency key
+        the server reads), which is never retried."""
+        if self.sent and not self.retry_safe:
+            return ToolFailed(f"{why}; the call may have run, so it is not repeated")
+        return ToolUnavailable(why)
 
 
 class _Broken(Exception):
@@ -80,8 +97,10 @@ class McpSession:
         initial_backoff_s: float = 0.1,
         max_backoff_s: float = 5.0,
         mode: ConnectMode = "auto",
+        connect_s: float = 10.0,
     ) -> None:
         self.url = url
+        self._connect_s = connect_s
         self._mode: ConnectMode = mode
         self.connects = 0
         self._headers = headers
@@ -104,12 +123,17 @@ class McpSession:
         """Seconds since this session was last used; 0 while a request is in flight."""
         return 0.0 if self._in_flight else now - self.last_used
 
-    async def request(self, op: Callable[[Client], Awaitable[T]]) -> T:
+    async def request(self, op: Callable[[Client], Awaitable[T]], retry_safe: bool = True) -> T:
         """Run `op` with the connected client, in a child task of the owner. Raises
-        ToolUnavailable if the server cannot be reached (transient), or what `op` raised."""
+        ToolUnavailable if the server cannot be reached (transient), or what `op` raised;
+        `retry_safe=False`: a request the session lost after sending it is not transient."""
         if self._owner is None or self._owner.done():
-            self._owner = asyncio.create_task(self._own(), name=f"mcp-session {self.url}")
-        request = _Request(op, asyncio.get_running_loop().create_future())
+            # A context of its own: the owner serves every caller, and must not carry the
+            # first one's (its trace, its run's log fields) into the others' requests.
+            self._owner = asyncio.create_task(
+                self._own(), name=f"mcp-session {self.url}", context=contextvars.Context()
+            )
+        request = _Request(op, asyncio.get_running_loop().create_future(), retry_safe)
         # A caller that gives up (its deadline, a cancelled run) cancels the future: the
         # request's own scope is cancelled then, inside the owner's task group.
         request.future.add_done_callback(
@@ -142,28 +166,37 @@ class McpSession:
             first = await self._queue.get()
             if first.future.done():
                 continue
-            if loop.time() < self._retry_at:
-                error = ToolUnavailable(f"MCP server {self.url} is unavailable (reconnecting)")
-                _settle(first, error)
-                self._fail_queued(error)
+            # After a failed connect, wait out the backoff before the next: callers wait
+            # too (within their own deadlines) instead of failing at once.
+            await asyncio.sleep(max(0.0, self._retry_at - loop.time()))
+            if first.future.done():
                 continue
             try:
-                await self._connected(first)
+                with anyio.CancelScope(deadline=anyio.current_time() + self._connect_s) as limit:
+                    await self._connected(first, limit)
+                if limit.cancelled_caught:
+                    raise TimeoutError(f"no session within {self._connect_s:g}s")
+            except ConfigError as exc:  # a credential not set here: no retry will find it
+                _settle(first, ToolFailed(str(exc)))
+                self._fail_queued(ToolFailed(str(exc)))
             except Exception as exc:
                 # No session (or it broke at once): back off before the next try.
                 self._failures += 1
-                backoff = min(self._max_backoff_s, self._initial_backoff_s * 2**self._failures)
+                exponent = self._failures - 1
+                backoff = min(self._max_backoff_s, self._initial_backoff_s * 2**exponent)
                 self._retry_at = loop.time() + backoff
                 error = ToolUnavailable(f"MCP server {self.url} is unavailable: {_describe(exc)}")
                 _settle(first, error)
                 self._fail_queued(error)
 
-    async def _connected(self, first: _Request) -> None:
-        """One session: open it in this task, serve requests until one finds it broken."""
+    async def _connected(self, first: _Request, limit: anyio.CancelScope) -> None:
+        """One session: open it in this task (within `limit`'s deadline, lifted once open),
+        serve requests until one finds it broken."""
         http = httpx2.AsyncClient(headers=self._headers(), timeout=_TIMEOUT)
         broken = anyio.Event()
         transport = streamable_http_client(self.url, http_client=http)
         async with http, Client(transport, mode=self._mode) as client:
+            limit.deadline = math.inf
             self.connects += 1
             self._failures = 0
             logger.info("MCP session to %s open", self.url)
@@ -188,28 +221,40 @@ class McpSession:
                 request.scope = scope
                 if request.future.done():  # cancelled while queued
                     return
+                request.sent = True
                 value = await request.op(client)
                 _settle(request, value)
                 return
             _settle(request, ToolUnavailable(f"call to MCP server {self.url} was cancelled"))
         except MCPError as exc:
-            if exc.error.code in (METHOD_NOT_FOUND, INVALID_PARAMS):
+            if not _session_lost(exc):
+                # The server answered this request with an error (a bad call, a 4xx/5xx
+                # reply): it fails alone, not retried; the session and other calls go on.
                 _settle(request, ToolFailed(f"MCP server {self.url}: {exc.error.message}"))
                 return
-            broken.set()  # 'Session terminated' (server restarted), connection closed, 5xx
-            _settle(request, ToolUnavailable(f"MCP server {self.url}: {exc.error.message}"))
+            broken.set()  # the server restarted and forgot the session, or it closed
+            _settle(request, request.lost(f"MCP server {self.url}: {exc.error.message}"))
         except ToolFailed as exc:
             _settle(request, exc)
         except anyio.get_cancelled_exc_class():
-            _settle(request, ToolUnavailable(f"MCP session to {self.url} was reset"))
+            _settle(request, request.lost(f"MCP session to {self.url} was reset"))
             raise
-        except Exception as exc:
+        except Exception as exc:  # the transport: connection refused, dropped, protocol
             broken.set()
-            _settle(request, ToolUnavailable(f"MCP server {self.url}: {_describe(exc)}"))
+            _settle(request, request.lost(f"MCP server {self.url}: {_describe(exc)}"))
 
     def _fail_queued(self, error: Exception) -> None:
         while not self._queue.empty():
             _settle(self._queue.get_nowait(), error)
+
+
+def _session_lost(exc: MCPError) -> bool:
+    """Whether an error means the session is gone (not that this request failed): the
+    connection closed, or the server no longer knows the session (its 404 reaches us as
+    INVALID_REQUEST: the server's own text, e.g. 'Session not found', or the SDK's
+    'Session terminated')."""
+    code, message = exc.error.code, exc.error.message
+    return code == CONNECTION_CLOSED or (code == INVALID_REQUEST and "session" in message.lower())
 
 
 def _cancel_scope(request: _Request) -> None:
@@ -227,23 +272,32 @@ def _settle(request: _Request, value: Any) -> None:
 
 
 def locator_headers(locator: McpLocator) -> dict[str, str]:
-    """The headers of a session for `locator`, read now from the environment (and the
-    tenant's token). Errors name the variable or file, never a value."""
-    headers = _env_headers(locator.headers_env, locator.url)
-    if locator.token_env is not None or locator.token_file is not None:
-        token = CredentialRef(env=locator.token_env, file=locator.token_file).resolve()
-        headers["Authorization"] = f"Bearer {token}"
-    return headers
+    """The headers of a session for `locator`, read now. A tenant's own token replaces the
+    deployment's `headers_env` (its credentials) entirely; errors name the variable or
+    file, never a value."""
+    if locator.token_env is None and locator.token_file is None:
+        return _env_headers(locator.headers_env, locator.url)
+    token = CredentialRef(env=locator.token_env, file=locator.token_file).resolve().strip()
+    where = f"the tenant's token for MCP server {locator.server}"
+    return {"Authorization": f"Bearer {_header_value(token, where)}"}
 
 
 def _env_headers(headers_env: dict[str, str], url: str) -> dict[str, str]:
     headers = {}
     for header, env in headers_env.items():
-        value = os.environ.get(env)
+        value = os.environ.get(env, "").strip()
         if not value:
             raise ConfigError(f"MCP server {url}: header {header} variable {env} is not set")
-        headers[header] = value
+        headers[header] = _header_value(value, f"MCP server {url}: header {header} variable {env}")
     return headers
+
+
+def _header_value(value: str, where: str) -> str:
+    # A value the HTTP library refuses would be quoted in its error, and errors reach the
+    # model and the run's events: refuse it here, naming only where it came from.
+    if not all(" " <= ch <= "~" for ch in value):
+        raise ConfigError(f"{where} holds characters a header value may not have")
+    return value
 
 
 class McpSessions:
@@ -316,7 +370,10 @@ class McpSessions:
         async def op(client: Client) -> CallToolResult:
             return await client.call_tool(locator.tool, arguments, meta=meta)  # type: ignore[arg-type]
 
-        result = await self.session(locator).request(op)
+        # A side effect the server cannot recognise as a repeat (no idempotency_key argument)
+        # is not sent twice: lost after sending, it fails instead of being retried.
+        retry_safe = idempotency_key is None or locator.idempotency_arg
+        result = await self.session(locator).request(op, retry_safe)
         text = "\n".join(b.text for b in result.content if isinstance(b, TextContent))
         if result.is_error:
             raise ToolFailed(text or f"MCP tool {locator.tool} failed", locator.tool)
@@ -349,7 +406,13 @@ async def list_server_tools(server: McpServerSpec, timeout_s: float = 15.0) -> l
             for _ in range(100):  # bounded: a server that pages forever is a broken one
                 page = await client.list_tools(cursor=cursor)
                 listed.extend(
-                    ListedTool(name=t.name, description=t.description, input_schema=t.input_schema)
+                    ListedTool(
+                        name=t.name,
+                        description=t.description,
+                        input_schema=t.input_schema,
+                        destructive=t.annotations is not None
+                        and t.annotations.destructive_hint is True,
+                    )
                     for t in page.tools
                 )
                 cursor = page.next_cursor
@@ -359,8 +422,17 @@ async def list_server_tools(server: McpServerSpec, timeout_s: float = 15.0) -> l
 
 
 async def discover(spec: AgentSpec, source: str = "<memory>") -> AgentSpec:
-    """`spec` with its MCP servers' tools added (see AgentSpec.with_mcp_tools). A server that
-    cannot be reached is an AgentSpecError naming its URL."""
+    """`spec` with its MCP servers' tools added (see AgentSpec.with_mcp_tools), its
+    sub-agents' too. A server that cannot be reached is an AgentSpecError naming its URL."""
+    if not spec.mcp_unlisted():
+        return spec
+    tools = [
+        tool.model_copy(update={"agent": await discover(tool.agent, source)})
+        if tool.agent is not None and tool.agent.mcp_unlisted()
+        else tool
+        for tool in spec.tools
+    ]
+    spec = spec.model_copy(update={"tools": tuple(tools)})
     if not spec.mcp_servers or spec.mcp_listed:
         return spec
     listings = []
@@ -383,7 +455,7 @@ async def discover(spec: AgentSpec, source: str = "<memory>") -> AgentSpec:
 
 def discover_now(spec: AgentSpec, source: str = "<memory>") -> AgentSpec:
     """`discover` for synchronous loaders; in a thread of its own if this one runs a loop."""
-    if not spec.mcp_servers or spec.mcp_listed:
+    if not spec.mcp_unlisted():
         return spec
     try:
         asyncio.get_running_loop()

@@ -98,7 +98,7 @@ class Runs:
         `run.created` is durable. One call to a host in the
         common case: the host comes from the cached view, the pool is asked only when the
         view has no room or a host refused (see actors.host_view)."""
-        if spec.mcp_servers and not spec.mcp_listed:
+        if spec.mcp_unlisted():
             # Its MCP tools would be silently missing: they are listed at load (discover).
             raise AgentSpecError(
                 f"agent {spec.key!r} names MCP servers whose tools were not listed: load it "

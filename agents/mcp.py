@@ -48,7 +48,8 @@ class McpServerSpec(BaseModel):
     side_effects: tuple[str, ...] = Field(
         (),
         description="Tools (MCP names) that change the world: they get idempotency keys and "
-        "the effect ledger, and are never cached or run by shadows.",
+        "the effect ledger, and are never cached or run by shadows. Tools the server marks "
+        "destructiveHint: true, or whose input takes `idempotency_key`, are too.",
     )
     approval: ApprovalRule | None = Field(
         None,
@@ -142,6 +143,9 @@ class ListedTool(BaseModel):
     name: str
     description: str | None = None
     input_schema: dict[str, JsonValue] = Field(default_factory=dict)
+    destructive: bool = Field(
+        False, description="The server says it changes the world (destructiveHint: true)."
+    )
 
 
 def model_name(tool: str) -> str:
@@ -213,7 +217,9 @@ def mcp_tool_fields(
         for listed in tools:
             schema, takes_key = visible_schema(listed.input_schema)
             wants_approval = server.approval_tools == "*" or listed.name in server.approval_tools
-            side_effects = listed.name in server.side_effects
+            # Side-effecting if the entry says so, the server says so, or it takes our key: a
+            # tool that asks for an idempotency key expects to be called as one.
+            side_effects = listed.name in server.side_effects or listed.destructive or takes_key
             locator = McpLocator(
                 url=server.url,
                 server=server.server_name,

@@ -376,6 +376,12 @@ class AgentSpec(_Config):
             {**data, "tools": [*data["tools"], *added], "mcp_listed": True}
         )
 
+    def mcp_unlisted(self) -> bool:
+        """Whether it, or a sub-agent of it, names MCP servers whose tools were not listed."""
+        if self.mcp_servers and not self.mcp_listed:
+            return True
+        return any(tool.agent is not None and tool.agent.mcp_unlisted() for tool in self.tools)
+
     def tool(self, name: str) -> ToolSpec | None:
         return next((tool for tool in self.tools if tool.name == name), None)
 

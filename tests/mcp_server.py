@@ -66,8 +66,8 @@ def with_auth_log(app: ASGIApp, state: Path) -> ASGIApp:
 
     async def logged(scope: dict[str, Any], receive: Any, send: Any) -> None:
         if scope["type"] == "http":
-            headers = dict(scope["headers"])
-            value = headers.get(b"authorization", b"-").decode()
+            sent = [v.decode() for k, v in scope["headers"] if k == b"authorization"]
+            value = ",".join(sent) or "-"  # every one sent, should there be more than one
             with (state / "auth.log").open("a") as log:
                 log.write(value + "\n")
         await app(scope, receive, send)

@@ -9,14 +9,17 @@ from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 
+import httpx2
 import pytest
+from mcp.shared.exceptions import MCPError
+from mcp_types.jsonrpc import INTERNAL_ERROR
 
 from actors.caches import CachedTools, CacheStore
 from actors.credentials import CredentialRef, TenantContext
 from actors.mcp_sessions import McpSessions, discover
 from actors.mcp_tenant import TenantMcpTools
 from actors.tool_pool import ToolPool, ToolRetrySettings
-from agents.errors import AgentSpecError
+from agents.errors import AgentSpecError, ToolFailed, ToolUnavailable
 from agents.messages import ToolCall
 from agents.ports import ToolOutcome
 from agents.spec import AgentSpec, ToolSpec
@@ -344,5 +347,115 @@ async def test_an_idle_session_is_closed_and_the_next_call_opens_a_new_one(
         await sessions.call(lookup.mcp, {"city": "c"}, None)
         again = sessions.session(lookup.mcp)
         assert again is not first and again.connects == 1 and len(sessions) == 2
+    finally:
+        await sessions.aclose()
+
+
+async def test_a_sub_agents_mcp_tools_are_listed_with_its_callers(
+    server: McpServerProcess,
+) -> None:
+    sub = spec_for(server.url).model_dump()
+    parent = AgentSpec.from_mapping(
+        {
+            "name": "p",
+            "system_prompt": "x",
+            "tiers": TIERS,
+            "tools": [{"name": "shopper", "description": "shops", "agent": sub}],
+        }
+    )
+    listed = await discover(parent)
+    shopper = listed.tool("shopper")
+    assert shopper is not None and shopper.agent is not None
+    assert sorted(t.name for t in shopper.agent.tools) == [
+        "broken",
+        "lookup",
+        "place_order",
+        "slow",
+    ]
+    assert not listed.mcp_unlisted()
+
+
+async def test_a_tenants_token_replaces_the_deployments_headers(
+    pool: ToolPool, server: McpServerProcess, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("SHOP_AUTH", "Bearer deployment")
+    monkeypatch.setenv("TENANT_A_SHOP", "token-of-a")
+    spec = await discover(spec_for(server.url, headers_env={"authorization": "SHOP_AUTH"}))
+    lookup = spec.tool("lookup")
+    assert lookup is not None
+    before = len(server.auth())
+    context = TenantContext(
+        tenant="a", credentials={"mcp:shop": CredentialRef(env="TENANT_A_SHOP")}
+    )
+    outcome = await TenantMcpTools(pool, context).call(
+        lookup, call("lookup", city="a"), idempotency_key="k", timeout_s=10
+    )
+    assert outcome.ok
+    assert set(server.auth()[before:]) == {"Bearer token-of-a"}  # alone, never beside another
+
+
+async def test_a_header_value_that_would_break_the_request_is_refused_unquoted(
+    pool: ToolPool, server: McpServerProcess, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("SHOP_AUTH", "Bearer s3\ncret")
+    spec = await discover(spec_for(server.url))
+    lookup = spec.tool("lookup")
+    assert lookup is not None and lookup.mcp is not None
+    broken_header = lookup.model_copy(
+        update={
+            "mcp": lookup.mcp.model_copy(update={"headers_env": {"Authorization": "SHOP_AUTH"}})
+        }
+    )
+    outcome = await pool.call(
+        broken_header, call("lookup", city="x"), idempotency_key="k", timeout_s=10
+    )
+    # Not transient (no retry will fix the variable), and the value is nowhere in the error.
+    assert not outcome.ok and outcome.attempts == 1
+    assert "SHOP_AUTH" in (outcome.error or "") and "s3" not in (outcome.error or "")
+
+
+async def test_a_request_lost_after_sending_is_retried_only_if_repeating_it_is_safe(
+    server: McpServerProcess, tools: dict[str, ToolSpec]
+) -> None:
+    lookup = tools["lookup"]
+    assert lookup.mcp is not None
+    sessions = McpSessions()
+    session = sessions.session(lookup.mcp)
+
+    async def dropped(client: Any) -> None:
+        raise httpx2.ReadError("connection dropped")  # as if the server went away mid-call
+
+    try:
+        with pytest.raises(ToolUnavailable):
+            await session.request(dropped, retry_safe=True)
+        with pytest.raises(ToolFailed, match="may have run") as lost:
+            await session.request(dropped, retry_safe=False)
+        assert not isinstance(lost.value, ToolUnavailable)
+    finally:
+        await sessions.aclose()
+
+
+async def test_an_error_answer_fails_its_own_request_and_others_go_on(
+    server: McpServerProcess, tools: dict[str, ToolSpec]
+) -> None:
+    lookup = tools["lookup"]
+    assert lookup.mcp is not None
+    sessions = McpSessions()
+    session = sessions.session(lookup.mcp)
+
+    async def refused(client: Any) -> None:
+        raise MCPError(code=INTERNAL_ERROR, message="Server returned an error response")
+
+    try:
+        slow = asyncio.create_task(sessions.call(tools["slow"].mcp, {"seconds": 0.5}, None))  # type: ignore[arg-type]
+
+        async def slow_running() -> bool:
+            return bool(server.calls("slow"))
+
+        await eventually(slow_running, timeout_s=30)
+        with pytest.raises(ToolFailed) as failed:
+            await session.request(refused)
+        assert not failed.value.retryable
+        assert await slow == "done waiting" and session.connects == 1
     finally:
         await sessions.aclose()

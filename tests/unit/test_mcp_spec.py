@@ -137,3 +137,27 @@ def test_an_mcp_entry_loads_from_yaml(tmp_path: Path) -> None:
     spec = AgentSpec.from_yaml(path)
     assert spec.mcp_servers[0].headers_env == {"Authorization": "WEATHER_TOKEN"}
     assert spec.mcp_servers[0].server_name == "h127_0_0_1"
+
+
+def test_a_tool_the_server_marks_destructive_or_that_takes_our_key_has_side_effects() -> None:
+    keyed = {"type": "object", "properties": {"idempotency_key": {"type": "string"}}}
+    spec = agent({"mcp": {"url": "http://127.0.0.1:1/mcp"}}).with_mcp_tools(
+        [
+            [
+                LOOKUP,
+                ListedTool(name="wipe", destructive=True),
+                ListedTool(name="charge", input_schema=keyed),
+            ]
+        ]
+    )
+    by_name = {t.name: t for t in spec.tools}
+    assert not by_name["lookup"].side_effects
+    assert by_name["wipe"].side_effects and by_name["charge"].side_effects
+    charge = by_name["charge"].mcp
+    assert charge is not None and charge.idempotency_arg
+
+
+def test_a_sub_agents_mcp_servers_count_as_unlisted_until_discovered() -> None:
+    sub = agent({"mcp": {"url": "http://127.0.0.1:1/mcp"}}).model_dump()
+    parent = agent({"name": "helper", "description": "a sub-agent", "agent": sub})
+    assert parent.mcp_unlisted() and not parent.mcp_servers
