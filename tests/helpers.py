@@ -37,3 +37,15 @@ async def eventually(condition: Callable[[], Awaitable[bool]], timeout_s: float 
 async def taken(sim: Sim) -> bool:
     """True once every scripted reply was taken by a request."""
     return await asyncio.to_thread(sim.pending) == 0
+
+
+def kill_namespace_actors(namespace: str) -> None:
+    """Kill every named actor of a Ray namespace a test made its own (none may outlive it)."""
+    import ray
+
+    for actor in ray.util.list_named_actors(all_namespaces=True):
+        if actor["namespace"] == namespace:
+            try:
+                ray.kill(ray.get_actor(actor["name"], namespace=namespace))
+            except ValueError:
+                pass  # already gone

@@ -11,22 +11,16 @@ import pytest
 from actors.settings import RuntimeSettings, simulator_providers
 from tests.conftest import RaySession
 from tests.fixtures_sim import SimServer
+from tests.helpers import kill_namespace_actors
 
 
 @pytest.fixture
 def namespace(ray_session: RaySession) -> Iterator[str]:
     """A Ray namespace of this test's own, so its named actors never meet another test's
     (or the Serve tests' `rayfleet` ones); its actors are killed afterwards."""
-    import ray
-
     name = f"rayfleet-t-{uuid.uuid4().hex[:10]}"
     yield name
-    for actor in ray.util.list_named_actors(all_namespaces=True):
-        if actor["namespace"] == name:
-            try:
-                ray.kill(ray.get_actor(actor["name"], namespace=name))
-            except ValueError:
-                pass  # already gone
+    kill_namespace_actors(name)
 
 
 @pytest.fixture

@@ -4,7 +4,7 @@ against the session's Serve app: real Ray, real Serve, the simulator as provider
 from __future__ import annotations
 
 import contextlib
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import anyio
@@ -176,8 +176,11 @@ async def test_a_failed_run_is_a_tool_error_with_its_code(service: Service, sim:
     assert text_of(result) == f"provider_rejected: {summary['error']['message']}"
 
 
-async def test_closing_the_calls_stream_cancels_the_run(service: Service, sim: Sim) -> None:
-    sim.script({"type": "text", "text": "never sent", "delay_ms": 60_000})
+async def leave_a_call(
+    client: Client, before_leaving: Callable[[], Awaitable[None]] | None = None
+) -> str:
+    """Call `support`, and leave the call (closing its stream) once its run has started and
+    `before_leaving` has returned; the run's id, from the first progress notification."""
     started = anyio.Event()
     run_ids: list[str] = []
 
@@ -186,44 +189,38 @@ async def test_closing_the_calls_stream_cancels_the_run(service: Service, sim: S
             run_ids.append(message.split()[1])
             started.set()
 
+    async with anyio.create_task_group() as group:
+
+        async def call() -> None:
+            await client.call_tool("support", {"input": "hi"}, progress_callback=on_progress)
+
+        group.start_soon(call)
+        with anyio.fail_after(60):
+            await started.wait()
+        if before_leaving is not None:
+            await before_leaving()
+        group.cancel_scope.cancel()
+    return run_ids[0]
+
+
+async def test_closing_the_calls_stream_cancels_the_run(service: Service, sim: Sim) -> None:
+    sim.script({"type": "text", "text": "never sent", "delay_ms": 60_000})
+
+    async def model_call_in_flight() -> None:  # waited for off the loop: the call runs on
+        await anyio.to_thread.run_sync(lambda: wait_for(sim.requests, timeout_s=60))
+
     async with mcp_client(service, MCP_KEY) as client:
-        async with anyio.create_task_group() as group:
-
-            async def call() -> None:
-                await client.call_tool("support", {"input": "hi"}, progress_callback=on_progress)
-
-            group.start_soon(call)
-            with anyio.fail_after(60):
-                await started.wait()
-            # The model call is in flight (waited for off the loop: the client's task runs on).
-            await anyio.to_thread.run_sync(lambda: wait_for(sim.requests, timeout_s=60))
-            group.cancel_scope.cancel()  # the client cancels the call
-    summary = ended(service, run_ids[0], MCP_KEY)
+        run_id = await leave_a_call(client, model_call_in_flight)  # the client cancels it
+    summary = ended(service, run_id, MCP_KEY)
     assert summary["status"] == "cancelled"
 
 
 async def test_a_legacy_call_left_by_its_client_goes_on(service: Service, sim: Sim) -> None:
     """At handshake-era versions a disconnect is not a cancellation: the run is durable."""
     sim.script({"type": "text", "text": "A slow answer.", "delay_ms": 600})
-    started = anyio.Event()
-    run_ids: list[str] = []
-
-    async def on_progress(value: float, total: float | None, message: str | None) -> None:
-        if message and message.startswith("run "):
-            run_ids.append(message.split()[1])
-            started.set()
-
     async with mcp_client(service, MCP_KEY, "legacy") as client:
-        async with anyio.create_task_group() as group:
-
-            async def call() -> None:
-                await client.call_tool("support", {"input": "hi"}, progress_callback=on_progress)
-
-            group.start_soon(call)
-            with anyio.fail_after(60):
-                await started.wait()
-            group.cancel_scope.cancel()
-    summary = ended(service, run_ids[0], MCP_KEY)
+        run_id = await leave_a_call(client)
+    summary = ended(service, run_id, MCP_KEY)
     assert summary["status"] == "completed" and summary["output"] == "A slow answer."
 
 

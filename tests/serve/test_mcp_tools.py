@@ -31,7 +31,7 @@ from agents.events import Event, ToolResulted
 from serve_app.mcp_endpoint import MCP_PATH
 from serve_app.tenancy import TenancyConfig, TenantConfig, digest
 from tests.fixtures_sim import Sim
-from tests.helpers import wait_for
+from tests.helpers import kill_namespace_actors, wait_for
 from tests.mcp_server import McpServerProcess
 from tests.serve.conftest import Service
 from tests.serve.tenants import auth
@@ -96,7 +96,6 @@ def mcp_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[McpServerPr
 def shop(
     service: Service, mcp_server: McpServerProcess, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[Shop]:
-    import ray
     from ray import serve
 
     from serve_app.app import build_app
@@ -139,12 +138,7 @@ def shop(
     finally:
         http.close()
         serve.delete(APP)
-        for actor in ray.util.list_named_actors(all_namespaces=True):
-            if actor["namespace"] == namespace:
-                try:
-                    ray.kill(ray.get_actor(actor["name"], namespace=namespace))
-                except ValueError:
-                    pass  # already gone
+        kill_namespace_actors(namespace)
 
 
 def call(name: str, **arguments: Any) -> dict[str, Any]:

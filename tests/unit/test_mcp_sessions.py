@@ -415,47 +415,39 @@ async def test_a_header_value_that_would_break_the_request_is_refused_unquoted(
 
 
 async def test_a_request_lost_after_sending_is_retried_only_if_repeating_it_is_safe(
-    server: McpServerProcess, tools: dict[str, ToolSpec]
+    server: McpServerProcess, sessions: McpSessions, tools: dict[str, ToolSpec]
 ) -> None:
     lookup = tools["lookup"]
     assert lookup.mcp is not None
-    sessions = McpSessions()
     session = sessions.session(lookup.mcp)
 
     async def dropped(client: Any) -> None:
         raise httpx2.ReadError("connection dropped")  # as if the server went away mid-call
 
-    try:
-        with pytest.raises(ToolUnavailable):
-            await session.request(dropped, retry_safe=True)
-        with pytest.raises(ToolFailed, match="may have run") as lost:
-            await session.request(dropped, retry_safe=False)
-        assert not isinstance(lost.value, ToolUnavailable)
-    finally:
-        await sessions.aclose()
+    with pytest.raises(ToolUnavailable):
+        await session.request(dropped, retry_safe=True)
+    with pytest.raises(ToolFailed, match="may have run") as lost:
+        await session.request(dropped, retry_safe=False)
+    assert not isinstance(lost.value, ToolUnavailable)
 
 
 async def test_an_error_answer_fails_its_own_request_and_others_go_on(
-    server: McpServerProcess, tools: dict[str, ToolSpec]
+    server: McpServerProcess, sessions: McpSessions, tools: dict[str, ToolSpec]
 ) -> None:
     lookup = tools["lookup"]
     assert lookup.mcp is not None
-    sessions = McpSessions()
     session = sessions.session(lookup.mcp)
 
     async def refused(client: Any) -> None:
         raise MCPError(code=INTERNAL_ERROR, message="Server returned an error response")
 
-    try:
-        slow = asyncio.create_task(sessions.call(tools["slow"].mcp, {"seconds": 0.5}, None))  # type: ignore[arg-type]
+    slow = asyncio.create_task(sessions.call(tools["slow"].mcp, {"seconds": 0.5}, None))  # type: ignore[arg-type]
 
-        async def slow_running() -> bool:
-            return bool(server.calls("slow"))
+    async def slow_running() -> bool:
+        return bool(server.calls("slow"))
 
-        await eventually(slow_running, timeout_s=30)
-        with pytest.raises(ToolFailed) as failed:
-            await session.request(refused)
-        assert not failed.value.retryable
-        assert await slow == "done waiting" and session.connects == 1
-    finally:
-        await sessions.aclose()
+    await eventually(slow_running, timeout_s=30)
+    with pytest.raises(ToolFailed) as failed:
+        await session.request(refused)
+    assert not failed.value.retryable
+    assert await slow == "done waiting" and session.connects == 1
